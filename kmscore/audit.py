@@ -1,0 +1,130 @@
+"""The audit log: every key operation, append-only and hash-chained.
+
+Each record carries MAC = HMAC(audit key, previous MAC || canonical record), with the
+audit key derived from the root key, so a record cannot be edited, removed or
+inserted without the root key. The newest (seq, MAC) is also kept in the store's
+meta table, so cutting records off the end is detected too.
+
+Lifecycle changes are recorded in the same transaction as the change. Cryptographic
+operations are queued in memory and written in batches (every `flush_interval`
+seconds and at exit): an audit insert per 4 KiB encryption would cost ten times the
+encryption itself. A process killed with SIGKILL loses at most that window.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import json
+import threading
+import time
+import weakref
+from dataclasses import dataclass
+
+from kmscore.rootkey import RootKey
+from kmscore.store import Store
+
+GENESIS = b"\x00" * 32
+HEAD = "audit_head"
+
+
+def canonical(seq: int, when: float, operation: str, key_id: str | None, caller: str, outcome: str) -> bytes:
+    return json.dumps([seq, when, operation, key_id or "", caller, outcome], separators=(",", ":")).encode()
+
+
+def chain_mac(root: RootKey, prev: bytes, record: bytes) -> bytes:
+    return root.audit_mac(prev + record)
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    ok: bool
+    records: int
+    problem: str = ""
+
+
+class AuditLog:
+    def __init__(self, store: Store, root: RootKey, caller: str, flush_interval: float = 0.2) -> None:
+        self._store = store
+        self._root = root
+        self.caller = caller
+        self._pending: collections.deque = collections.deque()
+        self._flush_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._closed = False
+        self._interval = flush_interval
+        self._thread = threading.Thread(target=self._run, name="kms-audit", daemon=True)
+        self._thread.start()
+        ref = weakref.ref(self)
+        atexit.register(lambda: (a := ref()) is not None and a.close())
+
+    def record(self, operation: str, key_id: str | None, outcome: str = "ok", caller: str | None = None) -> None:
+        """Queue a record; it reaches the store within `flush_interval` seconds."""
+        self._pending.append((time.time(), operation, key_id, caller or self.caller, outcome))
+
+    def flush(self) -> None:
+        """Write every queued record (joins the caller's write transaction if any)."""
+        if not self._pending:
+            return
+        with self._flush_lock, self._store.write():
+            head = self._store.get_meta(HEAD)
+            seq, prev = (int.from_bytes(head[:8], "big"), head[8:]) if head else (0, GENESIS)
+            rows = []
+            while self._pending:
+                when, op, key_id, caller, outcome = self._pending.popleft()
+                seq += 1
+                prev = chain_mac(self._root, prev, canonical(seq, when, op, key_id, caller, outcome))
+                rows.append((seq, when, op, key_id, caller, outcome, prev))
+            self._store.audit_append(rows)
+            self._store.set_meta(HEAD, seq.to_bytes(8, "big") + prev)
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._wake.wait(self._interval)
+            try:
+                self.flush()
+            except Exception:  # the store is closed or busy: retry on the next tick
+                if self._closed:
+                    return
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self.flush()
+        self._closed = True
+        self._wake.set()
+
+    def verify(self) -> VerifyReport:
+        """Walk the chain; report the first missing or altered record."""
+        self.flush()
+        prev, expected, count = GENESIS, 1, 0
+        for seq, when, op, key_id, caller, outcome, mac in self._store.audit_rows():
+            if seq != expected:
+                return VerifyReport(False, count, f"record {expected} is missing (next present is {seq})")
+            prev = chain_mac(self._root, prev, canonical(seq, when, op, key_id, caller, outcome))
+            if prev != mac:
+                return VerifyReport(False, count, f"record {seq} ({op} at {_iso(when)}) was altered")
+            expected, count = seq + 1, count + 1
+        head = self._store.get_meta(HEAD)
+        head_seq = int.from_bytes(head[:8], "big") if head else 0
+        if head_seq != count:
+            return VerifyReport(
+                False, count, f"records {count + 1}..{head_seq} are missing: the log was cut at the end"
+            )
+        if head and head[8:] != prev:
+            return VerifyReport(False, count, f"record {count} does not match the log head")
+        return VerifyReport(True, count)
+
+    def records(self, limit: int | None = None) -> list[dict]:
+        self.flush()
+        rows = list(self._store.audit_rows())
+        if limit:
+            rows = rows[-limit:]
+        return [
+            {"seq": s, "time": _iso(t), "operation": op, "key_id": k, "caller": c, "outcome": o}
+            for s, t, op, k, c, o, _ in rows
+        ]
+
+
+def _iso(when: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(when))

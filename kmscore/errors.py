@@ -1,0 +1,80 @@
+"""One exception hierarchy for kmscore.
+
+Every message is meant to be shown to an operator as is: it names the key and the
+rule that refused the request. Authentication failures are deliberately opaque
+(`InvalidCiphertext` never says *why*), as in pyca/cryptography.
+"""
+
+from __future__ import annotations
+
+
+class KmsError(Exception):
+    """Base of every error kmscore raises on purpose."""
+
+    exit_code = 1
+
+
+class NotFound(KmsError):
+    """No key with that id or alias (or it was destroyed)."""
+
+    exit_code = 3
+
+
+class AlreadyExists(KmsError):
+    """An alias is already taken."""
+
+
+class InvalidRequest(KmsError):
+    """Bad input: a value out of range, a malformed argument, a forbidden alias."""
+
+    exit_code = 2
+
+
+class KeyRuleViolation(KmsError):
+    """The key's type, spec, usage or origin does not allow this operation."""
+
+    exit_code = 4
+
+
+class KeyUnavailable(KmsError):
+    """The key exists but its state (disabled, pending deletion, no material) forbids use."""
+
+    exit_code = 5
+
+
+class InvalidCiphertext(KmsError):
+    """A ciphertext, signature blob or token failed authentication or is malformed."""
+
+    exit_code = 6
+
+
+class KeyImportError(KmsError):
+    """Key material could not be imported (bad token, wrong wrapping, other material)."""
+
+    exit_code = 7
+
+
+class StoreError(KmsError):
+    """The key store or root of trust cannot be used (wrong root key, corrupt file)."""
+
+    exit_code = 8
+
+
+class AuditError(KmsError):
+    """The audit log is broken, cut or cannot be written."""
+
+    exit_code = 9
+
+
+__all__ = [
+    "KmsError",
+    "NotFound",
+    "AlreadyExists",
+    "InvalidRequest",
+    "KeyRuleViolation",
+    "KeyUnavailable",
+    "InvalidCiphertext",
+    "KeyImportError",
+    "StoreError",
+    "AuditError",
+]

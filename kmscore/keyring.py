@@ -1,0 +1,240 @@
+"""The facade's foundation: opening a home, resolving key names, caching loaded keys.
+
+Loaded keys are cached in memory and dropped when the store's generation counter
+moves (checked at most every `refresh_interval` seconds), so a key disabled by
+another process stops working here within that bound.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kmscore import rules
+from kmscore.audit import AuditLog
+from kmscore.errors import KmsError, NotFound, StoreError
+from kmscore.home import resolve_home
+from kmscore.material import LoadedKey
+from kmscore.metadata import KeyMetadata
+from kmscore.rootkey import RootKey, RootKeySource, create_key_file, default_source, load
+from kmscore.specs import DEFAULT_SERVICES, KeySpec, KeyState, KeyUsage, Origin
+from kmscore.store import DB_NAME, Store
+
+DAY = 86400.0
+MAINTENANCE_INTERVAL = 60.0
+_ROOT_CHECK_AAD = b"keyhold/root-check"
+
+
+@dataclass(eq=False)
+class CachedKey:
+    facts: rules.KeyFacts
+    row: dict[str, Any]
+    versions: dict[int, LoadedKey] = field(repr=False)
+
+    @property
+    def current(self) -> LoadedKey:
+        return self.versions[self.row["current_version"]]
+
+
+def facts_of(row: dict[str, Any]) -> rules.KeyFacts:
+    return rules.KeyFacts(
+        key_id=row["key_id"],
+        alias=row["alias"],
+        spec=KeySpec(row["spec"]),
+        usage=KeyUsage(row["usage"]),
+        origin=Origin(row["origin"]),
+        state=KeyState(row["state"]),
+        material_expires_at=row["material_expires_at"],
+    )
+
+
+def metadata_of(row: dict[str, Any]) -> KeyMetadata:
+    interval = row["rotation_interval_days"]
+    anchor = row["last_rotated_at"] or row["created_at"]
+    return KeyMetadata(
+        key_id=row["key_id"],
+        alias=row["alias"],
+        description=row["description"],
+        state=KeyState(row["state"]),
+        spec=KeySpec(row["spec"]),
+        usage=KeyUsage(row["usage"]),
+        origin=Origin(row["origin"]),
+        created_at=row["created_at"],
+        current_version=row["current_version"],
+        rotation_enabled=interval is not None,
+        rotation_interval_days=interval,
+        next_rotation_at=anchor + interval * DAY if interval else None,
+        deletion_date=row["deletion_date"],
+        material_expires_at=row["material_expires_at"],
+        is_default=rules.is_default_alias(row["alias"]),
+    )
+
+
+def _is_uuid(name: str) -> bool:
+    try:
+        uuid.UUID(name)
+        return True
+    except ValueError:
+        return False
+
+
+class Keyring:
+    """Opens the store and root key; resolves names to cached, loaded keys."""
+
+    def __init__(
+        self,
+        home: str | os.PathLike | None = None,
+        *,
+        root_key: RootKeySource | None = None,
+        caller: str = "api",
+        clock: Callable[[], float] = time.time,
+        refresh_interval: float = 1.0,
+    ) -> None:
+        self.home = resolve_home(home)
+        self.clock = clock
+        self.refresh_interval = refresh_interval
+        self.notices: list[str] = []  # things a CLI should tell the user (store created, ...)
+        self._store = Store(self.home / DB_NAME)
+        try:
+            self._root = self._open_root(root_key or default_source(self.home))
+        except BaseException:
+            self._store.close()
+            raise
+        self._audit = AuditLog(self._store, self._root, f"{caller} uid={os.getuid()} pid={os.getpid()}")
+        self._cache: dict[str, CachedKey] = {}
+        self._generation = self._store.generation()
+        self._next_refresh = time.monotonic() + refresh_interval
+        self._next_maintenance = 0.0
+        self._maybe_maintain()
+
+    # -- opening -------------------------------------------------------------------
+    def _open_root(self, source: RootKeySource) -> RootKey:
+        with self._store.write():
+            salt = self._store.get_meta("kdf_salt")
+            if salt is None:
+                salt = os.urandom(16)
+                self._store.set_meta("kdf_salt", salt)
+            check = self._store.get_meta("root_check")
+            if check is None and source.kind == "file" and not Path(source.value).exists():
+                create_key_file(Path(source.value))
+                self.notices.append(f"created a new root key in {source.value}")
+            root = load(source, salt)
+            if check is None:
+                self._store.set_meta("root_check", root.seal(b"keyhold", _ROOT_CHECK_AAD))
+                self.notices.append(f"created a new key store in {self._store.path}")
+            else:
+                try:
+                    root.unseal(check, _ROOT_CHECK_AAD)
+                except StoreError:
+                    raise StoreError(
+                        f"the root key from {source.describe()} does not open the key store "
+                        f"{self._store.path}"
+                    ) from None
+        return root
+
+    def close(self) -> None:
+        self._audit.close()
+        self._store.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- cache -----------------------------------------------------------------------
+    def _refresh(self) -> None:
+        now = time.monotonic()
+        if now < self._next_refresh:
+            return
+        self._next_refresh = now + self.refresh_interval
+        generation = self._store.generation()
+        if generation != self._generation:
+            self._generation = generation
+            self._cache = {}
+        self._maybe_maintain()
+
+    def _invalidate(self) -> None:
+        self._cache = {}
+        self._generation = self._store.generation()
+
+    def _row(self, name: str) -> dict[str, Any]:
+        """The key's row, read from the store now; default keys are made on first use."""
+        if not isinstance(name, str) or not name:
+            raise NotFound("no key named: give a key id or an alias")
+        row = self._store.key_by_id(name) if _is_uuid(name) else self._store.key_by_alias(name)
+        if row is None:
+            service = name[: -len("/default")] if name.endswith("/default") else None
+            if service in DEFAULT_SERVICES:
+                return self._create_default(name)
+            raise NotFound(f"no key with id or alias {name!r}")
+        return row
+
+    def _create_default(self, alias: str) -> dict[str, Any]:
+        raise NotImplementedError  # provided by LifecycleMixin
+
+    def _cached(self, name: str) -> CachedKey:
+        """The key, loaded; from the cache unless the store changed since."""
+        self._refresh()
+        key = self._cache.get(name)
+        if key is None:
+            row = self._row(name)
+            versions = {
+                v: LoadedKey(row["key_id"], v, KeySpec(row["spec"]), self._unseal(row["key_id"], v, sealed))
+                for v, sealed in self._store.versions(row["key_id"]).items()
+            }
+            key = CachedKey(facts_of(row), row, versions)
+            self._cache[row["key_id"]] = key
+            if row["alias"]:
+                self._cache[row["alias"]] = key
+        return key
+
+    def _use(self, name: str, op: rules.Op, audit_op: str) -> CachedKey:
+        """Resolve a key for a cryptographic operation, or record the refusal and raise."""
+        try:
+            key = self._cached(name)
+            rules.check_use(key.facts, op, self.clock())
+        except KmsError as e:
+            self._audit.record(audit_op, name if _is_uuid(str(name)) else None, f"denied: {e}")
+            raise
+        return key
+
+    # -- sealing -----------------------------------------------------------------------
+    @staticmethod
+    def _aad(key_id: str, version: int) -> bytes:
+        return f"keyhold/key/{key_id}/{version}".encode()
+
+    def _seal(self, key_id: str, version: int, material: bytes) -> bytes:
+        return self._root.seal(material, self._aad(key_id, version))
+
+    def _unseal(self, key_id: str, version: int, sealed: bytes) -> bytes:
+        return self._root.unseal(sealed, self._aad(key_id, version))
+
+    # -- lifecycle plumbing ----------------------------------------------------------
+    @contextlib.contextmanager
+    def _change(self, audit_op: str, name: str | None) -> Iterator[None]:
+        """Run a key change in one write transaction together with its audit record."""
+        try:
+            with self._store.write():
+                yield
+                self._audit.flush()
+        except KmsError as e:
+            self._audit.record(audit_op, name if name and _is_uuid(name) else None, f"denied: {e}")
+            raise
+        finally:
+            self._invalidate()
+
+    def _maybe_maintain(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_maintenance:
+            self._next_maintenance = now + MAINTENANCE_INTERVAL
+            self.maintain()
+
+    def maintain(self) -> None:
+        raise NotImplementedError  # provided by LifecycleMixin

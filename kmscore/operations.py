@@ -1,0 +1,220 @@
+"""Cryptographic operations of the facade: encrypt/decrypt, data keys, sign/verify, MACs.
+
+The hot path is: cached key lookup, one rules check, one `cryptography` call, one
+queued audit record. Nothing here touches the store unless the cache is stale.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from kmscore import blob as blobfmt
+from kmscore import rules
+from kmscore.errors import InvalidCiphertext, InvalidRequest, KeyRuleViolation, KmsError
+from kmscore.keyring import CachedKey, Keyring
+from kmscore.metadata import DataKey
+from kmscore.specs import (
+    DATAKEY_BITS,
+    MAX_PLAINTEXT,
+    EncryptionAlgorithm,
+    KeySpec,
+    MacAlgorithm,
+    MessageType,
+    SigningAlgorithm,
+    parse_enum,
+)
+
+Context = Mapping[str, str] | None
+MAX_RANDOM = 1024
+
+
+class OperationsMixin(Keyring):
+    # -- encrypt / decrypt -----------------------------------------------------------
+    def encrypt_data(
+        self, key: str, plaintext: bytes, context: Context = None, algorithm: EncryptionAlgorithm | str | None = None
+    ) -> bytes:
+        """AES_256: a KMS ciphertext blob, context bound as AAD. RSA: raw OAEP ciphertext."""
+        k = self._use(key, rules.Op.ENCRYPT, "Encrypt")
+        try:
+            if len(plaintext) > MAX_PLAINTEXT:
+                raise InvalidRequest(
+                    f"encrypt-data takes at most {MAX_PLAINTEXT} bytes, got {len(plaintext)}; "
+                    "use a data key (create-datakey / encrypt-file) for more"
+                )
+            if k.facts.spec is KeySpec.AES_256:
+                _symmetric_only(algorithm)
+                out = k.current.seal(plaintext, blobfmt.encode_context(context))
+            else:
+                out = k.current.rsa_encrypt(plaintext, _rsa_algorithm(algorithm, context))
+        except KmsError as e:
+            self._audit.record("Encrypt", k.facts.key_id, f"denied: {e}")
+            raise
+        self._audit.record("Encrypt", k.facts.key_id)
+        return out
+
+    def decrypt_data(
+        self,
+        ciphertext: bytes,
+        context: Context = None,
+        key: str | None = None,
+        algorithm: EncryptionAlgorithm | str | None = None,
+    ) -> bytes:
+        """Symmetric blobs name their key (`key`, if given, must match); RSA needs `key`."""
+        return self._decrypt(ciphertext, context, key, algorithm, rules.Op.DECRYPT, "Decrypt")
+
+    def _decrypt(self, ciphertext, context, key, algorithm, op, audit_op) -> bytes:
+        if key is not None:
+            k = self._use(key, op, audit_op)
+            if k.facts.spec.is_asymmetric:
+                try:
+                    if op is rules.Op.DATAKEY:
+                        raise KeyRuleViolation(f"key {k.facts.name} is {k.facts.spec.value}: data keys need an AES_256 key")
+                    out = k.current.rsa_decrypt(ciphertext, _rsa_algorithm(algorithm, context))
+                except KmsError as e:
+                    self._audit.record(audit_op, k.facts.key_id, f"denied: {e}")
+                    raise
+                self._audit.record(audit_op, k.facts.key_id)
+                return out
+        try:
+            parts = blobfmt.decode(ciphertext)
+        except KmsError as e:
+            self._audit.record(audit_op, None, f"denied: {e}")
+            raise
+        named = self._use(parts.key_id, op, audit_op)
+        try:
+            if key is not None and named is not k:
+                raise InvalidCiphertext(f"the ciphertext was not made with key {key}")
+            _symmetric_only(algorithm)
+            version = named.versions.get(parts.key_version)
+            if version is None:
+                raise InvalidCiphertext(
+                    f"the ciphertext names version {parts.key_version} of key {named.facts.name}, which does not exist"
+                )
+            out = version.open(parts, blobfmt.encode_context(context))
+        except KmsError as e:
+            self._audit.record(audit_op, named.facts.key_id, f"denied: {e}")
+            raise
+        self._audit.record(audit_op, named.facts.key_id)
+        return out
+
+    # -- data keys -----------------------------------------------------------------------
+    def create_datakey(
+        self, key: str, bits: int = 256, context: Context = None, with_plaintext: bool = True
+    ) -> DataKey:
+        """A fresh DEK and its blob under the CMK; without plaintext, only the blob."""
+        audit_op = "CreateDataKey" if with_plaintext else "CreateDataKeyWithoutPlaintext"
+        k = self._use(key, rules.Op.DATAKEY, audit_op)
+        try:
+            if bits not in DATAKEY_BITS:
+                raise InvalidRequest(f"data keys are 256 or 512 bits, not {bits}")
+            plaintext = os.urandom(bits // 8)
+            blob = k.current.seal(plaintext, blobfmt.encode_context(context))
+        except KmsError as e:
+            self._audit.record(audit_op, k.facts.key_id, f"denied: {e}")
+            raise
+        self._audit.record(audit_op, k.facts.key_id)
+        return DataKey(k.facts.key_id, blob, plaintext if with_plaintext else None)
+
+    def encrypt_datakey(self, key: str, plaintext: bytes, context: Context = None) -> bytes:
+        k = self._use(key, rules.Op.DATAKEY, "EncryptDataKey")
+        if len(plaintext) * 8 not in DATAKEY_BITS:
+            e = InvalidRequest(f"a data key is 32 or 64 bytes, got {len(plaintext)}")
+            self._audit.record("EncryptDataKey", k.facts.key_id, f"denied: {e}")
+            raise e
+        self._audit.record("EncryptDataKey", k.facts.key_id)
+        return k.current.seal(plaintext, blobfmt.encode_context(context))
+
+    def decrypt_datakey(self, ciphertext: bytes, context: Context = None, key: str | None = None) -> bytes:
+        out = self._decrypt(ciphertext, context, key, None, rules.Op.DATAKEY, "DecryptDataKey")
+        if len(out) * 8 not in DATAKEY_BITS:
+            raise InvalidCiphertext("the ciphertext does not hold a data key")
+        return out
+
+    # -- signatures ------------------------------------------------------------------------
+    def sign(
+        self, key: str, message: bytes, algorithm: SigningAlgorithm | str, message_type: MessageType | str = MessageType.RAW
+    ) -> bytes:
+        k = self._use(key, rules.Op.SIGN, "Sign")
+        return self._guarded(
+            "Sign",
+            k,
+            lambda: k.current.sign(
+                message,
+                parse_enum(SigningAlgorithm, algorithm, "signing algorithm"),
+                parse_enum(MessageType, message_type, "message type"),
+            ),
+        )
+
+    def verify(
+        self,
+        key: str,
+        message: bytes,
+        signature: bytes,
+        algorithm: SigningAlgorithm | str,
+        message_type: MessageType | str = MessageType.RAW,
+    ) -> bool:
+        k = self._use(key, rules.Op.VERIFY, "Verify")
+        return self._guarded(
+            "Verify",
+            k,
+            lambda: k.current.verify(
+                message,
+                signature,
+                parse_enum(SigningAlgorithm, algorithm, "signing algorithm"),
+                parse_enum(MessageType, message_type, "message type"),
+            ),
+        )
+
+    def get_public_key(self, key: str) -> str:
+        """The public key of an RSA or EC key, PEM (SubjectPublicKeyInfo)."""
+        k = self._use(key, rules.Op.GET_PUBLIC_KEY, "GetPublicKey")
+        return self._guarded("GetPublicKey", k, k.current.public_pem)
+
+    def generate_mac(self, key: str, message: bytes, algorithm: MacAlgorithm | str | None = None) -> bytes:
+        k = self._use(key, rules.Op.GENERATE_MAC, "GenerateMac")
+        alg = None if algorithm is None else parse_enum(MacAlgorithm, algorithm, "MAC algorithm")
+        return self._guarded("GenerateMac", k, lambda: k.current.mac(_limit(message), alg))
+
+    def verify_mac(
+        self, key: str, message: bytes, mac: bytes, algorithm: MacAlgorithm | str | None = None
+    ) -> bool:
+        k = self._use(key, rules.Op.VERIFY_MAC, "VerifyMac")
+        alg = None if algorithm is None else parse_enum(MacAlgorithm, algorithm, "MAC algorithm")
+        return self._guarded("VerifyMac", k, lambda: k.current.verify_mac(_limit(message), mac, alg))
+
+    def gen_random(self, length: int) -> bytes:
+        if not 1 <= length <= MAX_RANDOM:
+            raise InvalidRequest(f"gen-random gives 1 to {MAX_RANDOM} bytes, not {length}")
+        self._audit.record("GenerateRandom", None)
+        return os.urandom(length)
+
+    def _guarded(self, audit_op: str, k: CachedKey, call):
+        """Run a key operation; audit it with its outcome (False results are 'invalid')."""
+        try:
+            out = call()
+        except KmsError as e:
+            self._audit.record(audit_op, k.facts.key_id, f"denied: {e}")
+            raise
+        self._audit.record(audit_op, k.facts.key_id, "invalid" if out is False else "ok")
+        return out
+
+
+def _limit(message: bytes) -> bytes:
+    if len(message) > MAX_PLAINTEXT:
+        raise InvalidRequest(f"messages are limited to {MAX_PLAINTEXT} bytes")
+    return message
+
+
+def _symmetric_only(algorithm) -> None:
+    if algorithm is not None and parse_enum(EncryptionAlgorithm, algorithm, "encryption algorithm") is not EncryptionAlgorithm.SYMMETRIC_DEFAULT:
+        raise KeyRuleViolation(f"{algorithm} is for RSA keys; AES_256 keys use SYMMETRIC_DEFAULT")
+
+
+def _rsa_algorithm(algorithm, context) -> EncryptionAlgorithm:
+    if context:
+        raise InvalidRequest("RSA encryption takes no encryption context")
+    chosen = parse_enum(EncryptionAlgorithm, algorithm or "RSAES_OAEP_SHA_256", "encryption algorithm")
+    if chosen is EncryptionAlgorithm.SYMMETRIC_DEFAULT:
+        raise KeyRuleViolation("RSA keys encrypt with RSAES_OAEP_SHA_256 or RSAES_OAEP_SHA_1")
+    return chosen  # type: ignore[return-value]
