@@ -183,6 +183,16 @@ class OperationsMixin(Keyring):
         alg = None if algorithm is None else parse_enum(MacAlgorithm, algorithm, "MAC algorithm")
         return self._guarded("VerifyMac", k, lambda: k.current.verify_mac(_limit(message), mac, alg))
 
+    def key_usable(self, key: str, op: rules.Op | str = rules.Op.DECRYPT) -> None:
+        """Raise KeyUnavailable/KeyRuleViolation if `key` cannot serve `op` now.
+
+        Cheap (no store access while the cache is fresh) and not audited: front ends
+        call it on every block or request to stop serving cached data keys of a CMK
+        that was disabled, scheduled for deletion or whose material expired.
+        """
+        key_ = self._cached(key)
+        rules.check_use(key_.facts, rules.Op(op), self.clock())
+
     def gen_random(self, length: int) -> bytes:
         if not 1 <= length <= MAX_RANDOM:
             raise InvalidRequest(f"gen-random gives 1 to {MAX_RANDOM} bytes, not {length}")

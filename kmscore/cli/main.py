@@ -1,0 +1,86 @@
+"""`kms`: the entry point. Sub-commands live in sibling modules, one group per module,
+plus whatever installed front ends register (see kmscore.frontend)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import signal
+import sys
+
+from kmscore.cli.context import CliContext
+from kmscore.errors import KmsError
+from kmscore.frontend import load_frontends
+
+COMMAND_MODULES = (
+    "kmscore.cli.keys",
+    "kmscore.cli.crypto",
+    "kmscore.cli.imports",
+    "kmscore.cli.audit",
+    "kmscore.cli.envelope",
+    "kmscore.cli.deploy",
+)
+
+
+def build_parser(ctx: CliContext) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kms",
+        description="keyhold: a self-hosted key management service.",
+        epilog="KEY is a key id or an alias. Run `kms COMMAND --help` for a command's options.",
+    )
+    parser.add_argument("--home", help="KMS home folder (default: $KMS_HOME or ~/.local/share/keyhold)")
+    parser.add_argument("--root-key-file", help="root key file (default: $KMS_ROOT_KEY, $KMS_PASSPHRASE or HOME/root.key)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            continue  # a command group not built yet
+        module.register(sub, ctx)
+    for frontend in load_frontends():
+        frontend.register_cli(sub, ctx)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    ctx = CliContext()
+    parser = build_parser(ctx)
+    args = parser.parse_args(argv)
+    ctx.args = args
+    try:
+        return int(args.run(args, ctx) or 0)
+    except KmsError as e:
+        print(f"kms: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except OSError as e:
+        print(f"kms: error: {e.strerror or e}{': ' + str(e.filename) if e.filename else ''}", file=sys.stderr)
+        return 1
+    except Exception as e:  # never a traceback at a user
+        print(f"kms: internal error: {type(e).__name__}: {e} (please report this)", file=sys.stderr)
+        return 70
+    finally:
+        try:
+            ctx.close()
+        except KmsError:
+            pass
+
+
+def common(parser: argparse.ArgumentParser, *, json: bool = True, io: bool = False) -> argparse.ArgumentParser:
+    """Options shared by many commands."""
+    if json:
+        parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    if io:
+        parser.add_argument("--in", dest="in_", metavar="FILE", help="read data from FILE (default: stdin)")
+        parser.add_argument("--out", metavar="FILE", help="write the result to FILE (default: stdout)")
+        parser.add_argument("--base64", action="store_true", help="print binary output as base64")
+    return parser
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""How front ends plug into kmscore without kmscore importing them.
+
+A front end (fsmount, sidecar) publishes a `Frontend` object under the entry point
+group `keyhold.frontends` (see pyproject.toml). The `kms` CLI adds its sub-commands,
+the config loader validates its TOML section, and `kms up` starts and reloads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from kmscore.cli.context import CliContext
+    from kmscore.facade import Kms
+
+ENTRY_POINT_GROUP = "keyhold.frontends"
+
+
+class Service(Protocol):
+    """What `kms up` holds for one running front end section."""
+
+    def apply(self, entries: Sequence[Any]) -> list[str]:
+        """Apply a new, already validated list of entries live; return what changed."""
+
+    def stop(self) -> None:
+        """Stop cleanly: drain, flush, unmount."""
+
+
+@dataclass(frozen=True)
+class Frontend:
+    name: str
+    register_cli: Callable[[argparse._SubParsersAction, "CliContext"], None]
+    config_key: str | None = None
+    """The TOML array-of-tables this front end owns (`mount`, `proxy`)."""
+    config_model: type | None = None
+    """A pydantic model for one entry of that array."""
+    check: Callable[[Sequence[Any], "Kms"], list[tuple[str, str]]] | None = None
+    """Semantic checks against the key store: (key path inside the entry, message)."""
+    start: Callable[[Sequence[Any], "Kms"], Service] | None = None
+    """Start every entry of the section; used by `kms up`."""
+
+
+def load_frontends() -> list[Frontend]:
+    """Every installed front end, in name order. Broken plugins are skipped with a warning."""
+    found = []
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        try:
+            found.append(ep.load())
+        except Exception as e:  # a missing system library must not break the core CLI
+            import sys
+
+            print(f"kms: warning: front end {ep.name!r} is unavailable: {e}", file=sys.stderr)
+    return found
