@@ -1,0 +1,74 @@
+"""Importing key material into external keys."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+
+from kmscore.cli.context import CliContext, maybe_base64, write_file
+from kmscore.cli.keys import report
+from kmscore.cli.main import common
+from kmscore.errors import InvalidRequest
+from kmscore.specs import WrappingAlgorithm, WrappingKeySpec
+
+
+def _when(text: str | None) -> float | None:
+    """An expiry: ISO 8601 date/time (UTC unless it says otherwise) or '+N' days."""
+    if text is None:
+        return None
+    if text.startswith("+"):
+        try:
+            return datetime.datetime.now(datetime.timezone.utc).timestamp() + float(text[1:]) * 86400
+        except ValueError:
+            pass
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidRequest(f"expiry {text!r} is not an ISO 8601 time (2027-01-31T12:00:00Z) or +DAYS") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return moment.timestamp()
+
+
+def register(sub: argparse._SubParsersAction, ctx: CliContext) -> None:
+    p = common(sub.add_parser("get-parameters-for-import", help="a wrapping public key and an import token (24 h)"))
+    p.add_argument("key", metavar="KEY")
+    p.add_argument("--wrapping-algorithm", default="RSAES_OAEP_SHA_256", type=str.upper, choices=[a.value for a in WrappingAlgorithm])
+    p.add_argument("--wrapping-key-spec", default="RSA_2048", type=str.upper, choices=[s.value for s in WrappingKeySpec])
+    p.add_argument("--public-key-out", metavar="FILE", help="write the wrapping public key (PEM) here")
+    p.add_argument("--token-out", metavar="FILE", help="write the import token here")
+    p.set_defaults(run=run_parameters)
+
+    p = common(sub.add_parser("import-key-material", help="import wrapped key material into an external key"))
+    p.add_argument("key", metavar="KEY")
+    p.add_argument("--import-token", required=True, metavar="TOKEN|FILE")
+    p.add_argument("--material", required=True, metavar="FILE", help="the wrapped material (raw or base64)")
+    p.add_argument("--expires", metavar="WHEN", help="AES_256 only: ISO 8601 time or +DAYS")
+    p.set_defaults(run=run_import)
+
+    p = common(sub.add_parser("delete-imported-key-material", help="delete an external AES_256 key's material"))
+    p.add_argument("key", metavar="KEY")
+    p.set_defaults(run=lambda a, c: report(c, c.kms.delete_imported_key_material(a.key)))
+
+
+def run_parameters(args: argparse.Namespace, ctx: CliContext) -> None:
+    params = ctx.kms.get_parameters_for_import(args.key, args.wrapping_algorithm, args.wrapping_key_spec)
+    if params.warning:
+        ctx.info(f"warning: {params.warning}")
+    if args.public_key_out:
+        write_file(args.public_key_out, params.public_key_pem.encode())
+    if args.token_out:
+        write_file(args.token_out, params.import_token.encode(), 0o600)
+    ctx.emit(params.to_dict())
+
+
+def run_import(args: argparse.Namespace, ctx: CliContext) -> None:
+    from pathlib import Path
+
+    from kmscore.cli.context import read_file
+
+    token = args.import_token
+    if Path(token).is_file():
+        token = read_file(token).decode().strip()
+    material = maybe_base64(read_file(args.material))
+    report(ctx, ctx.kms.import_key_material(args.key, token, material, _when(args.expires)))
