@@ -8,7 +8,9 @@ meta table, so cutting records off the end is detected too.
 Lifecycle changes are recorded in the same transaction as the change. Cryptographic
 operations are queued in memory and written in batches (every `flush_interval`
 seconds and at exit): an audit insert per 4 KiB encryption would cost ten times the
-encryption itself. A process killed with SIGKILL loses at most that window.
+encryption itself. Within a batch, identical operations (same operation, key, caller
+and outcome) are written as one record with a count and the times of the first and
+last of them. A process killed with SIGKILL loses at most one batch window.
 """
 
 from __future__ import annotations
@@ -28,8 +30,11 @@ GENESIS = b"\x00" * 32
 HEAD = "audit_head"
 
 
-def canonical(seq: int, when: float, operation: str, key_id: str | None, caller: str, outcome: str) -> bytes:
-    return json.dumps([seq, when, operation, key_id or "", caller, outcome], separators=(",", ":")).encode()
+def canonical(
+    seq: int, when: float, operation: str, key_id: str | None, caller: str, outcome: str, count: int, last: float
+) -> bytes:
+    fields = [seq, when, operation, key_id or "", caller, outcome, count, last]
+    return json.dumps(fields, separators=(",", ":")).encode()
 
 
 def chain_mac(root: RootKey, prev: bytes, record: bytes) -> bytes:
@@ -69,12 +74,20 @@ class AuditLog:
         with self._flush_lock, self._store.write():
             head = self._store.get_meta(HEAD)
             seq, prev = (int.from_bytes(head[:8], "big"), head[8:]) if head else (0, GENESIS)
-            rows = []
+            groups: dict[tuple, list] = {}  # (op, key, caller, outcome) -> [first, last, count]
             while self._pending:
-                when, op, key_id, caller, outcome = self._pending.popleft()
+                when, *what = self._pending.popleft()
+                group = groups.get(tuple(what))
+                if group is None:
+                    groups[tuple(what)] = [when, when, 1]
+                else:
+                    group[1], group[2] = when, group[2] + 1
+            rows = []
+            for (op, key_id, caller, outcome), (first, last, count) in groups.items():
                 seq += 1
-                prev = chain_mac(self._root, prev, canonical(seq, when, op, key_id, caller, outcome))
-                rows.append((seq, when, op, key_id, caller, outcome, prev))
+                record = canonical(seq, first, op, key_id, caller, outcome, count, last)
+                prev = chain_mac(self._root, prev, record)
+                rows.append((seq, first, op, key_id, caller, outcome, count, last, prev))
             self._store.audit_append(rows)
             self._store.set_meta(HEAD, seq.to_bytes(8, "big") + prev)
 
@@ -98,10 +111,10 @@ class AuditLog:
         """Walk the chain; report the first missing or altered record."""
         self.flush()
         prev, expected, count = GENESIS, 1, 0
-        for seq, when, op, key_id, caller, outcome, mac in self._store.audit_rows():
+        for seq, when, op, key_id, caller, outcome, n, last, mac in self._store.audit_rows():
             if seq != expected:
                 return VerifyReport(False, count, f"record {expected} is missing (next present is {seq})")
-            prev = chain_mac(self._root, prev, canonical(seq, when, op, key_id, caller, outcome))
+            prev = chain_mac(self._root, prev, canonical(seq, when, op, key_id, caller, outcome, n, last))
             if prev != mac:
                 return VerifyReport(False, count, f"record {seq} ({op} at {_iso(when)}) was altered")
             expected, count = seq + 1, count + 1
@@ -121,8 +134,9 @@ class AuditLog:
         if limit:
             rows = rows[-limit:]
         return [
-            {"seq": s, "time": _iso(t), "operation": op, "key_id": k, "caller": c, "outcome": o}
-            for s, t, op, k, c, o, _ in rows
+            {"seq": s, "time": _iso(t), "operation": op, "key_id": k, "caller": c, "outcome": o,
+             "count": n, "last_time": _iso(last)}
+            for s, t, op, k, c, o, n, last, _ in rows
         ]
 
 

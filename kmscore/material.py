@@ -85,10 +85,12 @@ class LoadedKey:
     _material: bytes = field(repr=False)
     _aead: AESGCM | None = field(default=None, repr=False)
     _private: object = field(default=None, repr=False)
+    _prefix: bytes = field(default=b"", repr=False)
 
     def __post_init__(self) -> None:
         if self.spec is KeySpec.AES_256:
             self._aead = AESGCM(self._material)
+            self._prefix = blobfmt.header(self.key_id, self.version)
         elif self.spec.is_asymmetric:
             self._private = serialization.load_der_private_key(self._material, password=None)
 
@@ -100,7 +102,7 @@ class LoadedKey:
 
     # -- symmetric -------------------------------------------------------------
     def seal(self, plaintext: bytes, context: bytes) -> bytes:
-        prefix = blobfmt.header(self.key_id, self.version)
+        prefix = self._prefix
         nonce = os.urandom(blobfmt.NONCE_SIZE)
         return prefix + nonce + self._aead.encrypt(nonce, plaintext, prefix + context)  # type: ignore[union-attr]
 

@@ -61,6 +61,8 @@ CREATE TABLE IF NOT EXISTS audit (
     key_id TEXT,
     caller TEXT NOT NULL,
     outcome TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    last_time REAL NOT NULL,
     mac BLOB NOT NULL
 );
 """
@@ -246,15 +248,15 @@ class Store:
     # -- audit -------------------------------------------------------------------
     def audit_append(self, rows: list[tuple]) -> None:
         self._db.executemany(
-            "INSERT INTO audit(seq, time, operation, key_id, caller, outcome, mac) "
-            "VALUES(?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO audit(seq, time, operation, key_id, caller, outcome, count, last_time, mac) "
+            "VALUES(?, ?, ?, ?, ?, ?, ?, ?, ?)",
             rows,
         )
 
     def audit_rows(self, after: int = 0) -> Iterator[tuple]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT seq, time, operation, key_id, caller, outcome, mac FROM audit "
+                "SELECT seq, time, operation, key_id, caller, outcome, count, last_time, mac FROM audit "
                 "WHERE seq > ? ORDER BY seq",
                 (after,),
             ).fetchall()

@@ -30,5 +30,6 @@ def run_list(args: argparse.Namespace, ctx: CliContext) -> int:
         ctx.emit(records)  # type: ignore[arg-type]
     else:
         for r in records:
-            print(f"{r['seq']:>6}  {r['time']}  {r['operation']:<28} {r['key_id'] or '-':<36}  {r['outcome']}  [{r['caller']}]")
+            times = f" x{r['count']} until {r['last_time']}" if r["count"] > 1 else ""
+            print(f"{r['seq']:>6}  {r['time']}  {r['operation']:<28} {r['key_id'] or '-':<36}  {r['outcome']}{times}  [{r['caller']}]")
     return 0
