@@ -71,7 +71,9 @@ class AuditLog:
         """Write every queued record (joins the caller's write transaction if any)."""
         if not self._pending:
             return
-        with self._flush_lock, self._store.write():
+        # Lock order is always store, then queue: lifecycle changes flush from inside
+        # their own write transaction while the background thread may be flushing too.
+        with self._store.write(), self._flush_lock:
             head = self._store.get_meta(HEAD)
             seq, prev = (int.from_bytes(head[:8], "big"), head[8:]) if head else (0, GENESIS)
             groups: dict[tuple, list] = {}  # (op, key, caller, outcome) -> [first, last, count]
