@@ -1,0 +1,97 @@
+"""The file system: the groups of FUSE operations put together, and its libfuse binding.
+
+`KeyholdFUSE` fixes what mfusepy's libfuse 3 binding drops: rename flags (so
+renameat2 RENAME_EXCHANGE cannot silently replace a file), the file handle of
+truncate/chmod/chown/utimens on open files, and UTIME_NOW/UTIME_OMIT.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fsmount.fuse_attrs import UTIME_NOW, UTIME_OMIT, AttrOps
+from fsmount.fuse_files import FileOps
+from fsmount.fuse_tree import TreeOps
+from fsmount.libfuse import mfusepy
+
+FUSE_CAP_WRITEBACK_CACHE = 1 << 16
+
+
+@dataclass(frozen=True)
+class CacheOptions:
+    """Kernel caching. A single-user mount affords long timeouts: nothing but the mount
+    changes the backing directory while it is mounted."""
+
+    attr_timeout: float = 1.0
+    entry_timeout: float = 1.0
+    negative_timeout: float = 1.0
+    kernel_cache: bool = False  # keep page cache across opens without checking
+    auto_cache: bool = True  # keep it unless mtime/size changed (checked on open)
+    max_background: int = 64  # async read-ahead requests in flight
+
+
+class KeyholdFS(FileOps, TreeOps, AttrOps):
+    """All FUSE operations of one mount."""
+
+    cache = CacheOptions()
+
+    def init_with_config(self, conn, config) -> None:
+        self.links.attach()
+        c = self.cache
+        if config is not None:
+            config.use_ino = 1  # report backing inode numbers
+            config.readdir_ino = 1
+            config.hard_remove = 1  # no .fuse_hidden files: open handles keep their fd
+            config.nullpath_ok = 1
+            config.attr_timeout = c.attr_timeout
+            config.entry_timeout = c.entry_timeout
+            config.negative_timeout = c.negative_timeout
+            config.kernel_cache = int(c.kernel_cache)
+            config.auto_cache = int(c.auto_cache)
+        if conn is not None and c.max_background:
+            conn.max_background = c.max_background
+            conn.congestion_threshold = c.max_background * 3 // 4
+
+    def destroy(self, path: str) -> None:
+        self.handles.close_all()
+
+
+def _path(fuse: "KeyholdFUSE", path: bytes | None) -> str | None:
+    return None if path is None else path.decode(fuse.encoding, fuse.errors)
+
+
+def _fh(fip) -> int | None:
+    return fip.contents.fh if fip else None
+
+
+def _timespec(ts) -> int | str:
+    if ts.tv_nsec == UTIME_NOW:
+        return "now"
+    if ts.tv_nsec == UTIME_OMIT:
+        return "omit"
+    return ts.tv_sec * 10**9 + ts.tv_nsec
+
+
+class KeyholdFUSE(mfusepy.FUSE):
+    """mfusepy's binding with the libfuse 3 arguments it drops passed on."""
+
+    def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
+        return self.operations.rename(_path(self, old), _path(self, new), flags)
+
+    def truncate_fuse_3(self, path, length: int, fip) -> int:
+        return self.operations.truncate(_path(self, path), length, _fh(fip))
+
+    def chmod_fuse_3(self, path, mode: int, fip) -> int:
+        return self.operations.chmod(_path(self, path), mode, _fh(fip))
+
+    def chown_fuse_3(self, path, uid: int, gid: int, fip) -> int:
+        uid = -1 if mfusepy.c_uid_t(uid + 1).value == 0 else uid
+        gid = -1 if mfusepy.c_gid_t(gid + 1).value == 0 else gid
+        return self.operations.chown(_path(self, path), uid, gid, _fh(fip))
+
+    def utimens_fuse_3(self, path, buf, fip) -> int:
+        times = (_timespec(buf.contents.actime), _timespec(buf.contents.modtime)) if buf else None
+        return self.operations.utimens(_path(self, path), times, _fh(fip))
+
+
+__all__ = ["KeyholdFS", "KeyholdFUSE", "CacheOptions"]

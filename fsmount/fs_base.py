@@ -1,0 +1,117 @@
+"""What every group of FUSE operations shares: path mapping, ownership, attributes.
+
+Names stay plain in this version: the file `/a/b` of the mount is the backing file
+CIPHERDIR/a/b. All name handling goes through `real()`, the one place encrypted names
+will plug in (see docs/formats/fsmount.md).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat
+from typing import Any
+
+from kmscore.envelope import EnvelopeError, Header
+
+from fsmount.cipherdir import CONFIG_NAME
+from fsmount.handles import Handles, Inode
+from fsmount.hardlinks import HardLinks
+from fsmount.keys import FileKeys
+from fsmount.layout import Layout
+from fsmount.libfuse import mfusepy
+from fsmount.openfile import fs_error
+
+log = logging.getLogger("fsmount")
+
+HEADER_PROBE = 4096  # bytes read to decode a header (the wrapped DEK is ~100 bytes)
+
+
+def inode_of(st: os.stat_result) -> Inode:
+    return (st.st_dev, st.st_ino)
+
+
+def read_header(fd: int) -> Header:
+    """Decode the envelope header of an open backing file."""
+    buf = os.pread(fd, HEADER_PROBE, 0)
+    return Header.decode(buf)
+
+
+class FsBase:
+    use_ns = True  # mfusepy: timestamps as integer nanoseconds
+    flag_nullpath_ok = True  # calls on open files carry the handle, not a path
+    flag_nopath = True
+
+    def __init__(self, root: str, keys: FileKeys) -> None:
+        self.root = os.path.abspath(root)
+        self.keys = keys
+        self.handles = Handles()
+        self.links = HardLinks()
+        self.running_as_root = os.geteuid() == 0
+
+    # -- names ---------------------------------------------------------------------------
+    def real(self, path: str) -> str:
+        """The backing path of a mount path; the cipher dir's config file is not reachable."""
+        if path == "/" + CONFIG_NAME:
+            raise fs_error(errno.EPERM)
+        return self.root + path
+
+    # -- ownership -----------------------------------------------------------------------
+    def own(self, real: str, fd: int | None = None, mode: int | None = None) -> None:
+        """Give a new file to the calling user, as ext4 would (setgid dirs pass their gid).
+
+        Only a root mount can; for a user's mount everything belongs to that user anyway.
+        """
+        if not self.running_as_root:
+            return
+        uid, gid, _pid = mfusepy.fuse_get_context()
+        parent = os.stat(os.path.dirname(real))
+        if parent.st_mode & stat.S_ISGID:
+            gid = parent.st_gid
+        if fd is not None:
+            os.fchown(fd, uid, gid)
+            if mode is not None and mode & (stat.S_ISUID | stat.S_ISGID):
+                os.fchmod(fd, mode)  # chown cleared them
+        else:
+            os.lchown(real, uid, gid)
+            if mode is not None and mode & (stat.S_ISUID | stat.S_ISGID):
+                os.chmod(real, mode)
+
+    # -- attributes ----------------------------------------------------------------------
+    def plaintext_size(self, real: str, st: os.stat_result) -> int:
+        """st_size as the mount shows it: the plaintext size of a regular file."""
+        if not stat.S_ISREG(st.st_mode):
+            return st.st_size
+        f = self.handles.by_inode(inode_of(st))
+        if f is not None:
+            return f.size
+        try:
+            fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return 0
+        try:
+            header = read_header(fd)
+            size = Layout(header.size, header.frame_size).plaintext_size(st.st_size)
+        except (EnvelopeError, OSError):
+            size = None
+        finally:
+            os.close(fd)
+        return 0 if size is None else size  # damaged files still list (and can be deleted)
+
+    @staticmethod
+    def attrs(st: os.stat_result, size: int) -> dict[str, Any]:
+        return {
+            "st_mode": st.st_mode,
+            "st_ino": st.st_ino,
+            "st_nlink": st.st_nlink,
+            "st_uid": st.st_uid,
+            "st_gid": st.st_gid,
+            "st_rdev": st.st_rdev,
+            "st_size": size,
+            "st_blocks": st.st_blocks,
+            "st_blksize": st.st_blksize,
+            "st_atime": st.st_atime_ns,
+            "st_mtime": st.st_mtime_ns,
+            "st_ctime": st.st_ctime_ns,
+        }

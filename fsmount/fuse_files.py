@@ -1,0 +1,109 @@
+"""FUSE operations on file contents: create, open, read, write, truncate, flush, fsync.
+
+Each call translates into `OpenFile` (frame math and crypto live there and in
+`layout`); this module only opens backing files and keeps handles.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from kmscore.envelope import EnvelopeError
+
+from fsmount.fs_base import FsBase, inode_of, log, read_header
+from fsmount.layout import Layout
+from fsmount.openfile import OpenFile, fs_error
+
+_ACCESS = os.O_ACCMODE | os.O_APPEND | os.O_TRUNC | os.O_CREAT | os.O_EXCL
+
+
+class FileOps(FsBase):
+    def create(self, path: str, mode: int, flags: int) -> int:
+        real = self.real(path)
+        try:
+            fd = os.open(real, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode & 0o7777)
+        except FileExistsError:  # raced with another creator: open what is there
+            return self.open(path, flags & ~(os.O_CREAT | os.O_EXCL))
+        try:
+            self.own(real, fd, mode & 0o7777)
+            header, cipher = self.keys.new(path)
+            check = self.keys.checker(header, path)
+            f = OpenFile(fd, header, cipher, 0, path, check)
+            os.pwrite(fd, header.encode() + cipher.seal(0, b"", True), 0)  # a valid empty envelope
+        except BaseException:
+            os.close(fd)
+            os.unlink(real)
+            raise
+        fh, _ = self.handles.acquire(inode_of(os.fstat(fd)), lambda: f)
+        return fh
+
+    def open(self, path: str, flags: int) -> int:
+        real = self.real(path)
+        try:
+            fd = os.open(real, os.O_RDWR | os.O_NOFOLLOW)
+        except PermissionError:  # a read-only backing file (user mount): reads still work
+            fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            st = os.fstat(fd)
+            inode = inode_of(st)
+            fh, f = self.handles.acquire(inode, lambda: self._load(fd, path, st.st_size))
+        except BaseException:
+            os.close(fd)
+            raise
+        if f.fd != fd:
+            os.close(fd)  # the file was open already: share its state
+        if flags & os.O_TRUNC and f.size:
+            try:
+                f.truncate(0)
+            except BaseException:
+                self.handles.release(fh)
+                raise
+        return fh
+
+    def _load(self, fd: int, path: str, backing_length: int) -> OpenFile:
+        try:
+            header = read_header(fd)
+        except EnvelopeError as e:
+            log.error("integrity: %s: not a valid envelope: %s", path, e)
+            raise fs_error(errno.EIO) from None
+        size = Layout(header.size, header.frame_size).plaintext_size(backing_length)
+        if size is None:
+            log.error("integrity: %s: backing file length %d fits no envelope (truncated)", path, backing_length)
+            raise fs_error(errno.EIO)
+        cipher = self.keys.open(header, path)
+        return OpenFile(fd, header, cipher, size, path, self.keys.checker(header, path))
+
+    def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes:
+        return self.handles.get(fh).read(offset, size)
+
+    def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
+        return self.handles.get(fh).write(offset, data)
+
+    def truncate(self, path: str | None, length: int, fh: int | None = None) -> None:
+        if fh is not None:
+            self.handles.get(fh).truncate(length)
+            return
+        real = self.real(path)
+        st = os.lstat(real)
+        f = self.handles.by_inode(inode_of(st))
+        if f is not None:
+            f.truncate(length)
+            return
+        fh = self.open(path, os.O_WRONLY)
+        try:
+            self.handles.get(fh).truncate(length)
+        finally:
+            self.handles.release(fh)
+
+    def flush(self, path: str | None, fh: int) -> None:
+        self.handles.get(fh).flush()
+        inode = self.handles.inode(fh)
+        if inode is not None and self.links.is_linked(inode):
+            self.links.changed(inode)  # other names of the file must see what was written
+
+    def fsync(self, path: str | None, datasync: int, fh: int) -> None:
+        self.handles.get(fh).fsync(bool(datasync))
+
+    def release(self, path: str | None, fh: int) -> None:
+        self.handles.release(fh)

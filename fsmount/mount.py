@@ -1,0 +1,144 @@
+"""Starting and stopping a mount: foreground with a clean stop, background, unmount.
+
+Foreground is the primitive: libfuse's own SIGINT/SIGTERM handlers end the loop, then
+libfuse unmounts and `destroy` writes every open file's tail. `--background` runs the
+foreground mount in a detached child and returns once the mount is up (or reports why
+it is not).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kmscore.facade import Kms
+
+from fsmount import cipherdir
+from fsmount.errors import MountError
+from fsmount.keys import DEFAULT_FRAME_SIZE, FileKeys
+
+log = logging.getLogger("fsmount")
+
+READ_AHEAD_KB = 1024  # measured: cold reads ~1.6 -> ~2.6 GB/s over the default 128
+
+
+@dataclass
+class MountOptions:
+    key: str | None = None
+    force_key: bool = False
+    frame_size: int = DEFAULT_FRAME_SIZE
+    allow_other: bool | None = None  # default: when mounted by root
+    revocation_bound: float = 5.0
+    debug: bool = False
+    extra: dict = field(default_factory=dict)  # more -o options for libfuse
+
+
+def mount_device(mount_point: str | os.PathLike) -> str | None:
+    """'major:minor' of the mount at `mount_point`, or None if nothing is mounted there."""
+    target = os.path.realpath(mount_point)
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return None
+    found = None
+    for line in lines:
+        parts = line.split()
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[4])
+        if point == target:
+            found = parts[2]  # the last one wins: mounts stack
+    return found
+
+
+def is_mounted(mount_point: str | os.PathLike) -> bool:
+    return mount_device(mount_point) is not None
+
+
+def check_mount_point(mount_point: str | os.PathLike) -> None:
+    path = Path(mount_point)
+    if not path.is_dir():
+        raise MountError(f"mount point {mount_point} does not exist or is not a directory")
+    if is_mounted(path):
+        raise MountError(f"{mount_point} is already a mount point (run `kms unmount {mount_point}` first)")
+    if not os.path.exists("/dev/fuse"):
+        raise MountError("/dev/fuse is missing: load the fuse kernel module")
+
+
+def run(kms: Kms, cipher_dir: str, mount_point: str, opts: MountOptions) -> None:
+    """Mount in the foreground; return after a clean unmount (Ctrl-C, SIGTERM, unmount)."""
+    from fsmount.filesystem import KeyholdFS, KeyholdFUSE  # loads libfuse: only when mounting
+
+    config = cipherdir.prepare(kms, cipher_dir, opts.key, opts.frame_size, opts.force_key)
+    check_mount_point(mount_point)
+    keys = FileKeys(kms, config.key_id, config.frame_size, opts.revocation_bound)
+    ops = KeyholdFS(cipher_dir, keys)
+    allow_other = os.geteuid() == 0 if opts.allow_other is None else opts.allow_other
+    fuse_opts = {
+        "fsname": f"keyhold:{os.path.abspath(cipher_dir)}".replace(",", "_"),
+        "subtype": "keyhold",
+        "default_permissions": True,  # the kernel checks modes and owners, as on ext4
+        "allow_other": allow_other,
+        **opts.extra,
+    }
+    os.umask(0)  # the kernel already applied the caller's umask to every mode we get
+    threading.Thread(target=_tune_read_ahead, args=(mount_point,), daemon=True).start()
+    log.info("mounting %s on %s (key %s, frame %d)", cipher_dir, mount_point, config.key_alias or config.key_id, config.frame_size)
+    try:
+        KeyholdFUSE(ops, mount_point, foreground=True, debug=opts.debug, **fuse_opts)
+    except RuntimeError as e:
+        raise MountError(f"mounting {cipher_dir} on {mount_point} failed (libfuse error {e})") from None
+    log.info("unmounted %s", mount_point)
+
+
+def _tune_read_ahead(mount_point: str, wait: float = 30.0) -> None:
+    """Raise the mount's read-ahead once it is up (libfuse 3 refuses -o max_readahead)."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        device = mount_device(mount_point)
+        if device:
+            try:
+                Path(f"/sys/class/bdi/{device}/read_ahead_kb").write_text(str(READ_AHEAD_KB))
+            except OSError as e:
+                log.debug("cannot raise read-ahead of %s: %s", mount_point, e)
+            return
+        time.sleep(0.05)
+
+
+def start_background(argv: list[str], mount_point: str, log_file: str, wait: float = 30.0) -> int:
+    """Run `python -m fsmount.cli <argv>` detached; return its pid once mounted."""
+    Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "ab") as out:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "fsmount.cli", *argv],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
+        )
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        if is_mounted(mount_point):
+            return child.pid
+        if child.poll() is not None:
+            tail = Path(log_file).read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
+            raise MountError(f"the mount did not start: {tail[0]} (log: {log_file})")
+        time.sleep(0.05)
+    child.terminate()
+    raise MountError(f"the mount did not come up within {wait:.0f} s (log: {log_file})")
+
+
+def unmount(mount_point: str, lazy: bool = False) -> None:
+    """Unmount a keyhold mount; its process writes open files' tails and exits."""
+    if not is_mounted(mount_point):
+        raise MountError(f"{mount_point} is not mounted")
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    if tool is None:
+        raise MountError("fusermount3 is missing (install the fuse3 package)")
+    done = subprocess.run([tool, "-u", *(["-z"] if lazy else []), mount_point], capture_output=True, text=True)
+    if done.returncode != 0:
+        reason = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
+        raise MountError(f"cannot unmount {mount_point}: {reason}")

@@ -1,0 +1,242 @@
+"""Offline tools on a cipher directory: info, decrypt, fsck, rewrap. No mount needed.
+
+They read backing files directly with the envelope format and the Kms, so a cipher
+directory can be inspected, checked and recovered with the mount process gone.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kmscore.blob import peek_key
+from kmscore.envelope import EnvelopeError, FrameAuthError, FrameCipher, Header, open_envelope, rewrap as rewrap_header
+from kmscore.errors import KmsError
+from kmscore.facade import Kms
+
+from fsmount import cipherdir
+from fsmount.errors import CipherDirError, DamagedFile, MountError
+from fsmount.fs_base import read_header
+from fsmount.layout import Layout
+
+BATCH = 64  # frames read per pread
+Progress = Callable[[int, int], None]  # (files done, files total)
+
+
+# -- one file ------------------------------------------------------------------------------
+def _header(fd: int, path: str | os.PathLike) -> Header:
+    try:
+        return read_header(fd)
+    except EnvelopeError as e:
+        raise DamagedFile(f"{path}: not a keyhold envelope: {e}") from None
+
+
+def info(kms: Kms, path: str | os.PathLike) -> dict[str, Any]:
+    """Header fields, CMK and sizes of one backing file (nothing is decrypted)."""
+    with open(path, "rb") as f:
+        header = _header(f.fileno(), path)
+        length = os.fstat(f.fileno()).st_size
+    key_id, version = peek_key(header.wrapped_dek)
+    lay = Layout(header.size, header.frame_size)
+    size = lay.plaintext_size(length)
+    try:
+        meta = kms.describe_key(key_id)
+        key = {"key_alias": meta.alias, "key_state": meta.state.value, "key_current_version": meta.current_version}
+    except KmsError as e:
+        key = {"key_alias": None, "key_state": f"unavailable: {e}"}
+    return {
+        "file": str(path),
+        "format_version": header.version,
+        "message_id": header.message_id.hex(),
+        "frame_size": header.frame_size,
+        "header_size": header.size,
+        "key_id": key_id,
+        "key_version": version,
+        **key,
+        "backing_size": length,
+        "plaintext_size": size if size is not None else "damaged: cut short",
+        "frames": lay.frame_count(size) if size is not None else None,
+    }
+
+
+def frames(fd: int, header: Header, cipher: FrameCipher, length: int) -> Iterator[tuple[int, bytes | None]]:
+    """Every frame's plaintext in order, or None for a frame that fails authentication.
+
+    A file cut short has no trustworthy final frame: its frames are all yielded as
+    non-final, so the last one fails, and the caller also sees `plaintext_size` None.
+    """
+    lay = Layout(header.size, header.frame_size)
+    size = lay.plaintext_size(length)
+    count = lay.frame_count(size) if size is not None else max(0, (length - header.size) // lay.stride)
+    for start in range(0, count, BATCH):
+        stop = min(count, start + BATCH)
+        chunk = memoryview(os.pread(fd, (stop - start) * lay.stride, lay.frame_offset(start)))
+        for i in range(start, stop):
+            frame = chunk[(i - start) * lay.stride : (i - start + 1) * lay.stride]
+            try:
+                yield i, cipher.open(i, frame, size is not None and i == count - 1)
+            except FrameAuthError:
+                yield i, None
+
+
+def decrypt(kms: Kms, src: str | os.PathLike, dst: str | os.PathLike) -> int:
+    """Recover the plaintext of one backing file into `dst`; refuse on any damage."""
+    tmp = Path(dst).with_name(f".{Path(dst).name}.kms-tmp-{os.getpid()}")
+    written = 0
+    with open(src, "rb") as f:
+        header = _header(f.fileno(), src)
+        length = os.fstat(f.fileno()).st_size
+        if Layout(header.size, header.frame_size).plaintext_size(length) is None:
+            raise DamagedFile(f"{src}: the file is cut short (length {length} fits no envelope)")
+        cipher = open_envelope(kms, header)
+        try:
+            with open(tmp, "wb") as out:
+                for index, plain in frames(f.fileno(), header, cipher, length):
+                    if plain is None:
+                        raise DamagedFile(f"{src}: frame {index} failed authentication; nothing was written")
+                    out.write(plain)
+                    written += len(plain)
+            os.replace(tmp, dst)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return written
+
+
+# -- whole trees ---------------------------------------------------------------------------
+def backing_files(cipher_dir: str | os.PathLike) -> list[Path]:
+    """Every regular file of a cipher directory but its config, in a stable order."""
+    root = Path(cipher_dir)
+    out = []
+    for top, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            p = Path(top, name)
+            if p.parent == root and name == cipherdir.CONFIG_NAME:
+                continue
+            if p.is_file() and not p.is_symlink():
+                out.append(p)
+    return out
+
+
+@dataclass
+class FsckReport:
+    files: int = 0
+    frames: int = 0
+    damage: list[tuple[str, int | None, str]] = field(default_factory=list)  # (file, frame, what)
+
+    @property
+    def clean(self) -> bool:
+        return not self.damage
+
+
+def fsck(kms: Kms, cipher_dir: str | os.PathLike, progress: Progress | None = None) -> FsckReport:
+    """Authenticate every frame of every file; report damage by file and frame."""
+    _loaded_config(kms, cipher_dir)
+    report = FsckReport()
+    paths = backing_files(cipher_dir)
+    for n, path in enumerate(paths):
+        rel = str(path.relative_to(cipher_dir))
+        report.files += 1
+        try:
+            with open(path, "rb") as f:
+                header = _header(f.fileno(), rel)
+                length = os.fstat(f.fileno()).st_size
+                if Layout(header.size, header.frame_size).plaintext_size(length) is None:
+                    report.damage.append((rel, None, f"cut short (length {length} fits no envelope)"))
+                cipher = open_envelope(kms, header)
+                for index, plain in frames(f.fileno(), header, cipher, length):
+                    report.frames += 1
+                    if plain is None:
+                        report.damage.append((rel, index, "failed authentication"))
+        except DamagedFile as e:
+            report.damage.append((rel, None, str(e).split(": ", 1)[-1]))
+        except KmsError as e:
+            report.damage.append((rel, None, f"data key does not open: {e}"))
+        except OSError as e:
+            report.damage.append((rel, None, f"unreadable: {e.strerror}"))
+        if progress:
+            progress(n + 1, len(paths))
+    return report
+
+
+@dataclass
+class RewrapReport:
+    files: int = 0
+    rewrapped: int = 0
+    current: int = 0  # already under the target key's newest version
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def rewrap(
+    kms: Kms, cipher_dir: str | os.PathLike, to_key: str | None = None, progress: Progress | None = None
+) -> RewrapReport:
+    """Re-wrap every file's DEK under the newest version of the directory's CMK (or
+    `to_key`, which then becomes the directory's key). Only headers are rewritten, in
+    place; an interrupted run leaves every file readable and can simply be run again."""
+    config, _ = _loaded_config(kms, cipher_dir)
+    if mounted_cipher_dir(cipher_dir):
+        raise MountError(f"{cipher_dir} is mounted; unmount it before rewrapping")
+    target = kms.describe_key(to_key or config.key_id)
+    report = RewrapReport()
+    paths = backing_files(cipher_dir)
+    for n, path in enumerate(paths):
+        rel = str(path.relative_to(cipher_dir))
+        report.files += 1
+        try:
+            with open(path, "r+b") as f:
+                header = _header(f.fileno(), rel)
+                if peek_key(header.wrapped_dek) == (target.key_id, target.current_version):
+                    report.current += 1
+                else:
+                    new = rewrap_header(kms, header, target.key_id)
+                    if new.size != header.size:
+                        raise DamagedFile(f"the re-wrapped header is {new.size} bytes, not {header.size}")
+                    os.pwrite(f.fileno(), new.encode(), 0)
+                    os.fsync(f.fileno())
+                    report.rewrapped += 1
+        except (KmsError, OSError) as e:
+            report.failed.append((rel, str(e) if isinstance(e, KmsError) else e.strerror or str(e)))
+        if progress:
+            progress(n + 1, len(paths))
+    if to_key and not report.failed and target.key_id != config.key_id:
+        cipherdir.switch_key(kms, cipher_dir, config, target.key_id)
+    return report
+
+
+def _loaded_config(kms: Kms, cipher_dir: str | os.PathLike):
+    loaded = cipherdir.load(cipher_dir)
+    if loaded is None:
+        raise CipherDirError(f"{cipher_dir} is not a keyhold cipher directory (no {cipherdir.CONFIG_NAME})")
+    cipherdir.verify(kms, cipher_dir, *loaded)
+    return loaded
+
+
+def mounted_cipher_dir(cipher_dir: str | os.PathLike) -> bool:
+    """True if a keyhold mount of `cipher_dir` is active on this host."""
+    source = f"keyhold:{os.path.abspath(cipher_dir)}".replace(",", "_")
+    try:
+        lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    except OSError:
+        return False
+    return any(line.split(" - ", 1)[-1].split()[1:2] == [source] for line in lines)
+
+
+def terminal_progress(label: str) -> Progress | None:
+    """A progress line on stderr, refreshed at most 5 times a second; None off a terminal."""
+    if not sys.stderr.isatty():
+        return None
+    last = [0.0]
+
+    def show(done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= 0.2 or done == total:
+            last[0] = now
+            end = "\n" if done == total else ""
+            print(f"\r{label}: {done}/{total} files", end=end, file=sys.stderr, flush=True)
+
+    return show
