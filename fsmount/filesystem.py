@@ -13,6 +13,7 @@ from fsmount.fuse_attrs import UTIME_NOW, UTIME_OMIT, AttrOps
 from fsmount.fuse_files import FileOps
 from fsmount.fuse_tree import TreeOps
 from fsmount.libfuse import mfusepy
+from fsmount.revocation import RevocationWatch
 
 FUSE_CAP_WRITEBACK_CACHE = 1 << 16
 
@@ -36,7 +37,9 @@ class KeyholdFS(FileOps, TreeOps, AttrOps):
     cache = CacheOptions()
 
     def init_with_config(self, conn, config) -> None:
-        self.links.attach()
+        self.kernel.attach()
+        self.watch = RevocationWatch(self.handles, self.keys, self.kernel)
+        self.watch.start()
         c = self.cache
         if config is not None:
             config.use_ino = 1  # report backing inode numbers
@@ -53,6 +56,8 @@ class KeyholdFS(FileOps, TreeOps, AttrOps):
             conn.congestion_threshold = c.max_background * 3 // 4
 
     def destroy(self, path: str) -> None:
+        if hasattr(self, "watch"):
+            self.watch.stop()
         self.handles.close_all()
 
 

@@ -17,7 +17,7 @@ from kmscore.envelope import EnvelopeError, Header
 
 from fsmount.cipherdir import CONFIG_NAME
 from fsmount.handles import Handles, Inode
-from fsmount.hardlinks import HardLinks
+from fsmount.kernel_cache import HardLinks, KernelCache
 from fsmount.keys import FileKeys
 from fsmount.layout import Layout
 from fsmount.libfuse import mfusepy
@@ -47,7 +47,8 @@ class FsBase:
         self.root = os.path.abspath(root)
         self.keys = keys
         self.handles = Handles()
-        self.links = HardLinks()
+        self.kernel = KernelCache()
+        self.links = HardLinks(self.kernel)
         self.running_as_root = os.geteuid() == 0
 
     # -- names ---------------------------------------------------------------------------

@@ -79,6 +79,7 @@ class TreeOps(FsBase):
             os.rename(old_real, new_real)
         if not flags & RENAME_EXCHANGE:
             self.links.renamed(old, new)
+            self.handles.renamed(old, new)
         if replaced is not None and replaced.st_nlink > 1:
             self.links.changed(inode_of(replaced), gone=new)
 

@@ -44,6 +44,16 @@ class Handles:
             raise fs_error(errno.EBADF)
         return f
 
+    def snapshot(self) -> list[OpenFile]:
+        with self._lock:
+            return list(self._by_inode.values())
+
+    def renamed(self, old: str, new: str) -> None:
+        """Keep open files' names (used in logs and cache invalidation) current."""
+        for f in self.snapshot():
+            if f.name == old or f.name.startswith(old + "/"):
+                f.name = new + f.name[len(old):]
+
     def inode(self, fh: int) -> Inode | None:
         return self._inode_of.get(fh)
 

@@ -132,3 +132,20 @@ def shared_mount(tmp_path_factory):
     finally:
         m.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def mount_with(home: Path, tmp_path: Path):
+    """mount_with(*options): a mount started with extra `kms-mount` options."""
+    made: list[Mount] = []
+
+    def make(*extra: str) -> Mount:
+        m = make_mount(home, tmp_path, *extra)
+        made.append(m)
+        return m
+
+    try:
+        yield make
+    finally:
+        for m in made:
+            m.stop()
