@@ -76,6 +76,8 @@ def run(kms: Kms, cipher_dir: str, mount_point: str, opts: MountOptions) -> None
     """Mount in the foreground; return after a clean unmount (Ctrl-C, SIGTERM, unmount)."""
     from fsmount.filesystem import KeyholdFS, KeyholdFUSE  # loads libfuse: only when mounting
 
+    # absolute: libfuse changes the working directory to / once it runs
+    cipher_dir, mount_point = os.path.abspath(cipher_dir), os.path.abspath(mount_point)
     config = cipherdir.prepare(kms, cipher_dir, opts.key, opts.frame_size, opts.force_key)
     check_mount_point(mount_point)
     keys = FileKeys(kms, config.key_id, config.frame_size, opts.revocation_bound)
@@ -107,6 +109,7 @@ def _tune_read_ahead(mount_point: str, wait: float = 30.0) -> None:
         device = mount_device(mount_point)
         if device:
             try:
+                os.stat(mount_point)  # answered only after INIT, which would reset the read-ahead
                 Path(f"/sys/class/bdi/{device}/read_ahead_kb").write_text(str(READ_AHEAD_KB))
             except OSError as e:
                 log.debug("cannot raise read-ahead of %s: %s", mount_point, e)
