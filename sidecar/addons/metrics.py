@@ -1,0 +1,85 @@
+"""Metrics and the access log: one record per finished flow, never a body byte.
+
+Prometheus series (prometheus-client, a registry of our own so that two engines in one
+process or a test run do not collide): requests by proxy/rule/action/outcome, bytes by
+direction, and a latency histogram. Access-log lines are JSON objects.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from mitmproxy import http
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from sidecar.addons.routing import state_of
+
+access_log = logging.getLogger("keyhold.sidecar.access")
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.requests = Counter(
+            "keyhold_sidecar_requests", "Requests by proxy, rule, action and outcome",
+            ["proxy", "rule", "action", "outcome"], registry=self.registry,
+        )
+        self.bytes = Counter(
+            "keyhold_sidecar_body_bytes", "Body bytes received from clients / upstreams",
+            ["proxy", "direction"], registry=self.registry,
+        )
+        self.latency = Histogram(
+            "keyhold_sidecar_request_seconds", "Time from request headers to the end of the response",
+            ["proxy", "rule"], registry=self.registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+        )
+        self.in_flight = Gauge("keyhold_sidecar_in_flight", "Requests being handled", registry=self.registry)
+        self.active = 0
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        self.active += 1
+        self.in_flight.inc()
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._finish(flow)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        st = state_of(flow)
+        if st is not None and st.outcome == "ok":
+            st.outcome = "upstream_error"
+            st.error = "upstream"
+        self._finish(flow)
+
+    def _finish(self, flow: http.HTTPFlow) -> None:
+        st = state_of(flow)
+        if st is None or st.done:
+            return
+        st.done = True
+        self.active -= 1
+        self.in_flight.dec()
+        elapsed = time.monotonic() - st.started
+        req_step, resp_step = st.step("request"), st.step("response")
+        action = "+".join(s.name for s in (req_step, resp_step) if s is not None) or "pass"
+        self.requests.labels(st.proxy, st.rule, action, st.outcome).inc()
+        req_bytes = len(flow.request.raw_content or b"") if not flow.request.stream else st.bytes_in
+        self.bytes.labels(st.proxy, "request").inc(req_bytes)
+        if flow.response is not None and not flow.response.stream:
+            self.bytes.labels(st.proxy, "response").inc(len(flow.response.raw_content or b""))
+        self.latency.labels(st.proxy, st.rule).observe(elapsed)
+        if access_log.isEnabledFor(logging.INFO):
+            access_log.info(json.dumps({
+                "ts": round(time.time(), 3),
+                "proxy": st.proxy,
+                "rule": st.rule,
+                "method": flow.request.method,
+                "path": flow.request.path.split("?", 1)[0],
+                "status": flow.response.status_code if flow.response else None,
+                "request_action": req_step.name if req_step else None,
+                "response_action": resp_step.name if resp_step else None,
+                "keys": sorted(st.key_ids),
+                "outcome": st.outcome,
+                "error": st.error,
+                "latency_ms": round(elapsed * 1000, 3),
+            }))

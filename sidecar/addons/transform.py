@@ -1,0 +1,158 @@
+"""Transform: encrypt or decrypt whole bodies (envelopes) or selected JSON fields (tokens).
+
+Bodies up to `limits.max_buffered_body` are transformed whole, so any failure becomes
+a JSON error and nothing is forwarded. Larger (or chunked) whole-body bodies stream
+through the envelope's frames in constant memory; a failure after the headers have
+left can only abort the connection, which the peer sees as a truncated message
+(never as plaintext that was meant to be encrypted).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from mitmproxy import http
+
+from sidecar import bodies, fields, tokens
+from sidecar.addons.routing import Runtime, fail, state_of
+from sidecar.errors import BadBody, TooLarge
+from sidecar.rules import Step
+
+log = logging.getLogger("keyhold.sidecar")
+KILL_FACTOR = 4
+"""Bodies over KILL_FACTOR x the buffer limit that cannot stream are cut off, not buffered."""
+
+
+class Transform:
+    def __init__(self, runtime: Runtime) -> None:
+        self.rt = runtime
+
+    # -- requests --------------------------------------------------------------------
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        self._headers(flow, flow.request, "request")
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        self._body(flow, flow.request, "request")
+
+    # -- responses -------------------------------------------------------------------
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        self._headers(flow, flow.response, "response")
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._body(flow, flow.response, "response")
+
+    # -- shared ----------------------------------------------------------------------
+    def _headers(self, flow: http.HTTPFlow, msg: http.Message, direction: str) -> None:
+        """Decide buffer or stream before the body arrives."""
+        st = state_of(flow)
+        if st is None or st.error or (direction == "request" and flow.response is not None):
+            return
+        step = st.step(direction)
+        if step is None:
+            return
+        limit = st.table.entry.limits.max_buffered_body
+        size = _declared_size(msg)
+        if size is not None and size <= limit:
+            return  # buffered: handled in request()/response()
+        if step.kind in ("encrypt", "decrypt") and not step.fields:
+            try:
+                msg.stream = self._streamer(st, step, msg)
+            except Exception as e:  # noqa: BLE001 - every failure must fail closed
+                self._fail_early(flow, direction, e, size, limit)
+            else:
+                st.key_ids.add(step.key)
+            return
+        if size is not None:
+            self._fail_early(flow, direction, TooLarge(
+                f"the body ({size} bytes) is over the {limit}-byte limit for {step.name} rules"), size, limit)
+
+    def _fail_early(self, flow, direction, exc, size, limit) -> None:
+        if direction == "request" and size is not None and size > KILL_FACTOR * limit:
+            fail(flow, direction, exc)  # logs and counts the failure...
+            flow.response = None
+            flow.kill()  # ...but does not buffer a huge body just to answer it
+        else:
+            fail(flow, direction, exc)
+
+    def _streamer(self, st, step: Step, msg: http.Message):
+        frame = st.table.entry.frame_size
+        if step.kind == "encrypt":
+            fn = bodies.Sealer(self.rt.kms, step.key, frame)
+            bodies.seal_headers(msg.headers)
+        else:
+            bodies.check_envelope_headers(msg.headers)
+            fn = bodies.Opener(self.rt.kms, self.rt.dkcache)
+            bodies.open_headers(msg.headers)
+        msg.headers.pop("content-length", None)
+        if msg.http_version == "HTTP/1.1":
+            msg.headers["transfer-encoding"] = "chunked"
+        return _counting(st, fn)
+
+    def _body(self, flow: http.HTTPFlow, msg: http.Message | None, direction: str) -> None:
+        st = state_of(flow)
+        if st is None or st.error or msg is None or msg.stream:
+            return
+        if direction == "request" and flow.response is not None:
+            return
+        step = st.step(direction)
+        st.bytes_in += len(msg.raw_content or b"")
+        if step is None or step.kind not in ("encrypt", "decrypt"):
+            return
+        try:
+            limit = st.table.entry.limits.max_buffered_body
+            if len(msg.raw_content or b"") > limit:
+                raise TooLarge(f"the body is over the {limit}-byte limit for {step.name} rules")
+            if step.fields:
+                self._fields(st, step, msg)
+            elif step.kind == "encrypt":
+                if msg.raw_content:
+                    msg.raw_content = bodies.seal_all(self.rt.kms, step.key, msg.raw_content, st.table.entry.frame_size)
+                    bodies.seal_headers(msg.headers)
+            else:
+                if msg.raw_content or bodies.ENVELOPE_TYPE in msg.headers.get("content-type", ""):
+                    bodies.check_envelope_headers(msg.headers)
+                    msg.raw_content = bodies.open_all(self.rt.kms, msg.raw_content, self.rt.dkcache)
+                    bodies.open_headers(msg.headers)
+            st.key_ids.add(step.key)
+        except Exception as e:  # noqa: BLE001 - every failure must fail closed
+            fail(flow, direction, e)
+
+    def _fields(self, st, step: Step, msg: http.Message) -> None:
+        try:
+            text = msg.get_content(strict=True)
+        except ValueError:
+            raise BadBody("the body's Content-Encoding cannot be decoded") from None
+        if not text:
+            return
+        try:
+            doc = json.loads(text)
+        except (UnicodeDecodeError, ValueError):
+            raise BadBody(f"the body is not JSON; rule {step.name} needs JSON fields") from None
+        kms = self.rt.kms
+        for path in step.fields:
+            if step.kind == "encrypt":
+                fields.rewrite(doc, path, lambda v, p=path.text: tokens.seal(kms, step.key, p, v))
+            else:
+                fields.rewrite(doc, path, lambda v, p=path.text: tokens.open_(kms, p, v, step.key))
+        msg.content = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _declared_size(msg: http.Message) -> int | None:
+    """The Content-Length, or None when the body is chunked / unknown."""
+    if "transfer-encoding" in msg.headers:
+        return None
+    try:
+        return int(msg.headers.get("content-length", "0"))
+    except ValueError:
+        return None
+
+
+def _counting(st, fn):
+    def stream(chunk: bytes):
+        st.bytes_in += len(chunk)
+        out = fn(chunk)
+        st.bytes_out += len(out)
+        return out
+
+    return stream

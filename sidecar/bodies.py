@@ -1,0 +1,104 @@
+"""Whole-body encryption as an envelope (kmscore.envelope), buffered or streamed.
+
+An encrypted body is sent with `Content-Type: application/vnd.keyhold.envelope`; the
+original Content-Type and Content-Encoding travel in `X-Keyhold-Content-Type` and
+`X-Keyhold-Content-Encoding` and are restored on decrypt. The body bytes are the raw
+(still content-encoded) bytes, so a gzip body comes back as the same gzip body.
+"""
+
+from __future__ import annotations
+
+from kmscore import envelope
+
+from sidecar.errors import BadBody
+
+ENVELOPE_TYPE = "application/vnd.keyhold.envelope"
+ORIG_TYPE = "X-Keyhold-Content-Type"
+ORIG_ENCODING = "X-Keyhold-Content-Encoding"
+
+
+def seal_headers(headers) -> None:
+    ctype = headers.pop("content-type", None)
+    encoding = headers.pop("content-encoding", None)
+    headers.pop(ORIG_TYPE, None)
+    headers.pop(ORIG_ENCODING, None)
+    if ctype is not None:
+        headers[ORIG_TYPE] = ctype
+    if encoding is not None:
+        headers[ORIG_ENCODING] = encoding
+    headers["content-type"] = ENVELOPE_TYPE
+
+
+def check_envelope_headers(headers) -> None:
+    if headers.get("content-type", "").split(";")[0].strip().lower() != ENVELOPE_TYPE:
+        raise BadBody(f"the body is not a keyhold envelope (Content-Type is not {ENVELOPE_TYPE})")
+
+
+def open_headers(headers) -> None:
+    ctype = headers.pop(ORIG_TYPE, None)
+    encoding = headers.pop(ORIG_ENCODING, None)
+    headers.pop("content-type", None)
+    if ctype is not None:
+        headers["content-type"] = ctype
+    if encoding is not None:
+        headers["content-encoding"] = encoding
+
+
+class Sealer:
+    """A mitmproxy stream callable: plaintext chunks in, envelope bytes out; b"" ends it."""
+
+    def __init__(self, kms, key: str, frame_size: int) -> None:
+        header, cipher = envelope.new_envelope(kms, key, frame_size=frame_size)
+        self._prefix = header.encode()
+        self._enc = envelope.StreamEncryptor(cipher)
+
+    def __call__(self, chunk: bytes) -> bytes:
+        out = self._enc.update(chunk) if chunk else self._enc.finalize()
+        if self._prefix:
+            out, self._prefix = self._prefix + out, b""
+        return out
+
+
+class Opener:
+    """A mitmproxy stream callable: envelope bytes in, plaintext out. Raises on a bad
+    header, a bad frame or a cut-off body, which aborts the connection."""
+
+    def __init__(self, kms, dkcache=None) -> None:
+        self._kms = dkcache or kms
+        self._buf = bytearray()
+        self._dec = None
+
+    def __call__(self, chunk: bytes) -> bytes:
+        try:
+            return self._feed(chunk)
+        except envelope.EnvelopeError as e:
+            raise BadBody(f"malformed envelope: {e}") from None
+
+    def _feed(self, chunk: bytes) -> bytes:
+        if self._dec is None:
+            self._buf += chunk
+            need = envelope.header_length(bytes(self._buf))
+            if need is None or len(self._buf) < need:
+                if not chunk:
+                    raise BadBody("the body ends inside the envelope header")
+                return b""
+            header = envelope.Header.decode(bytes(self._buf[:need]))
+            self._dec = envelope.StreamDecryptor(envelope.open_envelope(self._kms, header))
+            rest, self._buf = bytes(self._buf[need:]), bytearray()
+            out = self._dec.update(rest) if rest else b""
+            return out + (self._dec.finalize() or b"") if not chunk else out
+        if not chunk:
+            return self._dec.finalize() or b""
+        return self._dec.update(chunk)
+
+
+def seal_all(kms, key: str, body: bytes, frame_size: int) -> bytes:
+    s = Sealer(kms, key, frame_size)
+    return s(body) + s(b"")
+
+
+def open_all(kms, body: bytes, dkcache=None) -> bytes:
+    if not body:
+        raise BadBody("the body is empty, not an envelope")
+    o = Opener(kms, dkcache)
+    return o(body) + o(b"")

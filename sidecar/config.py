@@ -1,0 +1,228 @@
+"""The `[[proxy]]` section of a deployment TOML: pydantic models plus semantic checks.
+
+Pydantic checks shape (extra keys are errors); `check` checks meaning against the key
+store (key exists, usage fits the action, field paths parse, algorithm fits the key).
+`sidecar.rules.compile_entry` turns a checked entry into frozen runtime objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from kmscore.errors import KmsError
+
+from sidecar import fields, httpsig
+
+DEFAULT_KEY = "sidecar/default"
+MiB = 1024 * 1024
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Match(_Model):
+    host: str | None = None
+    """A glob on the host the client asked for (Host header / forward target), e.g. `*.example.com`."""
+    path: str = "*"
+    """A glob on the path without the query, e.g. `/api/users/*` (`*` crosses `/`)."""
+    methods: tuple[str, ...] | None = None
+
+    @field_validator("methods")
+    @classmethod
+    def _upper(cls, v):
+        return None if v is None else tuple(m.upper() for m in v)
+
+
+class Action(_Model):
+    action: Literal["encrypt", "decrypt", "sign", "verify"]
+    key: str | None = None
+    """A key id or alias. encrypt/decrypt default to `sidecar/default`; sign/verify need one."""
+    fields: tuple[str, ...] | None = None
+    """encrypt/decrypt only these JSON fields (paths like `user.ssn`, `cards[*].number`)."""
+    algorithm: str | None = None
+    """sign/verify: an RFC 9421 algorithm name; default from the key spec."""
+    keyid: str | None = None
+    """sign: the `keyid` parameter (default: the key alias or id). verify: the expected keyid."""
+    label: str = "sig1"
+    max_age: int = Field(default=300, ge=1, le=86400)
+    """verify: replay window in seconds on `created` (both directions of clock skew)."""
+
+    @model_validator(mode="after")
+    def _shape(self):
+        if self.action in ("sign", "verify"):
+            if self.fields is not None:
+                raise ValueError(f"{self.action} takes no fields")
+            if not self.key:
+                raise ValueError(f"{self.action} needs a key (an HMAC, RSA or EC key)")
+        elif self.algorithm is not None:
+            raise ValueError(f"{self.action} takes no algorithm")
+        return self
+
+    @property
+    def key_name(self) -> str:
+        return self.key or DEFAULT_KEY
+
+
+class Route(_Model):
+    name: str | None = None
+    match: Match = Match()
+    request: Action | None = None
+    response: Action | None = None
+
+
+class Limits(_Model):
+    max_buffered_body: int = Field(default=16 * MiB, ge=1024, le=1024 * MiB)
+    """Bodies up to this size are buffered (clean JSON errors); larger whole-body
+    encrypt/decrypt bodies stream; larger bodies for fields/sign/verify get 413."""
+
+
+class ProxyEntry(_Model):
+    """One `[[proxy]]` table."""
+
+    name: str | None = None
+    listen: str = "127.0.0.1:8081"
+    mode: Literal["reverse", "forward"] = "reverse"
+    upstream: str | None = None
+    verify_upstream: bool = True
+    upstream_ca: str | None = None
+    """A PEM bundle of CAs trusted for upstream HTTPS (default: the system store)."""
+    unmatched: Literal["pass", "deny"] = "pass"
+    limits: Limits = Limits()
+    metrics: str | None = None
+    """host:port of a Prometheus endpoint (all proxies of the process share one registry)."""
+    access_log: str | None = None
+    """A file for JSON access-log lines; `-` for stderr; unset: the `keyhold.sidecar.access` logger."""
+    frame_size: int = Field(default=65536, ge=4096, le=4 * MiB)
+    route: tuple[Route, ...] = ()
+
+    @field_validator("listen", "metrics")
+    @classmethod
+    def _hostport(cls, v):
+        if v is None:
+            return v
+        host, sep, port = v.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"expected host:port, got {v!r}")
+        return v
+
+    @field_validator("upstream")
+    @classmethod
+    def _url(cls, v):
+        if v is None:
+            return v
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"upstream must be an http:// or https:// URL, got {v!r}")
+        if parts.path not in ("", "/") or parts.query:
+            raise ValueError("upstream is scheme://host[:port] without a path")
+        return v
+
+    @model_validator(mode="after")
+    def _mode(self):
+        if self.mode == "reverse" and not self.upstream:
+            raise ValueError("reverse mode needs an upstream URL")
+        if self.mode == "forward" and self.upstream:
+            raise ValueError("forward mode takes no upstream (clients choose the target)")
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.name or self.listen
+
+    @property
+    def listen_host(self) -> str:
+        return self.listen.rpartition(":")[0] or "127.0.0.1"
+
+    @property
+    def listen_port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+
+USAGE_FOR = {"encrypt": "ENCRYPT_DECRYPT", "decrypt": "ENCRYPT_DECRYPT"}
+
+
+def check(entries: Sequence[ProxyEntry], kms) -> list[tuple[str, str]]:
+    """Semantic problems, each as (key path inside its entry, message).
+
+    Paths are relative to the entry; with several entries they are prefixed
+    `[i]` so the config loader can place them (`proxy[1].route[0].request.key`).
+    """
+    problems: list[tuple[str, str]] = []
+    many = len(entries) > 1
+    listens: dict[str, int] = {}
+    for i, entry in enumerate(entries):
+        pre = f"[{i}]." if many else ""
+        if entry.listen in listens:
+            problems.append((f"{pre}listen", f"{entry.listen} is also used by proxy[{listens[entry.listen]}]"))
+        listens.setdefault(entry.listen, i)
+        if many and (entry.verify_upstream, entry.upstream_ca) != (entries[0].verify_upstream, entries[0].upstream_ca):
+            problems.append((f"{pre}verify_upstream", "all proxies of one process share verify_upstream and upstream_ca"))
+        for r, route in enumerate(entry.route):
+            for direction in ("request", "response"):
+                action = getattr(route, direction)
+                if action is not None:
+                    where = f"{pre}route[{r}].{direction}"
+                    problems.extend(check_action(where, action, kms))
+    return problems
+
+
+def check_action(where: str, action: Action, kms) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for f in action.fields or ():
+        try:
+            fields.parse(f)
+        except fields.PathSyntaxError as e:
+            out.append((f"{where}.fields", str(e)))
+    try:
+        meta = kms.describe_key(action.key_name)
+    except KmsError as e:
+        return [*out, (f"{where}.key", str(e))]
+    spec, usage = _value(meta.spec), _value(meta.usage)
+    if action.action in USAGE_FOR:
+        if spec != "AES_256":
+            out.append((f"{where}.key", f"{action.action} needs an AES_256 key; {action.key_name} is {spec} ({usage})"))
+        return out
+    alg_name = action.algorithm or httpsig.DEFAULT_FOR_SPEC.get(spec)
+    if alg_name is None:
+        out.append((f"{where}.key", f"{action.action} needs an HMAC, RSA or EC key; {action.key_name} is {spec}"))
+        return out
+    alg = httpsig.ALGORITHMS.get(alg_name)
+    if alg is None:
+        out.append((f"{where}.algorithm", f"unknown algorithm {alg_name!r}; choose one of: {', '.join(httpsig.ALGORITHMS)}"))
+    elif alg.family != spec.split("_")[0]:
+        out.append((f"{where}.algorithm", f"{alg_name} needs a {alg.family} key; {action.key_name} is {spec}"))
+    elif alg.family == "EC" and spec != {32: "EC_P256", 48: "EC_P384"}[alg.ec_size]:
+        out.append((f"{where}.algorithm", f"{alg_name} does not fit key {action.key_name} ({spec})"))
+    elif alg.family == "HMAC" and spec != "HMAC_" + alg.name[-3:]:
+        out.append((f"{where}.algorithm", f"{alg_name} does not fit key {action.key_name} ({spec})"))
+    elif alg.family == "RSA" and usage != "SIGN_VERIFY":
+        out.append((f"{where}.key", f"{action.action} needs a SIGN_VERIFY key; {action.key_name} is {spec} ({usage})"))
+    return out
+
+
+def _value(v) -> str:
+    return getattr(v, "value", v)
+
+
+def parse_entries(raw: object) -> list[ProxyEntry]:
+    """`[[proxy]]` tables (a list of dicts) into entries; pydantic errors become ConfigError."""
+    from pydantic import ValidationError
+
+    from sidecar.errors import ConfigError
+
+    if not isinstance(raw, list):
+        raise ConfigError("proxy: expected an array of tables ([[proxy]])")
+    out = []
+    for i, item in enumerate(raw):
+        try:
+            out.append(ProxyEntry.model_validate(item))
+        except ValidationError as e:
+            err = e.errors()[0]
+            loc = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"])
+            raise ConfigError(f"proxy[{i}]{loc}: {err['msg'].removeprefix('Value error, ')}") from None
+    return out

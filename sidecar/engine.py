@@ -1,0 +1,192 @@
+"""The proxy engine: one lean mitmproxy `Master` in its own thread, serving every entry.
+
+Only the addons the sidecar needs are loaded (a DumpMaster loads ~34 and every hook runs
+through all of them). Each `[[proxy]]` entry is one mitmproxy mode (`reverse:URL@host:port`
+or `regular@host:port`); flows find their entry by the mode they arrived on, so one
+Master serves them all and a reload that changes one listen address restarts only that
+listener. `connection_strategy=lazy` makes a dead upstream a 502 (and an `error` hook)
+rather than a closed client connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from mitmproxy import options
+from mitmproxy.addons import next_layer, proxyserver, tlsconfig
+from mitmproxy.master import Master
+
+from sidecar.addons import Metrics, Routing, Runtime, Signing, Transform
+from sidecar.config import ProxyEntry
+from sidecar.errors import ConfigError
+from sidecar.rules import RouteTable, compile_entry
+
+log = logging.getLogger("keyhold.sidecar")
+
+
+def mode_spec(entry: ProxyEntry) -> str:
+    where = f"{entry.listen_host}:{entry.listen_port}"
+    if entry.mode == "reverse":
+        return f"reverse:{entry.upstream}@{where}"
+    return f"regular@{where}"
+
+
+class Engine:
+    """Start, reconfigure and stop the proxies of one process. Thread-safe entry points."""
+
+    def __init__(self, entries: Sequence[ProxyEntry], kms, *, clock=time.time, confdir: str | None = None) -> None:
+        self.kms = kms
+        self.runtime = Runtime(kms=kms, tables=self._compile(entries), clock=clock)
+        self.metrics = Metrics()
+        self.entries = list(entries)
+        self.confdir = confdir or str(Path(getattr(kms, "home", Path.home())) / "sidecar")
+        self._loop = asyncio.new_event_loop()
+        self._thread: threading.Thread | None = None
+        self._master: Master | None = None
+        self._ready = threading.Event()
+        self._metrics_servers: dict[str, object] = {}
+        self._log_handler: logging.Handler | None = None
+
+    def _compile(self, entries: Sequence[ProxyEntry]) -> dict[str, RouteTable]:
+        return {mode_spec(e): compile_entry(e, self.kms) for e in entries}
+
+    # -- lifecycle -------------------------------------------------------------------
+    def start(self, timeout: float = 15.0) -> None:
+        self._thread = threading.Thread(target=self._run, name="keyhold-sidecar", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise ConfigError("the proxy did not start in time")
+        self._check_listening(self.entries, timeout)
+        self._apply_side_services(self.entries)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_until_complete(self._main())
+
+    async def _main(self) -> None:
+        opts = options.Options()
+        master = Master(opts, event_loop=self._loop)
+        master.addons.add(
+            proxyserver.Proxyserver(),
+            next_layer.NextLayer(),
+            tlsconfig.TlsConfig(),
+            Routing(self.runtime),
+            Transform(self.runtime),
+            Signing(self.runtime),
+            self.metrics,
+        )
+        first = self.entries[0] if self.entries else None
+        Path(self.confdir).mkdir(parents=True, exist_ok=True, mode=0o700)
+        opts.update(
+            mode=list(self.runtime.tables),
+            connection_strategy="lazy",
+            keep_host_header=True,
+            confdir=self.confdir,
+            ssl_insecure=bool(first and not first.verify_upstream),
+            ssl_verify_upstream_trusted_ca=first.upstream_ca if first else None,
+            http2=True,
+        )
+        self._master = master
+        self._loop.call_soon(self._ready.set)
+        await master.run()
+
+    def _call(self, fn, timeout: float = 15.0):
+        """Run `fn` on the engine's loop and wait for its result."""
+        async def wrapper():
+            return fn()
+        return asyncio.run_coroutine_threadsafe(wrapper(), self._loop).result(timeout)
+
+    def _servers(self) -> dict[str, object]:
+        ps = self._master.addons.get("proxyserver")
+        return self._call(lambda: {s.mode.full_spec: s for s in ps.servers})
+
+    def _check_listening(self, entries: Sequence[ProxyEntry], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        wanted = {mode_spec(e): e for e in entries}
+        while True:
+            servers = self._servers()
+            pending = []
+            for spec, entry in wanted.items():
+                s = servers.get(spec)
+                if s is not None and s.last_exception is not None:
+                    raise ConfigError(f"proxy {entry.label}: cannot listen on {entry.listen}: {s.last_exception}")
+                if s is None or not s.is_running:
+                    pending.append(entry)
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise ConfigError(f"proxy {pending[0].label}: not listening on {pending[0].listen} after {timeout:.0f} s")
+            time.sleep(0.02)
+
+    def apply(self, entries: Sequence[ProxyEntry]) -> list[str]:
+        """Swap in new entries: routes at once, listeners that changed are restarted."""
+        new_tables = self._compile(entries)  # may raise: the old config keeps running
+        old = set(self.runtime.tables)
+        new = set(new_tables)
+        changes = [f"stopped {s}" for s in sorted(old - new)] + [f"started {s}" for s in sorted(new - old)]
+        changes += [f"routes of {s} reloaded" for s in sorted(old & new) if self.runtime.tables[s].entry != new_tables[s].entry]
+        self.runtime.tables = {**self.runtime.tables, **new_tables}
+        if old != new:
+            self._call(lambda: self._master.options.update(mode=list(new_tables)))
+            self._check_listening(entries, 15.0)
+        self.runtime.tables = new_tables
+        self.entries = list(entries)
+        self._apply_side_services(entries)
+        return changes
+
+    def stop(self, drain: float = 30.0) -> None:
+        """Stop listening, let in-flight requests finish (up to `drain` s), then shut down."""
+        if self._master is None:
+            return
+        try:
+            self._call(lambda: self._master.options.update(mode=[]))
+        except Exception:  # noqa: BLE001 - stopping anyway
+            pass
+        deadline = time.monotonic() + drain
+        while self.metrics.active > 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._master.shutdown()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        for server in self._metrics_servers.values():
+            server.shutdown()
+        self._metrics_servers.clear()
+        if self._log_handler is not None:
+            logging.getLogger("keyhold.sidecar.access").removeHandler(self._log_handler)
+            self._log_handler.close()
+        self._master = None
+
+    # -- metrics endpoint, access log -------------------------------------------------------
+    def _apply_side_services(self, entries: Sequence[ProxyEntry]) -> None:
+        from prometheus_client import start_http_server
+
+        wanted = {e.metrics for e in entries if e.metrics}
+        for addr in list(self._metrics_servers):
+            if addr not in wanted:
+                self._metrics_servers.pop(addr).shutdown()
+        for addr in wanted - set(self._metrics_servers):
+            host, _, port = addr.rpartition(":")
+            try:
+                server, _thread = start_http_server(int(port), host, registry=self.metrics.registry)
+            except OSError as e:
+                raise ConfigError(f"cannot serve metrics on {addr}: {e.strerror}") from None
+            self._metrics_servers[addr] = server
+        target = next((e.access_log for e in entries if e.access_log), None)
+        access = logging.getLogger("keyhold.sidecar.access")
+        if self._log_handler is not None:
+            access.removeHandler(self._log_handler)
+            self._log_handler.close()
+            self._log_handler = None
+        if target:
+            handler = logging.StreamHandler(sys.stderr) if target == "-" else logging.FileHandler(target)
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            access.addHandler(handler)
+            access.setLevel(logging.INFO)
+            access.propagate = False
+            self._log_handler = handler
