@@ -107,13 +107,14 @@ def wait_mounted(point: Path, proc: subprocess.Popen | None = None) -> None:
         time.sleep(0.05)
 
 
-def setup(base: Path) -> tuple[dict[str, Path], list]:
+def setup(base: Path, only: list[str], kms_options: list[str]) -> tuple[dict[str, Path], list]:
     targets: dict[str, Path] = {}
     cleanup: list = []
-    plain = base / "plain"
-    plain.mkdir()
-    targets["plain"] = plain
-    if shutil.which("gocryptfs"):
+    if "plain" in only:
+        plain = base / "plain"
+        plain.mkdir()
+        targets["plain"] = plain
+    if "gocryptfs" in only and shutil.which("gocryptfs"):
         c, m, pw = base / "gocrypt.c", base / "gocrypt.m", base / "gocrypt.pass"
         c.mkdir()
         m.mkdir()
@@ -123,11 +124,13 @@ def setup(base: Path) -> tuple[dict[str, Path], list]:
         wait_mounted(m)
         targets["gocryptfs"] = m
         cleanup.append(lambda m=m: subprocess.run(["fusermount3", "-u", str(m)]))
+    if "kms" not in only:
+        return targets, cleanup
     home, c, m = base / "kmshome", base / "kms.c", base / "kms.m"
     c.mkdir()
     m.mkdir()
     log = open(base / "kms-mount.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "fsmount.cli", "--home", str(home), str(c), str(m)], stdout=log, stderr=log)
+    proc = subprocess.Popen([sys.executable, "-m", "fsmount.cli", "--home", str(home), str(c), str(m), *kms_options], stdout=log, stderr=log)
     wait_mounted(m, proc)
     targets["kms mount"] = m
 
@@ -146,9 +149,12 @@ def main() -> int:
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--files", type=int, default=5000)
     ap.add_argument("--seconds", type=int, default=10, help="fio runtime per random test")
+    ap.add_argument("--only", default="plain,gocryptfs,kms", help="comma-separated targets")
+    ap.add_argument("--kms-frame-size", help="frame size of the kms mount's new cipher directory (e.g. 4k)")
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="keyhold-bench-", dir=args.dir))
-    targets, cleanup = setup(base)
+    kms_options = ["--frame-size", args.kms_frame_size] if args.kms_frame_size else []
+    targets, cleanup = setup(base, args.only.split(","), kms_options)
     results: dict[str, dict[str, float | None]] = {}
     try:
         for name, root in targets.items():
