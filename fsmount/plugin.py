@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -78,7 +78,7 @@ class MountService:
 
     def __init__(self, kms: Kms) -> None:
         self.home = str(kms.home)
-        self.running: dict[MountEntry, subprocess.Popen | int] = {}
+        self.running: dict[MountEntry, int] = {}  # entry -> pid of its kms-mount
 
     def apply(self, entries: Sequence[MountEntry]) -> list[str]:
         changes = []
@@ -115,8 +115,6 @@ class MountService:
 
 
 def _wait_gone(pid: int, mount_point: str) -> None:
-    import time
-
     deadline = time.monotonic() + STOP_WAIT
     while time.monotonic() < deadline:
         try:

@@ -349,3 +349,18 @@ def test_concurrent_writers_different_files(d):
         t.join()
     for name, data in payloads.items():
         assert (d / name).read_bytes() == data
+
+
+def test_large_file_past_4_gib(d):
+    """Offsets past 2**32 (frame indexes, backing offsets) through truncate and pwrite."""
+    p = d / "large"
+    end = (1 << 32) + 3 * 32768 + 123
+    with open(p, "wb") as f:
+        f.truncate(end)
+        os.pwrite(f.fileno(), b"far out", end - 7)
+        os.pwrite(f.fileno(), b"middle", 1 << 31)
+    assert os.stat(p).st_size == end
+    with open(p, "rb") as f:
+        assert os.pread(f.fileno(), 100, end - 100) == bytes(93) + b"far out"
+        assert os.pread(f.fileno(), 10, (1 << 31) - 2) == b"\0\0middle\0\0"
+        assert os.pread(f.fileno(), 4096, 12345) == bytes(4096)

@@ -1,0 +1,53 @@
+"""fsmount as a front end: the [[mount]] model, checks, and `kms up`'s start/apply/stop."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from kmscore.frontend import load_frontends
+
+from fsmount.mount import is_mounted
+from fsmount.plugin import FRONTEND, MountEntry
+
+
+def test_registered_as_a_front_end():
+    assert any(f.name == "fsmount" and f.config_key == "mount" for f in load_frontends())
+
+
+def test_entry_model_validates():
+    e = MountEntry(cipher_dir="c", mount_point="m")
+    assert e.key == "fsmount/default" and e.cipher_dir.startswith("/")
+    with pytest.raises(ValidationError):
+        MountEntry(cipher_dir="c", mount_point="m", frame_size=1000)
+    with pytest.raises(ValidationError):
+        MountEntry(cipher_dir="c", mount_point="m", colour="blue")
+
+
+def test_check_reports_problems_by_field(kms, tmp_path):
+    (tmp_path / "c").mkdir()
+    entries = [
+        MountEntry(cipher_dir=str(tmp_path / "c"), mount_point=str(tmp_path / "nope"), key="no/such"),
+    ]
+    problems = dict(FRONTEND.check(entries, kms))
+    assert "does not exist" in problems["mount_point"]
+    assert "no/such" in problems["key"]
+
+
+def test_start_apply_stop(kms, tmp_path):
+    def entry(n: str) -> MountEntry:
+        (tmp_path / f"c{n}").mkdir(exist_ok=True)
+        (tmp_path / f"m{n}").mkdir(exist_ok=True)
+        return MountEntry(cipher_dir=str(tmp_path / f"c{n}"), mount_point=str(tmp_path / f"m{n}"), log=str(tmp_path / f"{n}.log"))
+
+    a, b = entry("a"), entry("b")
+    service = FRONTEND.start([a], kms)
+    try:
+        assert is_mounted(a.mount_point)
+        (tmp_path / "ma" / "f").write_bytes(b"x")
+        changes = service.apply([b])
+        assert changes == [f"unmounted {a.mount_point}", f"mounted {b.cipher_dir} on {b.mount_point}"]
+        assert not is_mounted(a.mount_point) and is_mounted(b.mount_point)
+    finally:
+        service.stop()
+    assert not is_mounted(b.mount_point)
