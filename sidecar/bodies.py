@@ -8,9 +8,12 @@ original Content-Type and Content-Encoding travel in `X-Keyhold-Content-Type` an
 
 from __future__ import annotations
 
-from kmscore import envelope
-
 from sidecar.errors import BadBody
+
+try:
+    from kmscore import envelope
+except ImportError:  # an install without the envelope format: whole-body rules fail closed
+    envelope = None
 
 ENVELOPE_TYPE = "application/vnd.keyhold.envelope"
 ORIG_TYPE = "X-Keyhold-Content-Type"

@@ -1,0 +1,168 @@
+"""`kms proxy` / `kms-proxy`: run the sidecar from a deployment TOML or from quick flags.
+
+    kms proxy --config deploy.toml
+    kms proxy --listen 127.0.0.1:8081 --upstream http://127.0.0.1:8080 \\
+              --encrypt-requests app/data --decrypt-responses
+
+Runs in the foreground until SIGTERM/SIGINT, then stops listening and lets in-flight
+requests finish (up to --drain seconds).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from kmscore.errors import KmsError
+
+from sidecar.config import DEFAULT_KEY, ProxyEntry, check, parse_entries
+from sidecar.errors import ConfigError
+
+
+def register_cli(sub, ctx) -> None:
+    p = sub.add_parser(
+        "proxy",
+        help="run the encrypting HTTP sidecar (reverse or forward proxy)",
+        description="Encrypt, decrypt, sign and verify HTTP bodies by rule, failing closed.",
+    )
+    add_arguments(p)
+    p.set_defaults(run=run)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="deployment TOML; runs every [[proxy]] entry")
+    q = p.add_argument_group("quick single-route run (without --config)")
+    q.add_argument("--listen", default="127.0.0.1:8081", help="host:port to listen on (default %(default)s)")
+    q.add_argument("--upstream", help="reverse mode: the upstream URL, e.g. http://127.0.0.1:8080")
+    q.add_argument("--forward", action="store_true", help="forward-proxy mode (clients set HTTP(S)_PROXY)")
+    q.add_argument("--encrypt-requests", nargs="?", const=DEFAULT_KEY, metavar="KEY",
+                   help=f"encrypt request bodies (default key {DEFAULT_KEY})")
+    q.add_argument("--decrypt-responses", action="store_true", help="decrypt envelope / token response bodies")
+    q.add_argument("--fields", action="append", metavar="PATH",
+                   help="only these JSON fields (repeat), e.g. user.ssn or cards[*].number")
+    q.add_argument("--sign-requests", metavar="KEY", help="sign requests (RFC 9421) with an HMAC/RSA/EC key")
+    q.add_argument("--verify-requests", metavar="KEY", help="verify RFC 9421 signatures on requests")
+    q.add_argument("--metrics", metavar="HOST:PORT", help="serve Prometheus metrics here")
+    q.add_argument("--access-log", metavar="FILE", help="JSON access log (- for stderr)")
+    q.add_argument("--upstream-ca", metavar="PEM", help="CA bundle trusted for upstream HTTPS")
+    q.add_argument("--insecure-upstream", action="store_true", help="do not verify the upstream's certificate")
+    p.add_argument("--drain", type=float, default=30.0, help="seconds to let requests finish on SIGTERM")
+
+
+def entries_from_args(args) -> list[ProxyEntry]:
+    if args.config:
+        return load_config(args.config)
+    if args.encrypt_requests and args.sign_requests or args.verify_requests and args.encrypt_requests:
+        raise ConfigError("one request action per quick run: use --config for encrypt and sign together")
+    request = None
+    if args.encrypt_requests:
+        request = {"action": "encrypt", "key": args.encrypt_requests}
+    elif args.sign_requests:
+        request = {"action": "sign", "key": args.sign_requests}
+    elif args.verify_requests:
+        request = {"action": "verify", "key": args.verify_requests}
+    response = {"action": "decrypt"} if args.decrypt_responses else None
+    if args.fields:
+        for action in (request, response):
+            if action is not None and action["action"] in ("encrypt", "decrypt"):
+                action["fields"] = args.fields
+    if response is not None and args.encrypt_requests:
+        response["key"] = args.encrypt_requests
+    raw = {
+        "listen": args.listen,
+        "mode": "forward" if args.forward else "reverse",
+        "verify_upstream": not args.insecure_upstream,
+        "route": [{"name": "cli", **({"request": request} if request else {}), **({"response": response} if response else {})}],
+    }
+    for key, value in (("upstream", args.upstream), ("metrics", args.metrics),
+                       ("access_log", args.access_log), ("upstream_ca", args.upstream_ca)):
+        if value:
+            raw[key] = value
+    if not args.forward and not args.upstream:
+        raise ConfigError("give --upstream URL (reverse mode), --forward, or --config FILE")
+    return parse_entries([raw])
+
+
+def load_config(path: str) -> list[ProxyEntry]:
+    import tomllib
+
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    if "proxy" not in data:
+        raise ConfigError(f"{path}: no [[proxy]] entries")
+    try:
+        return parse_entries(data["proxy"])
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def checked(entries: list[ProxyEntry], kms) -> None:
+    problems = check(entries, kms)
+    if problems:
+        many = len(entries) > 1
+        lines = [f"proxy{'' if many else '[0].'}{where}: {msg}" for where, msg in problems]
+        raise ConfigError("\n".join(lines))
+
+
+def run(args, ctx) -> int:
+    from sidecar.engine import Engine
+
+    entries = entries_from_args(args)
+    kms = ctx.kms
+    checked(entries, kms)
+    engine = Engine(entries, kms)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    engine.start()
+    try:
+        for e in entries:
+            target = e.upstream if e.mode == "reverse" else "forward proxy"
+            print(f"kms proxy: {e.label}: listening on {e.listen} -> {target} ({len(e.route)} route(s))",
+                  file=sys.stderr, flush=True)
+        if entries and entries[0].mode == "forward" or any(e.mode == "forward" for e in entries):
+            print(f"kms proxy: HTTPS clients must trust {engine.confdir}/mitmproxy-ca-cert.pem", file=sys.stderr, flush=True)
+        while not stop.wait(0.5):
+            pass
+    finally:
+        print("kms proxy: stopping (letting in-flight requests finish)", file=sys.stderr, flush=True)
+        engine.stop(args.drain)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`kms-proxy`: the same as `kms proxy`, on its own."""
+    from kmscore.cli.context import CliContext
+
+    parser = argparse.ArgumentParser(prog="kms-proxy", description="keyhold's encrypting HTTP sidecar.")
+    parser.add_argument("--home", help="KMS home folder (default: $KMS_HOME or ~/.local/share/keyhold)")
+    parser.add_argument("--root-key-file", help="root key file")
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    args.command = "proxy"
+    ctx = CliContext()
+    ctx.args = args
+    try:
+        return run(args, ctx)
+    except KmsError as e:
+        for line in str(e).splitlines():
+            print(f"kms-proxy: error: {line}", file=sys.stderr)
+        return getattr(e, "exit_code", 1)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # noqa: BLE001 - never a traceback at a user
+        print(f"kms-proxy: internal error: {type(e).__name__}: {e} (please report this)", file=sys.stderr)
+        return 70
+    finally:
+        ctx.close()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

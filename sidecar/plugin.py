@@ -1,0 +1,31 @@
+"""The sidecar as a keyhold front end: the `kms proxy` command, the `[[proxy]]` config
+section, and `kms up` (start / live reload / stop)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from kmscore.frontend import Frontend
+
+from sidecar.cli import register_cli
+from sidecar.config import ProxyEntry, check
+
+
+def start(entries: Sequence[ProxyEntry], kms):
+    """Start every entry in one embedded mitmproxy; the Engine is the Service
+    (`apply(entries)` reloads routes live, restarts only changed listeners; `stop()` drains)."""
+    from sidecar.engine import Engine
+
+    engine = Engine(list(entries), kms)
+    engine.start()
+    return engine
+
+
+FRONTEND = Frontend(
+    name="sidecar",
+    register_cli=register_cli,
+    config_key="proxy",
+    config_model=ProxyEntry,
+    check=check,
+    start=start,
+)
