@@ -26,6 +26,7 @@ from fsmount.openfile import fs_error
 log = logging.getLogger("fsmount")
 
 HEADER_PROBE = 4096  # bytes read to decode a header (the wrapped DEK is ~100 bytes)
+GEOMETRY_CACHE = 100_000  # inodes whose header size and frame size we remember
 
 
 def inode_of(st: os.stat_result) -> Inode:
@@ -50,6 +51,9 @@ class FsBase:
         self.kernel = KernelCache()
         self.links = HardLinks(self.kernel)
         self.running_as_root = os.geteuid() == 0
+        # an inode's envelope geometry never changes while it lives (rewrap keeps the
+        # header size; unlink and rename-over forget it), so stat needs no header read
+        self._geometry: dict[Inode, Layout] = {}
 
     # -- names ---------------------------------------------------------------------------
     def real(self, path: str) -> str:
@@ -86,21 +90,39 @@ class FsBase:
         """st_size as the mount shows it: the plaintext size of a regular file."""
         if not stat.S_ISREG(st.st_mode):
             return st.st_size
-        f = self.handles.by_inode(inode_of(st))
+        inode = inode_of(st)
+        f = self.handles.by_inode(inode)
         if f is not None:
             return f.size
+        layout = self._geometry.get(inode)
+        if layout is None:
+            layout = self._read_geometry(real)
+            if layout is None:
+                return 0  # damaged files still list (and can be deleted); reading them fails
+            if len(self._geometry) >= GEOMETRY_CACHE:
+                self._geometry.clear()
+            self._geometry[inode] = layout
+        size = layout.plaintext_size(st.st_size)
+        return 0 if size is None else size
+
+    @staticmethod
+    def _read_geometry(real: str) -> Layout | None:
         try:
             fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW)
         except OSError:
-            return 0
+            return None
         try:
             header = read_header(fd)
-            size = Layout(header.size, header.frame_size).plaintext_size(st.st_size)
+            return Layout(header.size, header.frame_size)
         except (EnvelopeError, OSError):
-            size = None
+            return None
         finally:
             os.close(fd)
-        return 0 if size is None else size  # damaged files still list (and can be deleted)
+
+    def forget_inode(self, st: os.stat_result) -> None:
+        """The last name of a file is gone: its inode number may come back as another file."""
+        if st.st_nlink <= 1:
+            self._geometry.pop(inode_of(st), None)
 
     @staticmethod
     def attrs(st: os.stat_result, size: int) -> dict[str, Any]:

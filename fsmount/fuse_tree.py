@@ -62,6 +62,7 @@ class TreeOps(FsBase):
         real = self.real(path)
         st = os.lstat(real)
         os.unlink(real)
+        self.forget_inode(st)
         if st.st_nlink > 1:
             self.links.changed(inode_of(st), gone=path)
 
@@ -80,6 +81,8 @@ class TreeOps(FsBase):
         if not flags & RENAME_EXCHANGE:
             self.links.renamed(old, new)
             self.handles.renamed(old, new)
+        if replaced is not None:
+            self.forget_inode(replaced)
         if replaced is not None and replaced.st_nlink > 1:
             self.links.changed(inode_of(replaced), gone=new)
 
