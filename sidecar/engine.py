@@ -28,6 +28,9 @@ from sidecar.errors import ConfigError
 from sidecar.rules import RouteTable, compile_entry
 
 log = logging.getLogger("keyhold.sidecar")
+_running = threading.Lock()
+"""mitmproxy keeps its master and options in module globals (`mitmproxy.ctx`), so one
+process runs one Engine; more proxies are more entries of the same Engine."""
 
 
 def mode_spec(entry: ProxyEntry) -> str:
@@ -58,6 +61,8 @@ class Engine:
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self, timeout: float = 15.0) -> None:
+        if not _running.acquire(blocking=False):
+            raise ConfigError("a sidecar engine already runs in this process: add entries to it with apply()")
         self._thread = threading.Thread(target=self._run, name="keyhold-sidecar", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout):
@@ -161,6 +166,7 @@ class Engine:
             logging.getLogger("keyhold.sidecar.access").removeHandler(self._log_handler)
             self._log_handler.close()
         self._master = None
+        _running.release()
 
     # -- metrics endpoint, access log -------------------------------------------------------
     def _apply_side_services(self, entries: Sequence[ProxyEntry]) -> None:

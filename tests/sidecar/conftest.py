@@ -57,7 +57,7 @@ def routes() -> list[dict]:
         {"name": "reply-body", "match": {"path": "/reply/body"}, "response": dec},
         {"name": "reply-verify", "match": {"path": "/reply/verify"}, "response": {"action": "verify", "key": "app/mac"}},
         {"name": "reply-sign", "match": {"path": "/reply/sign"}, "response": {"action": "sign", "key": "app/ec"}},
-        {"name": "off", "match": {"path": "/off*"}, "request": {"action": "encrypt", "key": "app/off"}},
+        {"name": "off", "match": {"path": "/off*"}, "request": {"action": "encrypt", "key": "app/off", "fields": ["secret"]}},
         {"name": "host", "match": {"host": "*.example.com", "path": "/host*"}, "request": enc},
         {"name": "put-only", "match": {"path": "/method*", "methods": ["PUT"]}, "request": enc},
         {"name": "sign-hmac", "match": {"path": "/sign/hmac*"}, "request": {"action": "sign", "key": "app/mac"}},
