@@ -77,6 +77,10 @@ class FileOps(FsBase):
     def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes:
         return self.handles.get(fh).read(offset, size)
 
+    def read_parts(self, size: int, offset: int, fh: int) -> list[bytes]:
+        """`read` as pieces (used by KeyholdFUSE, which copies them into the kernel's buffer)."""
+        return self.handles.get(fh).read_parts(offset, size)
+
     def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
         return self.handles.get(fh).write(offset, data)
 
