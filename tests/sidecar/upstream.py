@@ -12,6 +12,7 @@ import hashlib
 import shutil
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -131,6 +132,8 @@ def _handler(up: Upstream):
                         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
                 self.wfile.write(b"0\r\n\r\n")
                 return
+            if name.startswith("/slow"):
+                time.sleep(1.0)  # lets a test send SIGTERM while this request is in flight
             if name.startswith("/reply"):
                 body, ctype, extra = up.reply
                 return self._send(200, body, ctype, extra)
