@@ -90,6 +90,12 @@ class KeyholdFUSE(mfusepy.FUSE):
             at += len(part)
         return at
 
+    def write(self, path, buf, size: int, offset: int, fip) -> int:
+        """Hand the kernel's buffer over as a memoryview, not a copy (valid for this call only:
+        OpenFile copies what it keeps)."""
+        data = memoryview((ctypes.c_char * size).from_address(ctypes.cast(buf, ctypes.c_void_p).value)).cast("B")
+        return self.operations.write(None, data, offset, fip.contents.fh)
+
     def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
         return self.operations.rename(_path(self, old), _path(self, new), flags)
 

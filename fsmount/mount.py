@@ -8,6 +8,7 @@ it is not).
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import re
@@ -28,7 +29,8 @@ from fsmount.keys import DEFAULT_FRAME_SIZE, FileKeys
 log = logging.getLogger("fsmount")
 
 LOOP_ENDED = 8  # fuse_main_real: the session loop returned an error (a signal is one)
-READ_AHEAD_KB = 1024  # measured: cold reads ~1.6 -> ~2.6 GB/s over the default 128
+READ_AHEAD_KB = 1024
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (glibc malloc.h)  # measured: cold reads ~1.6 -> ~2.6 GB/s over the default 128
 
 
 @dataclass
@@ -91,6 +93,7 @@ def run(kms: Kms, cipher_dir: str, mount_point: str, opts: MountOptions) -> None
         **opts.extra,
     }
     os.umask(0)  # the kernel already applied the caller's umask to every mode we get
+    _tune_malloc()
     threading.Thread(target=_tune_read_ahead, args=(mount_point,), daemon=True).start()
     log.info("mounting %s on %s (key %s, frame %d)", cipher_dir, mount_point, config.key_alias or config.key_id, config.frame_size)
     try:
@@ -100,6 +103,21 @@ def run(kms: Kms, cipher_dir: str, mount_point: str, opts: MountOptions) -> None
         if str(e) != str(LOOP_ENDED) or is_mounted(mount_point):
             raise MountError(f"mounting {cipher_dir} on {mount_point} failed (libfuse error {e})") from None
     log.info("unmounted %s", mount_point)
+
+
+def _tune_malloc() -> None:
+    """Keep freed request-sized buffers in the heap instead of returning them to the OS.
+
+    Every 1 MiB request allocates a few MiB of frames; with glibc's defaults each one
+    is mmapped (or trimmed) and then page-faulted and zeroed again: measured, cold
+    reads took twice the CPU. glibc only; elsewhere this does nothing.
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(M_MMAP_THRESHOLD, 32 << 20)
+        libc.mallopt(M_TRIM_THRESHOLD, 256 << 20)
+    except (OSError, AttributeError):
+        pass
 
 
 def _tune_read_ahead(mount_point: str, wait: float = 30.0) -> None:
