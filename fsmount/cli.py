@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     ctx = CliContext()
-    if argv and argv[0] in ("-u", "--unmount"):
+    if "-u" in argv or "--unmount" in argv:
         p = build_parser()
         p.add_argument("-u", "--unmount", dest="mount_point", metavar="MOUNTPOINT", required=True)
         p.add_argument("--lazy", action="store_true")

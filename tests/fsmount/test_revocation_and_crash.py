@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import signal
 import time
 
 import pytest
@@ -97,11 +98,12 @@ def test_kill_9_then_remount_keeps_fsynced_files(mount):
     assert mount.path("open").read_bytes() == b"synced part " * 5000
 
 
-def test_sigterm_unmounts_cleanly_and_writes_tails(mount):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_signal_unmounts_cleanly_and_writes_tails(mount, sig):
     f = open(mount.path("tail"), "wb")
     f.write(b"in the tail")
     f.flush()  # reaches the mount, not necessarily the disk
-    mount.proc.terminate()
+    mount.proc.send_signal(sig)
     assert mount.proc.wait(timeout=30) == 0
     mount.proc = None
     try:

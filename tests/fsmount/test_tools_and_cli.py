@@ -157,6 +157,13 @@ def test_bad_inputs_get_one_line_errors(home, tmp_path):
     assert "not a keyhold cipher directory" in one_line_error(kms(home, "fs", "fsck", str(tmp_path / "full")))
 
 
+def test_kms_mount_standalone_unmount_flag(mount):
+    done = kms_mount(mount.home, "-u", str(mount.point))
+    assert done.returncode == 0, done.stderr
+    assert mount.proc.wait(timeout=30) == 0
+    assert not is_mounted(mount.point)
+
+
 def test_kms_mount_background_and_unmount(home, tmp_path):
     c, p = tmp_path / "c", tmp_path / "p"
     c.mkdir()
