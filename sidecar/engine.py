@@ -43,7 +43,10 @@ def mode_spec(entry: ProxyEntry) -> str:
 class Engine:
     """Start, reconfigure and stop the proxies of one process. Thread-safe entry points."""
 
-    def __init__(self, entries: Sequence[ProxyEntry], kms, *, clock=time.time, confdir: str | None = None) -> None:
+    def __init__(
+        self, entries: Sequence[ProxyEntry], kms, *, clock=time.time, confdir: str | None = None, plain: bool = False
+    ) -> None:
+        self.plain = plain  # benchmarks: the same lean Master without the sidecar's addons
         self.kms = kms
         self.runtime = Runtime(kms=kms, tables=self._compile(entries), clock=clock)
         self.metrics = Metrics()
@@ -77,15 +80,9 @@ class Engine:
     async def _main(self) -> None:
         opts = options.Options()
         master = Master(opts, event_loop=self._loop)
-        master.addons.add(
-            proxyserver.Proxyserver(),
-            next_layer.NextLayer(),
-            tlsconfig.TlsConfig(),
-            Routing(self.runtime),
-            Transform(self.runtime),
-            Signing(self.runtime),
-            self.metrics,
-        )
+        master.addons.add(proxyserver.Proxyserver(), next_layer.NextLayer(), tlsconfig.TlsConfig())
+        if not self.plain:
+            master.addons.add(Routing(self.runtime), Transform(self.runtime), Signing(self.runtime), self.metrics)
         first = self.entries[0] if self.entries else None
         Path(self.confdir).mkdir(parents=True, exist_ok=True, mode=0o700)
         opts.update(

@@ -47,6 +47,11 @@ class Route:
     request: Step | None
     response: Step | None
 
+    @property
+    def action(self) -> str:
+        """`encrypt-fields+decrypt-fields`, `sign`, ... : the metrics label of this route."""
+        return "+".join(s.name for s in (self.request, self.response) if s is not None) or "pass"
+
     def matches(self, host: str, path: str, method: str) -> bool:
         return (
             (self.methods is None or method.upper() in self.methods)

@@ -37,6 +37,19 @@ class Metrics:
         )
         self.in_flight = Gauge("keyhold_sidecar_in_flight", "Requests being handled", registry=self.registry)
         self.active = 0
+        self._children: dict[tuple, tuple] = {}  # labels() is slow; look each label set up once
+
+    def _series(self, proxy: str, rule: str, action: str, outcome: str) -> tuple:
+        key = (proxy, rule, action, outcome)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = (
+                self.requests.labels(proxy, rule, action, outcome),
+                self.bytes.labels(proxy, "request"),
+                self.bytes.labels(proxy, "response"),
+                self.latency.labels(proxy, rule),
+            )
+        return found
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         self.active += 1
@@ -61,13 +74,13 @@ class Metrics:
         self.in_flight.dec()
         elapsed = time.monotonic() - st.started
         req_step, resp_step = st.step("request"), st.step("response")
-        action = "+".join(s.name for s in (req_step, resp_step) if s is not None) or "pass"
-        self.requests.labels(st.proxy, st.rule, action, st.outcome).inc()
-        req_bytes = len(flow.request.raw_content or b"") if not flow.request.stream else st.bytes_in
-        self.bytes.labels(st.proxy, "request").inc(req_bytes)
+        action = st.route.action if st.route else "pass"
+        requests, req_bytes, resp_bytes, latency = self._series(st.proxy, st.rule, action, st.outcome)
+        requests.inc()
+        req_bytes.inc(len(flow.request.raw_content or b"") if not flow.request.stream else st.bytes_in)
         if flow.response is not None and not flow.response.stream:
-            self.bytes.labels(st.proxy, "response").inc(len(flow.response.raw_content or b""))
-        self.latency.labels(st.proxy, st.rule).observe(elapsed)
+            resp_bytes.inc(len(flow.response.raw_content or b""))
+        latency.observe(elapsed)
         if access_log.isEnabledFor(logging.INFO):
             access_log.info(json.dumps({
                 "ts": round(time.time(), 3),

@@ -1,0 +1,243 @@
+"""Sidecar HTTP benchmark: 4 KiB JSON POSTs through each setup, side by side in one run.
+
+    .venv/bin/python bench/sidecar_http.py [--duration 5] [--connections 16]
+
+Load generator: `wrk` (Debian package; C, event-driven, its own process), with a Lua
+script for the POST body. Every setup gets the same upstream (a minimal asyncio HTTP/1.1
+server in its own process) and runs in its own process:
+
+    direct        wrk -> upstream
+    mitmdump      wrk -> mitmdump with no script (DumpMaster, its default addons), reverse mode
+    mitmproxy     wrk -> lean mitmproxy Master, reverse mode, no addon of ours -> upstream
+    encrypt       wrk -> sidecar, whole-body envelope encryption of the request -> upstream
+    fields        wrk -> sidecar, 2 JSON fields of the request encrypted as tokens -> upstream
+    sign          wrk -> sidecar, RFC 9421 HMAC-SHA256 signature over Content-Digest -> upstream
+
+Prints requests/s and p50/p99 latency at N connections and at 1 connection, and the
+ratios to plain mitmproxy. Timings are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BODY = {
+    "user": {"name": "Ada Lovelace", "ssn": "078-05-1120", "email": "ada@example.com"},
+    "cards": [{"number": "4111111111111111", "exp": "12/30"}, {"number": "5500005555555559", "exp": "01/29"}],
+}
+BODY["pad"] = "x" * (4096 - len(json.dumps(BODY)) - len(', "pad": ""'))
+assert len(json.dumps(BODY)) == 4096
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- the upstream ----------------------------------------------------------------------
+async def _serve_upstream(port: int) -> None:
+    reply = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{\"ok\":true}"
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                m = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
+                if m:
+                    await reader.readexactly(int(m.group(1)))
+                elif re.search(rb"(?i)\r\ntransfer-encoding:\s*chunked", head):
+                    while True:
+                        size = int((await reader.readline()).split(b";")[0], 16)
+                        await reader.readexactly(size + 2)
+                        if size == 0:
+                            break
+                writer.write(reply)
+        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", port, backlog=1024)
+    async with server:
+        await server.serve_forever()
+
+
+# -- the proxies -----------------------------------------------------------------------
+def _serve_dump(upstream: str, port: int) -> None:
+    """`mitmdump` with no script, in-process: a DumpMaster with its ~34 default addons."""
+    from mitmproxy import options
+    from mitmproxy.tools.dump import DumpMaster
+
+    async def run():
+        opts = options.Options(mode=[f"reverse:{upstream}@127.0.0.1:{port}"])
+        m = DumpMaster(opts, with_termlog=False, with_dumper=False)
+        opts.update(connection_strategy="lazy")
+        asyncio.get_running_loop().call_later(0.5, lambda: print("ready", flush=True))
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, m.shutdown)
+        await m.run()
+
+    asyncio.run(run())
+
+
+def _serve_proxy(kind: str, home: str, upstream: str, ports: dict[str, int]) -> None:
+    from kmscore import Kms
+    from sidecar.config import ProxyEntry
+    from sidecar.engine import Engine
+
+    kms = Kms(home, caller="bench")
+    for alias, spec in (("bench/data", "AES_256"), ("bench/mac", "HMAC_256")):
+        try:
+            kms.describe_key(alias)
+        except Exception:  # noqa: BLE001
+            kms.create_key(alias, spec)
+    actions = {
+        "mitmproxy": None,
+        "encrypt": {"action": "encrypt", "key": "bench/data"},
+        "fields": {"action": "encrypt", "key": "bench/data", "fields": ["user.ssn", "cards[*].number"]},
+        "sign": {"action": "sign", "key": "bench/mac"},
+    }
+    entries = [
+        ProxyEntry.model_validate({
+            "name": name, "listen": f"127.0.0.1:{ports[name]}", "upstream": upstream,
+            "route": [{"request": actions[name]}] if actions[name] else [],
+        })
+        for name in ports
+    ]
+    engine = Engine(entries, kms, plain=(kind == "plain"))
+    engine.start()
+    print("ready", flush=True)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    while not stop:
+        time.sleep(0.2)
+    engine.stop(drain=1)
+
+
+# -- wrk -------------------------------------------------------------------------------
+def run_wrk(url: str, connections: int, duration: float, script: str) -> dict:
+    threads = min(2, connections)
+    out = subprocess.run(
+        ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{max(1, round(duration))}s", "--latency", "-s", script, url],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    lat = {p: _ms(v) for p, v in re.findall(r"^\s+(50|99)(?:\.0+)?%\s+(\S+)", out, re.M)}
+    bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    errors = re.search(r"Socket errors:.*", out)
+    return {"rps": rps, "p50": lat.get("50"), "p99": lat.get("99"), "non2xx": int(bad.group(1)) if bad else 0,
+            "socket_errors": errors.group(0) if errors else ""}
+
+
+def _ms(v: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s)", v)
+    n, unit = float(m.group(1)), m.group(2)
+    return n / 1000 if unit == "us" else n * 1000 if unit == "s" else n
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--duration", type=int, default=5)
+    ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--serve", choices=["upstream", "mitmdump", "plain", "sidecar"], help=argparse.SUPPRESS)
+    ap.add_argument("--home", help=argparse.SUPPRESS)
+    ap.add_argument("--upstream", help=argparse.SUPPRESS)
+    ap.add_argument("--ports", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve == "upstream":
+        asyncio.run(_serve_upstream(int(args.ports)))
+        return 0
+    if args.serve == "mitmdump":
+        _serve_dump(args.upstream, json.loads(args.ports)["mitmdump"])
+        return 0
+    if args.serve:
+        _serve_proxy(args.serve, args.home, args.upstream, json.loads(args.ports))
+        return 0
+    if not shutil.which("wrk"):
+        print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
+        return 2
+
+    tmp = Path(tempfile.mkdtemp(prefix="keyhold-bench-"))
+    script = tmp / "post.lua"
+    script.write_text(
+        'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+        f"wrk.body = {json.dumps(json.dumps(BODY))}\n"
+    )
+    up_port = free_port()
+    ports = {"mitmdump": {"mitmdump": free_port()}, "plain": {"mitmproxy": free_port()},
+             "sidecar": {"encrypt": free_port(), "fields": free_port(), "sign": free_port()}}
+    me = [sys.executable, os.path.abspath(__file__)]
+    procs = [subprocess.Popen([*me, "--serve", "upstream", "--ports", str(up_port)])]
+    upstream = f"http://127.0.0.1:{up_port}"
+    try:
+        for kind in ("mitmdump", "plain", "sidecar"):
+            p = subprocess.Popen([*me, "--serve", kind, "--home", str(tmp / "kms"), "--upstream", upstream,
+                                  "--ports", json.dumps(ports[kind])], stdout=subprocess.PIPE, text=True)
+            procs.append(p)
+            assert p.stdout.readline().strip() == "ready", f"{kind} proxy did not start"
+        targets = {"direct": up_port, **ports["mitmdump"], **ports["plain"], **ports["sidecar"]}
+        runs: dict[str, dict[int, list[dict]]] = {}
+        for name, port in targets.items():  # warm-up (and a check that every setup answers)
+            run_wrk(f"http://127.0.0.1:{port}/api/users", 4, 1, str(script))
+        for _ in range(args.rounds):  # interleaved rounds: background load hits every setup alike
+            for conns in (args.connections, 1):
+                for name, port in targets.items():
+                    url = f"http://127.0.0.1:{port}/api/users"
+                    runs.setdefault(name, {}).setdefault(conns, []).append(run_wrk(url, conns, args.duration, str(script)))
+        results = {n: {c: _median(rs) for c, rs in by_conns.items()} for n, by_conns in runs.items()}
+        report(results, args.connections, args.duration, args.rounds)
+    finally:
+        for p in reversed(procs):
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+def _median(rs: list[dict]) -> dict:
+    def med(k):
+        vals = sorted(r[k] for r in rs)
+        return vals[len(vals) // 2]
+    return {"rps": med("rps"), "p50": med("p50"), "p99": med("p99"), "non2xx": sum(r["non2xx"] for r in rs),
+            "socket_errors": "; ".join(r["socket_errors"] for r in rs if r["socket_errors"])}
+
+
+def report(results: dict, conns: int, duration: float, rounds: int) -> None:
+    print(f"\n4 KiB JSON POST, wrk, median of {rounds} interleaved {duration:g} s runs, "
+          f"{os.cpu_count()} CPUs shared by all processes (wrk, upstream, proxy)\n")
+    base = results["mitmproxy"]
+    hdr = f"{'setup':<10} | {'rps @' + str(conns):>9} {'p50 ms':>7} {'p99 ms':>7} {'x mitm':>6} | {'rps @1':>7} {'p50 ms':>7} {'p99 ms':>7} {'+p50 ms':>8} | errors"
+    print(hdr)
+    print("-" * len(hdr))
+    for name, r in results.items():
+        a, b = r[conns], r[1]
+        extra = b["p50"] - base[1]["p50"]
+        errs = a["non2xx"] + b["non2xx"]
+        print(f"{name:<10} | {a['rps']:>9.0f} {a['p50']:>7.2f} {a['p99']:>7.2f} {a['rps'] / base[conns]['rps']:>6.2f} | "
+              f"{b['rps']:>7.0f} {b['p50']:>7.2f} {b['p99']:>7.2f} {extra:>+8.3f} | {errs or ''} {a['socket_errors']}")
+    dump = results["mitmdump"][conns]["rps"]
+    print("\nx mitm: throughput relative to the same lean mitmproxy Master with no addon;"
+          " +p50: added median latency at one connection relative to it.")
+    print("relative to mitmdump (no script): " + ", ".join(
+        f"{n} {r[conns]['rps'] / dump:.2f}" for n, r in results.items() if n not in ("direct", "mitmdump")))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
