@@ -364,3 +364,12 @@ def test_large_file_past_4_gib(d):
         assert os.pread(f.fileno(), 100, end - 100) == bytes(93) + b"far out"
         assert os.pread(f.fileno(), 10, (1 << 31) - 2) == b"\0\0middle\0\0"
         assert os.pread(f.fileno(), 4096, 12345) == bytes(4096)
+
+
+def test_mknod_regular_file_and_fifo(d):
+    os.mknod(d / "reg", 0o640 | stat.S_IFREG)
+    assert (d / "reg").read_bytes() == b"" and stat.S_IMODE(os.stat(d / "reg").st_mode) == 0o640
+    (d / "reg").write_bytes(b"now with content")
+    assert (d / "reg").read_bytes() == b"now with content"
+    os.mkfifo(d / "fifo")
+    assert stat.S_ISFIFO(os.stat(d / "fifo").st_mode)
