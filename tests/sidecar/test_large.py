@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+pytest.importorskip("kmscore.envelope", reason="the envelope format (kmscore.envelope) is not installed")
 from conftest import free_port
 
 GiB = 1 << 30

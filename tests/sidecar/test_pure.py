@@ -113,3 +113,24 @@ def test_parse_library_style_headers():
     assert parsed["pyhms"].components == ("@method", "@authority")
     assert parsed["sig2"].param("tag") == "x"
     assert httpsig.parse_signature("a=:" + base64.b64encode(b"x").decode() + ":;p=1, b=::") == {"a": b"x", "b": b""}
+
+
+VECTOR_TOKEN = "khf1.AQARIjNEVWZ3iJmqu8zd7v8AAAABAAECAwQFBgcICQoLZTLhI-jV9za8cKW7k6LCsBqtM-UEifB69pz69n8"
+
+
+def test_documented_token_vector_with_cryptography_only():
+    """docs/formats/sidecar.md: a third party decrypts a field token from the spec alone."""
+    import json
+    import struct
+    import uuid
+
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    blob = tokens.unwrap(VECTOR_TOKEN)
+    version, key_id, key_version = struct.unpack(">B16sI", blob[:21])
+    assert (version, uuid.UUID(bytes=key_id), key_version) == (1, uuid.UUID("00112233-4455-6677-8899-aabbccddeeff"), 1)
+    path = b"user.ssn"
+    context = struct.pack(">H", 1) + struct.pack(">H", 13) + b"keyhold:field" + struct.pack(">H", len(path)) + path
+    assert context.hex() == "0001000d6b6579686f6c643a6669656c640008757365722e73736e"
+    plain = AESGCM(bytes(range(32))).decrypt(blob[21:33], blob[33:], blob[:21] + context)
+    assert json.loads(plain) == "078-05-1120"
