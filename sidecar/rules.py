@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sidecar import fields, httpsig
 from sidecar.config import Action, ProxyEntry
@@ -26,6 +26,7 @@ class Step:
     keyid: str | None = None
     label: str = "sig1"
     max_age: int = 300
+    key_id: str | None = None  # resolved at load, for the access log
 
     @property
     def whole_body(self) -> bool:
@@ -112,11 +113,14 @@ def compile_entry(entry: ProxyEntry, kms=None) -> RouteTable:
 
 
 def _with_algorithm(step: Step | None, kms) -> Step | None:
-    if step is None or step.kind not in ("sign", "verify") or step.algorithm is not None:
+    """Fill in the key id and, for sign/verify, the default algorithm of the key's spec."""
+    if step is None:
         return step
-    spec = getattr(kms.describe_key(step.key).spec, "value", None) or str(kms.describe_key(step.key).spec)
-    from dataclasses import replace
-
+    meta = kms.describe_key(step.key)
+    step = replace(step, key_id=meta.key_id)
+    if step.kind not in ("sign", "verify") or step.algorithm is not None:
+        return step
+    spec = getattr(meta.spec, "value", meta.spec)
     return replace(step, algorithm=httpsig.ALGORITHMS[httpsig.DEFAULT_FOR_SPEC[spec]])
 
 

@@ -46,7 +46,7 @@ class Signing:
                 self._sign(flow, msg, step, direction)
             else:
                 self._verify(flow, msg, step, direction, st.target_uri)
-            st.key_ids.add(step.key)
+            st.key_ids.add(step.key_id or step.key)
         except Exception as e:  # noqa: BLE001 - every failure must fail closed
             fail(flow, direction, e)
 

@@ -61,7 +61,7 @@ class Transform:
             except Exception as e:  # noqa: BLE001 - every failure must fail closed
                 self._fail_early(flow, direction, e, size, limit)
             else:
-                st.key_ids.add(step.key)
+                st.key_ids.add(step.key_id or step.key)
             return
         if size is not None:
             self._fail_early(flow, direction, TooLarge(
@@ -114,7 +114,7 @@ class Transform:
                     bodies.check_envelope_headers(msg.headers)
                     msg.raw_content = bodies.open_all(self.rt.kms, msg.raw_content, self.rt.dkcache)
                     bodies.open_headers(msg.headers)
-            st.key_ids.add(step.key)
+            st.key_ids.add(step.key_id or step.key)
         except Exception as e:  # noqa: BLE001 - every failure must fail closed
             fail(flow, direction, e)
 

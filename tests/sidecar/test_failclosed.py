@@ -3,6 +3,8 @@ upstream receives nothing. Also: route matching and the dead-upstream 502."""
 
 from __future__ import annotations
 
+import json
+
 import httpx
 import pytest
 from conftest import error_of, free_port
@@ -40,18 +42,19 @@ def test_kms_store_gone_fails_closed(client, upstream, sidecar, tmp_path):
 
 
 def test_route_match_on_host_and_method(client, upstream):
-    r = client.post("/host", content=b"plain", headers={"host": "api.example.com"})
-    assert r.status_code == 200
-    assert upstream.last().body != b"plain"  # the host rule encrypted (or failed closed)
+    def sent(method="POST", **headers):
+        upstream.clear()
+        r = client.request(method, "/host" if method == "POST" else "/method", json={"s": "plain"}, headers=headers)
+        assert r.status_code == 200
+        return json.loads(upstream.last().body)["s"]
+
+    assert sent(host="api.example.com").startswith("khf1.")  # host glob matches
+    assert sent(host="API.Example.com:8443").startswith("khf1.")  # case and port do not matter
+    assert sent() == "plain"  # 127.0.0.1 is not *.example.com
     upstream.clear()
-    r = client.post("/host", content=b"plain")  # 127.0.0.1 does not match *.example.com
-    assert r.status_code == 200 and upstream.last().body == b"plain"
-    upstream.clear()
-    r = client.post("/method", content=b"plain")  # rule is PUT only
-    assert upstream.last().body == b"plain"
-    upstream.clear()
-    client.put("/method", content=b"plain")
-    assert upstream.received == [] or upstream.last().body != b"plain"
+    client.post("/method", json={"s": "plain"})  # the rule is PUT only
+    assert json.loads(upstream.last().body)["s"] == "plain"
+    assert sent("PUT").startswith("khf1.")
 
 
 def test_unmatched_deny(sidecar, upstream):

@@ -32,13 +32,13 @@ def test_metrics_count_requests_by_rule_action_outcome(client, sidecar):
     assert metric(after, "keyhold_sidecar_body_bytes_total", proxy="main", direction="request") > 0
 
 
-def test_access_log_has_rule_action_key_outcome_but_no_body(client, caplog):
+def test_access_log_has_rule_action_key_outcome_but_no_body(client, caplog, kms):
     caplog.set_level(logging.INFO, logger="keyhold.sidecar.access")
     client.post("/fields/a?token=q", json={"user": {"ssn": "secret-ssn-999"}})
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "keyhold.sidecar.access"]
     rec = lines[-1]
     assert rec["rule"] == "fields" and rec["request_action"] == "encrypt-fields" and rec["outcome"] == "ok"
-    assert rec["keys"] == ["app/data"] and rec["status"] == 200 and rec["path"] == "/fields/a"
+    assert rec["keys"] == [kms.describe_key("app/data").key_id] and rec["status"] == 200 and rec["path"] == "/fields/a"
     assert isinstance(rec["latency_ms"], float)
     assert "secret-ssn-999" not in caplog.text and "token=q" not in caplog.text
 
