@@ -8,6 +8,7 @@ truncate/chmod/chown/utimens on open files, and UTIME_NOW/UTIME_OMIT.
 from __future__ import annotations
 
 import ctypes
+import threading
 from dataclasses import dataclass
 
 from fsmount.fuse_attrs import UTIME_NOW, UTIME_OMIT, AttrOps
@@ -78,8 +79,19 @@ def _timespec(ts) -> int | str:
     return ts.tv_sec * 10**9 + ts.tv_nsec
 
 
+_worker = threading.local()
+
+
 class KeyholdFUSE(mfusepy.FUSE):
     """mfusepy's binding with the libfuse 3 arguments it drops passed on."""
+
+    def _wrapper(self, func, *args, **kwargs):
+        # A ctypes callback on a libfuse thread makes and destroys a Python thread state
+        # on every call; one extra PyGILState_Ensure per thread keeps it alive.
+        if not getattr(_worker, "pinned", False):
+            ctypes.pythonapi.PyGILState_Ensure()
+            _worker.pinned = True
+        return super()._wrapper(func, *args, **kwargs)
 
     def read(self, path, buf, size: int, offset: int, fip) -> int:
         """Copy the plaintext pieces straight into the kernel's buffer (no joined copy)."""
