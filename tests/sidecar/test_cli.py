@@ -117,3 +117,25 @@ def test_port_in_use_is_a_clear_error(kms, upstream):
         r = subprocess.run([str(BIN / "kms-proxy"), "--listen", f"127.0.0.1:{port}", "--upstream", upstream.url],
                            env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "cannot listen" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_upstream_tls_is_verified_by_default(kms):
+    from upstream import start_upstream, stop_upstream
+
+    up, server = start_upstream(tls=True)
+    try:
+        for extra, expected in (([], 502), (["--upstream-ca", str(up.cert)], 200)):
+            listen = f"127.0.0.1:{free_port()}"
+            proc, line = start_proxy(kms, "--listen", listen, "--upstream", up.url, *extra)
+            try:
+                assert "listening on" in line, line
+                r = httpx.post(f"http://{listen}/echo", content=b"hello", timeout=30)
+                assert r.status_code == expected, (extra, r.text)
+                if expected == 502:
+                    assert up.received == []
+                else:
+                    assert up.last().body == b"hello"
+            finally:
+                stop(proc)
+    finally:
+        stop_upstream(up, server)

@@ -37,9 +37,11 @@ class Upstream:
     received: list[Received] = field(default_factory=list)
     reply: tuple[bytes, str, dict] = (b'{"ok":true}', "application/json", {})
 
+    cert: Path | None = None
+
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.cert else 'http'}://127.0.0.1:{self.port}"
 
     def clear(self) -> None:
         self.received.clear()
@@ -144,10 +146,47 @@ def _handler(up: Upstream):
     return Handler
 
 
-def start_upstream() -> tuple[Upstream, ThreadingHTTPServer]:
+def self_signed(dir: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 / localhost and its key, as PEM files."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    import ipaddress
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "keyhold test upstream")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
+                                                    x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_pem, key_pem = dir / "upstream-cert.pem", dir / "upstream-key.pem"
+    cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    return cert_pem, key_pem
+
+
+def start_upstream(tls: bool = False) -> tuple[Upstream, ThreadingHTTPServer]:
     d = Path(tempfile.mkdtemp(prefix="keyhold-upstream-"))
     up = Upstream(0, d)
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(up))
+    if tls:
+        import ssl
+
+        cert, key = self_signed(d)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        server.socket = ctx.wrap_socket(server.socket, server_side=True)
+        up.cert = cert
     server.daemon_threads = True
     up.port = server.server_port
     threading.Thread(target=server.serve_forever, daemon=True).start()
