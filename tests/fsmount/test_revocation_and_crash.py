@@ -115,3 +115,26 @@ def test_signal_unmounts_cleanly_and_writes_tails(mount, sig):
     assert not is_mounted(mount.point)
     mount.start()
     assert mount.path("tail").read_bytes() == b"in the tail"
+
+
+def test_expired_imported_material_makes_open_files_unreadable(home, mount_with):
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    with Kms(home, caller="test") as kms:
+        kms.create_key("app/imported", origin="EXTERNAL")
+        params = kms.get_parameters_for_import("app/imported")
+        public = serialization.load_pem_public_key(params.public_key_pem.encode())
+        wrapped = public.encrypt(
+            os.urandom(32), padding.OAEP(padding.MGF1(hashes.SHA256()), hashes.SHA256(), None)
+        )
+        kms.import_key_material("app/imported", params.import_token, wrapped, expires_at=time.time() + 10)
+    m = mount_with("--key", "app/imported")
+    data = os.urandom(50_000)
+    m.path("f").write_bytes(data)
+    fd = os.open(m.path("f"), os.O_RDONLY)
+    try:
+        assert os.pread(fd, len(data), 0) == data
+        wait_for(lambda: read_fails_with_enokey(fd, len(data)), "expired material to stop reads")
+    finally:
+        os.close(fd)
