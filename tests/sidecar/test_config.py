@@ -87,3 +87,10 @@ response = { action = "decrypt", fields = ["user.ssn"] }
     p.write_text("[[proxy]\n")
     with pytest.raises(ConfigError, match="deploy.toml"):
         load_config(str(p))
+
+
+def test_default_key_is_created_on_first_use(kms):
+    e = entry(route=[{"request": {"action": "encrypt"}}])
+    assert check([e], kms) == []
+    meta = kms.describe_key("sidecar/default")
+    assert getattr(meta.spec, "value", meta.spec) == "AES_256"

@@ -60,3 +60,32 @@ def test_forward_proxy_mode(sidecar, upstream):
         assert json.loads(upstream.last().body)["user"]["ssn"].startswith("khf1.")
     finally:
         sidecar.apply(before)
+
+
+def test_forward_https_client_trusts_sidecar_ca_and_upstream_is_verified(sidecar):
+    """HTTPS through the forward proxy: the client trusts the sidecar's CA (in the KMS
+    home); the sidecar verifies the upstream, whose self-signed cert it does not trust."""
+    from pathlib import Path
+
+    from upstream import start_upstream, stop_upstream
+
+    up, server = start_upstream(tls=True)
+    fwd = ProxyEntry.model_validate({"name": "fwd-tls", "mode": "forward", "listen": f"127.0.0.1:{free_port()}"})
+    before = list(sidecar.entries)
+    sidecar.apply([*before, fwd])
+    try:
+        ca = Path(sidecar.confdir) / "mitmproxy-ca-cert.pem"
+        assert ca.exists()
+        with httpx.Client(proxy=f"http://{fwd.listen}", verify=str(ca), timeout=30) as c:
+            r = c.post(f"{up.url}/x", content=b"hello")
+        assert r.status_code == 502  # TLS to the client worked; the upstream cert was refused
+        assert up.received == []
+        with httpx.Client(proxy=f"http://{fwd.listen}", timeout=30) as c:  # without the CA: refused
+            try:
+                c.post(f"{up.url}/x", content=b"hello")
+                raise AssertionError("the sidecar CA must not be trusted by default")
+            except httpx.ConnectError:
+                pass
+    finally:
+        sidecar.apply(before)
+        stop_upstream(up, server)
