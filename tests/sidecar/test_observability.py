@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 import logging
 
 import httpx
@@ -76,7 +77,7 @@ def test_forward_https_client_trusts_sidecar_ca_and_upstream_is_verified(sidecar
     try:
         ca = Path(sidecar.confdir) / "mitmproxy-ca-cert.pem"
         assert ca.exists()
-        with httpx.Client(proxy=f"http://{fwd.listen}", verify=str(ca), timeout=30) as c:
+        with httpx.Client(proxy=f"http://{fwd.listen}", verify=ssl.create_default_context(cafile=str(ca)), timeout=30) as c:
             r = c.post(f"{up.url}/x", content=b"hello")
         assert r.status_code == 502  # TLS to the client worked; the upstream cert was refused
         assert up.received == []
