@@ -149,10 +149,13 @@ def _declared_size(msg: http.Message) -> int | None:
 
 
 def _counting(st, fn):
-    def stream(chunk: bytes):
+    """Wrap a stream callable: count bytes, and never hand mitmproxy an empty chunk (an
+    empty chunk would be written as the `0\r\n\r\n` terminator of a chunked body)."""
+
+    def stream(chunk: bytes) -> list[bytes]:
         st.bytes_in += len(chunk)
         out = fn(chunk)
         st.bytes_out += len(out)
-        return out
+        return [out] if out else []
 
     return stream
