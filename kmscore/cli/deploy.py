@@ -1,0 +1,86 @@
+"""`kms up CONFIG` and `kms check CONFIG`: a whole deployment from one TOML file.
+
+Both open the Kms that the config's `[kms]` section describes, not the global --home.
+Relative paths in the file mean "next to the config file": the process works from the
+config file's folder, as a systemd `WorkingDirectory=` would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from kmscore.config import ConfigError, check_deployment, load_config
+from kmscore.frontend import load_frontends
+
+
+def register(sub: argparse._SubParsersAction, ctx) -> None:
+    up = sub.add_parser(
+        "up", help="run a deployment: keys, mounts and proxies from one config file",
+        description="Ensure the [[keys]], mount every [[mount]], start every [[proxy]]; reload when the "
+        "file changes or on SIGHUP; stop cleanly on SIGTERM or Ctrl-C.",
+    )
+    up.add_argument("config", metavar="CONFIG", help="deployment file (TOML), e.g. config/example.toml")
+    up.set_defaults(run=run_up)
+    chk = sub.add_parser(
+        "check", help="validate a deployment file without starting anything",
+        description="Check the file's shape and its keys, mounts and routes against the key store; "
+        "print every problem as FILE: KEY PATH: MESSAGE and exit non-zero if there is one.",
+    )
+    chk.add_argument("config", metavar="CONFIG", help="deployment file (TOML)")
+    chk.set_defaults(run=run_check)
+
+
+def _load(path: str):
+    """The deployment, with the working folder moved next to it (relative paths)."""
+    absolute = Path(path).absolute()
+    frontends = load_frontends()
+    os.chdir(absolute.parent)
+    return load_config(absolute, frontends=frontends), frontends
+
+
+def _print_problems(problems) -> int:
+    for p in problems:
+        print(p, file=sys.stderr)
+    print(f"kms: {len(problems)} problem{'s' if len(problems) != 1 else ''} found", file=sys.stderr)
+    return 2
+
+
+def run_check(args: argparse.Namespace, ctx) -> int:
+    from kmscore.deploy import open_kms
+
+    try:
+        dep, frontends = _load(args.config)
+    except ConfigError as e:
+        return _print_problems(e.problems)
+    with open_kms(dep, caller="kms check") as kms:
+        problems = check_deployment(dep, kms, frontends)
+    if problems:
+        return _print_problems(problems)
+    counts = ", ".join(f"{len(e)} {k}" for k, e in dep.sections)
+    print(f"{args.config}: OK ({len(dep.keys)} keys{', ' + counts if counts else ''})")
+    return 0
+
+
+def run_up(args: argparse.Namespace, ctx) -> int:
+    from kmscore.deploy import open_kms, run
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s kms up: %(message)s", "%Y-%m-%dT%H:%M:%S"))
+    keyhold = logging.getLogger("keyhold")
+    keyhold.addHandler(handler)
+    keyhold.setLevel(logging.INFO)
+    try:
+        dep, frontends = _load(args.config)
+    except ConfigError as e:
+        return _print_problems(e.problems)
+    with open_kms(dep) as kms:
+        for notice in kms.notices:
+            logging.getLogger("keyhold.up").info(notice)
+        try:
+            return run(dep, kms, frontends)
+        except ConfigError as e:
+            return _print_problems(e.problems)

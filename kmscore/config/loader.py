@@ -1,0 +1,136 @@
+"""`load_config(path)`: a TOML file in, a frozen `Deployment` out, or every problem at once.
+
+Pure apart from reading the file: the environment and the front ends are parameters
+(defaulting to `os.environ` and the installed entry points), so tests can pass their own.
+Relative paths in `[kms]` resolve against the config file's folder; front-end models get
+that folder as pydantic validation context (`info.context["config_dir"]`).
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from kmscore.config.envsubst import substitute
+from kmscore.config.problems import (
+    ConfigError,
+    Problem,
+    from_validation_error,
+    join_path,
+    redact,
+    unknown_key_message,
+)
+from kmscore.config.schema import Deployment, KeyDecl, KmsSection, RootKeyFile
+from kmscore.frontend import Frontend, load_frontends
+
+CORE_SECTIONS = ("kms", "keys")
+
+
+def load_config(
+    path: str | os.PathLike,
+    *,
+    env: Mapping[str, str] | None = None,
+    frontends: Sequence[Frontend] | None = None,
+) -> Deployment:
+    """Read and shape-check a deployment file; raise ConfigError listing every problem."""
+    path = Path(path)
+    file = str(path)
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError([Problem(file, "", "no such file")]) from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError([Problem(file, "", f"cannot read: {getattr(e, 'strerror', None) or e}")]) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([Problem(file, "", f"not valid TOML: {e}")]) from None
+    return parse_config(raw, path, env=os.environ if env is None else env, frontends=frontends)
+
+
+def parse_config(
+    raw: Mapping[str, Any],
+    path: Path,
+    *,
+    env: Mapping[str, str],
+    frontends: Sequence[Frontend] | None = None,
+) -> Deployment:
+    """The pure part of `load_config`: parsed TOML in, Deployment (or ConfigError) out."""
+    file = str(path)
+    base = path.resolve().parent
+    owners = {f.config_key: f for f in (load_frontends() if frontends is None else frontends) if f.config_key}
+    data, env_problems, secrets = substitute(dict(raw), env)
+    problems = [Problem(file, where, msg) for where, msg in env_problems]
+
+    for name in data:
+        if name not in CORE_SECTIONS and name not in owners:
+            allowed = [*CORE_SECTIONS, *owners]
+            problems.append(Problem(file, name, unknown_key_message(name, allowed, "section")))
+
+    kms = _validate(file, "kms", KmsSection, data.get("kms", {}), problems, base)
+    keys = _validate_array(file, "keys", KeyDecl, data.get("keys", []), problems, base)
+    seen: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        if key is not None and key.alias in seen:
+            problems.append(Problem(file, f"keys[{i}].alias", f"{key.alias!r} is already declared by keys[{seen[key.alias]}]"))
+        elif key is not None:
+            seen[key.alias] = i
+    if kms is not None and kms.root_key is not None and not isinstance(kms.root_key, RootKeyFile):
+        if not env.get(kms.root_key.var):
+            problems.append(Problem(file, "kms.root_key.var", f"environment variable ${kms.root_key.var} is not set"))
+
+    sections = []
+    for key, frontend in owners.items():
+        model = frontend.config_model
+        entries = _validate_array(file, key, model, data.get(key, []), problems, base) if model else []
+        sections.append((key, tuple(entries)))
+
+    if problems:
+        raise ConfigError(redact(_after_env(problems, {w for w, _ in env_problems}), secrets))
+    assert kms is not None
+    home = None if kms.home is None else (base / Path(kms.home).expanduser()).resolve()
+    source = kms.root_key_source()
+    if source is not None and source.kind == "file":
+        source = type(source)("file", str((base / Path(source.value).expanduser()).resolve()))
+    return Deployment(
+        path=path,
+        kms=kms,
+        home=home,
+        root_key=source,
+        keys=tuple(keys),  # type: ignore[arg-type]
+        sections=tuple(sections),
+        secrets=tuple(secrets.items()),
+    )
+
+
+def _validate(
+    file: str, where: str, model: type[BaseModel], value: Any, problems: list[Problem], base: Path
+) -> Any:
+    if not isinstance(value, dict):
+        problems.append(Problem(file, where, f"expected a table ([{where}])"))
+        return None
+    try:
+        return model.model_validate(value, context={"config_dir": str(base)})
+    except ValidationError as e:
+        problems.extend(from_validation_error(file, where, e, model))
+        return None
+
+
+def _validate_array(
+    file: str, where: str, model: type[BaseModel], value: Any, problems: list[Problem], base: Path
+) -> list[Any]:
+    if not isinstance(value, list):
+        problems.append(Problem(file, where, f"expected an array of tables ([[{where}]])"))
+        return []
+    return [_validate(file, join_path(where, i), model, item, problems, base) for i, item in enumerate(value)]
+
+
+def _after_env(problems: list[Problem], unset: set[str]) -> list[Problem]:
+    """Drop follow-up errors about a value whose `${VAR}` was missing (it reads as '')."""
+    return [
+        p for i, p in enumerate(problems)
+        if i < len(unset) or not any(p.path == u or p.path.startswith(u + ".") for u in unset)
+    ]

@@ -1,0 +1,166 @@
+"""Config problems: one line each, `<file>: <key path>: <message>`, all reported at once.
+
+Pydantic reports a location as a tuple (`('route', 2, 'request', 'key')`); operators read
+TOML, so it becomes `route[2].request.key`, and pydantic's wording becomes what the
+file should have held. Values that came from `${VAR}` never appear in a message.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from pydantic import BaseModel, ValidationError
+
+from kmscore.errors import KmsError
+
+
+@dataclass(frozen=True)
+class Problem:
+    file: str
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.path}: {self.message}" if self.path else f"{self.file}: {self.message}"
+
+
+class ConfigError(KmsError):
+    """A config that cannot run: every problem found, one per line."""
+
+    exit_code = 2
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+def join_path(*parts: str | int) -> str:
+    """`join_path('proxy', 0, 'route', 2)` -> `proxy[0].route[2]`."""
+    out = ""
+    for p in parts:
+        if isinstance(p, int):
+            out += f"[{p}]"
+        elif p:
+            out += p if not out or p.startswith("[") else f".{p}"
+    return out
+
+
+_TYPE_WORDS = {
+    "int": "an integer", "float": "a number", "bool": "true or false", "string": "a string",
+    "str": "a string", "tuple": "an array", "list": "an array", "dict": "a table",
+    "model": "a table", "model_attributes": "a table", "literal": None,
+}
+
+
+def _kind(value: object) -> str:
+    """What a TOML value is, in TOML words (never the value itself: it may be a secret)."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int):
+        return "an integer"
+    if isinstance(value, float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list | tuple):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return type(value).__name__
+
+
+def _field_names(model: type[BaseModel] | None, loc: Sequence[str | int]) -> list[str] | None:
+    """The keys the model allows at `loc` (for 'did you mean'), walking nested models."""
+    for part in loc:
+        if model is None:
+            return None
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        model = _inner_model(field.annotation)
+    return None if model is None else list(model.model_fields)
+
+
+def _inner_model(annotation: object) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType, tuple, list):
+        for arg in typing.get_args(annotation):
+            found = _inner_model(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def unknown_key_message(name: str, allowed: Iterable[str] | None, what: str = "key") -> str:
+    allowed = sorted(allowed or ())
+    close = difflib.get_close_matches(name, allowed, n=1, cutoff=0.6)
+    if close:
+        return f"unknown {what} {name!r} (did you mean {close[0]!r}?)"
+    if allowed:
+        return f"unknown {what} {name!r} (expected one of: {', '.join(allowed)})"
+    return f"unknown {what} {name!r}"
+
+
+def _message(err: Mapping, model: type[BaseModel] | None, loc: Sequence[str | int]) -> str:
+    kind, msg = err["type"], err["msg"]
+    if kind == "extra_forbidden":
+        return unknown_key_message(str(loc[-1]), _field_names(model, loc[:-1]))
+    if kind == "missing":
+        return "required key is missing"
+    base = kind.split("_")[0] if kind.endswith(("_type", "_parsing")) else None
+    if base in _TYPE_WORDS and _TYPE_WORDS[base]:
+        return f"expected {_TYPE_WORDS[base]}, got {_kind(err.get('input'))}"
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            return msg[len(prefix):]
+    if msg.startswith("Input should be "):
+        return "expected " + msg[len("Input should be "):]
+    return msg
+
+
+_UNION_TAGS = frozenset({"int", "float", "bool", "str", "tuple", "list", "dict", "none", "is-instance"})
+
+
+def _clean_loc(loc: Sequence[str | int], model: type[BaseModel] | None) -> list[str | int]:
+    """Drop pydantic's validator and union-member tags (`function-after[...]`, `str`)."""
+    out: list[str | int] = []
+    for part in loc:
+        if isinstance(part, str):
+            if "[" in part or "-" in part:
+                continue
+            names = _field_names(model, out)
+            if part in _UNION_TAGS and (names is None or part not in names):
+                continue
+        out.append(part)
+    return out
+
+
+def from_validation_error(
+    file: str, prefix: str, error: ValidationError, model: type[BaseModel] | None
+) -> list[Problem]:
+    """One Problem per pydantic error, placed under `prefix` (`proxy[0]`), duplicates dropped."""
+    seen: dict[tuple[str, str], Problem] = {}
+    for err in error.errors():
+        loc = _clean_loc(err["loc"], model)
+        problem = Problem(file, join_path(prefix, *loc), _message(err, model, loc))
+        seen.setdefault((problem.path, problem.message), problem)
+    return list(seen.values())
+
+
+def redact(problems: Iterable[Problem], secrets: Mapping[str, str]) -> list[Problem]:
+    """Replace every substituted value that shows up in a message by its `${VAR}`."""
+    out = []
+    for p in problems:
+        msg = p.message
+        for value, name in sorted(secrets.items(), key=lambda kv: -len(kv[0])):
+            if len(value) >= 3:
+                msg = msg.replace(value, "${" + name + "}")
+        out.append(Problem(p.file, p.path, msg))
+    return out

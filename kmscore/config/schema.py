@@ -1,0 +1,125 @@
+"""The typed shape of a deployment: `[kms]`, `[[keys]]`, and the front ends' sections.
+
+Everything here is frozen: a running deployment holds one `Deployment` and a reload
+swaps it for another, so two configs compare with `==` and nothing mutates one in place.
+Front-end sections are validated by the front end's own `config_model`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from kmscore import rules
+from kmscore.errors import KmsError
+from kmscore.rootkey import RootKeySource
+from kmscore.specs import KeySpec, KeyUsage, Origin
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RootKeyFile(_Model):
+    source: Literal["file"]
+    path: str
+    """A file holding 32 bytes in base64, mode 0600 (`kms init` makes one)."""
+
+
+class RootKeyEnv(_Model):
+    source: Literal["env", "passphrase"]
+    var: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    """The environment variable's *name* (never its value: that stays out of the file)."""
+
+
+class AuditSettings(_Model):
+    verify_on_start: bool = True
+    """`kms up` walks the audit chain before starting and refuses a broken log."""
+
+
+class KmsSection(_Model):
+    """`[kms]`: which key store, which root key, how fast revocation reaches front ends."""
+
+    home: str | None = None
+    """Key store folder; relative to the config file. Unset: $KMS_HOME or ~/.local/share/keyhold."""
+    root_key: Annotated[RootKeyFile | RootKeyEnv, Field(discriminator="source")] | None = None
+    revocation_bound: float = Field(default=5.0, ge=0.1, le=300)
+    """Seconds within which a key disabled elsewhere stops working in this process."""
+    audit: AuditSettings = AuditSettings()
+
+    def root_key_source(self) -> RootKeySource | None:
+        rk = self.root_key
+        if rk is None:
+            return None
+        return RootKeySource("file", rk.path) if isinstance(rk, RootKeyFile) else RootKeySource(rk.source, rk.var)
+
+
+class KeyDecl(_Model):
+    """One `[[keys]]` table: a key that must exist. Created if missing, never changed."""
+
+    alias: str
+    spec: KeySpec = KeySpec.AES_256
+    usage: KeyUsage | None = None
+    origin: Origin = Origin.KMS
+    description: str = ""
+    rotation_days: int | None = None
+
+    @field_validator("spec", "usage", "origin", mode="before")
+    @classmethod
+    def _upper(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
+
+    @field_validator("alias")
+    @classmethod
+    def _alias(cls, v: str) -> str:
+        try:
+            return rules.check_alias(v)
+        except KmsError as e:
+            raise ValueError(str(e)) from None
+
+    @model_validator(mode="after")
+    def _combination(self) -> "KeyDecl":
+        try:
+            rules.resolve_create(self.spec, self.usage, self.origin)
+            if self.rotation_days is not None:
+                if self.origin is not Origin.KMS or self.spec is not KeySpec.AES_256:
+                    raise ValueError("only KMS-generated AES_256 keys rotate; drop rotation_days")
+                rules.check_days(self.rotation_days, rules.ROTATION_DAYS, "rotation_days")
+        except KmsError as e:
+            raise ValueError(str(e)) from None
+        return self
+
+    @property
+    def resolved_usage(self) -> KeyUsage:
+        return rules.resolve_create(self.spec, self.usage, self.origin)
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """One loaded, shape-checked config file."""
+
+    path: Path
+    kms: KmsSection
+    home: Path | None
+    """`kms.home` resolved against the config file's folder."""
+    root_key: RootKeySource | None
+    keys: tuple[KeyDecl, ...]
+    sections: tuple[tuple[str, tuple[Any, ...]], ...]
+    """(config key, entries) per installed front end, in front-end order; empty ones too."""
+    secrets: tuple[tuple[str, str], ...] = ()
+    """(value, variable name) of every `${VAR}` used: for scrubbing messages, never shown."""
+
+    def entries(self, config_key: str) -> tuple[Any, ...]:
+        return dict(self.sections).get(config_key, ())
+
+    @property
+    def file(self) -> str:
+        return str(self.path)
+
+    def __repr__(self) -> str:  # the secrets field must never be printed
+        return f"<Deployment {self.path}: {len(self.keys)} keys, " + ", ".join(
+            f"{len(e)} {k}" for k, e in self.sections
+        ) + ">"

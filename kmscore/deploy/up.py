@@ -1,0 +1,85 @@
+"""`kms up`: one foreground process for a whole deployment.
+
+The main thread owns everything: it starts the Deployer, then sleeps in short steps,
+reloading when the watcher saw the file change or SIGHUP arrived, and stopping on
+SIGTERM or SIGINT. Signal handlers only set flags (taking locks in a handler can
+deadlock the thread it interrupted).
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from kmscore.config import Deployment
+from kmscore.deploy.runner import Deployer
+from kmscore.deploy.watch import ConfigWatcher
+from kmscore.errors import AuditError
+from kmscore.frontend import Frontend
+
+log = logging.getLogger("keyhold.up")
+TICK = 0.1
+
+
+def open_kms(dep: Deployment, caller: str = "kms up"):
+    """The Kms described by `[kms]` (not the CLI's --home)."""
+    from kmscore.facade import Kms
+
+    return Kms(dep.home, root_key=dep.root_key, caller=caller, refresh_interval=dep.kms.revocation_bound)
+
+
+def verify_audit(kms, dep: Deployment) -> None:
+    if dep.kms.audit.verify_on_start:
+        report = kms.verify_audit()
+        if not report.ok:
+            raise AuditError(f"audit log check failed: {report.problem} (see `kms audit verify`; "
+                             f"set kms.audit.verify_on_start = false to start anyway)")
+
+
+class _Flags:
+    def __init__(self) -> None:
+        self.stop: str | None = None
+        self.reload = False
+
+    def on_signal(self, signum: int, _frame) -> None:
+        if signum == signal.SIGHUP:
+            self.reload = True
+        else:
+            self.stop = signal.Signals(signum).name
+
+
+def run(dep: Deployment, kms, frontends: Sequence[Frontend]) -> int:
+    """Start, serve until SIGTERM/SIGINT, stop. Returns the process exit code."""
+    flags = _Flags()
+    previous = {s: signal.signal(s, flags.on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    deployer = Deployer(dep, kms, frontends)
+    watcher = ConfigWatcher(dep.path)
+    try:
+        verify_audit(kms, dep)
+        log.info("key store %s (root key: %s)", kms.home, dep.root_key.describe() if dep.root_key else "default")
+        deployer.start()
+        if not deployer.services:
+            log.warning("%s starts no front end: add [[mount]] or [[proxy]] entries", dep.file)
+        watcher.start()
+        log.info("running %s; edit it or send SIGHUP to reload, SIGTERM or Ctrl-C to stop", Path(dep.file).name)
+        while flags.stop is None:
+            time.sleep(TICK)
+            if flags.reload:
+                flags.reload = False
+                log.info("SIGHUP: reloading")
+                watcher.mark_read()
+                deployer.reload()
+            elif watcher.take_change():
+                log.info("%s changed: reloading", Path(dep.file).name)
+                deployer.reload()
+        log.info("%s: stopping", flags.stop)
+        return 0
+    finally:
+        watcher.stop()
+        deployer.stop()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
