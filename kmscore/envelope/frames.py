@@ -1,0 +1,80 @@
+"""FrameCipher: seal and open single frames of one envelope (random access).
+
+AAD of frame i = fixed header (28 bytes) || u64 i || u8 final. The fixed header binds
+the message id, the frame size and the flags, so a frame moved to another index,
+another envelope or past the end fails authentication.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Callable
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from kmscore.envelope.errors import FrameAuthError, Truncated
+from kmscore.envelope.format import FRAME_OVERHEAD, NONCE_SIZE, Header
+
+_INDEX = struct.Struct(">QB")
+DEK_SIZE = 32
+
+
+class FrameCipher:
+    """The DEK of one envelope, ready to seal/open its frames. Never shows the DEK."""
+
+    __slots__ = ("_aead", "_fixed", "frame_size", "_random")
+
+    def __init__(self, dek: bytes, header: Header, random: Callable[[int], bytes] = os.urandom) -> None:
+        if len(dek) != DEK_SIZE:
+            raise ValueError(f"an envelope DEK is {DEK_SIZE} bytes, not {len(dek)}")
+        self._aead = AESGCM(bytes(dek))
+        self._fixed = header.fixed
+        self.frame_size = header.frame_size
+        self._random = random  # seam for test vectors
+
+    def __repr__(self) -> str:
+        return f"<FrameCipher frame_size={self.frame_size}>"
+
+    def __reduce__(self):
+        raise TypeError("a FrameCipher holds a data key and cannot be pickled")
+
+    def aad(self, index: int, final: bool) -> bytes:
+        return self._fixed + _INDEX.pack(index, 1 if final else 0)
+
+    def seal(self, index: int, plaintext: bytes, final: bool) -> bytes:
+        """nonce || ciphertext || tag of frame `index`; non-final frames must be full."""
+        self._check_length(len(plaintext), final)
+        nonce = self._random(NONCE_SIZE)
+        return nonce + self._aead.encrypt(nonce, plaintext, self.aad(index, final))
+
+    def seal_into(self, index: int, plaintext, final: bool, out: memoryview, nonce: bytes) -> None:
+        """Seal into `out` (exactly len(plaintext)+28 bytes) without extra copies."""
+        self._check_length(len(plaintext), final)
+        out[:NONCE_SIZE] = nonce
+        self._aead.encrypt_into(nonce, plaintext, self.aad(index, final), out[NONCE_SIZE:])
+
+    def open(self, index: int, frame: bytes, final: bool) -> bytes:
+        """The plaintext of frame `index`; FrameAuthError if it is not that frame, intact."""
+        if len(frame) < FRAME_OVERHEAD:
+            raise Truncated(f"frame {index} is cut short ({len(frame)} bytes)")
+        view = memoryview(frame)
+        try:
+            return self._aead.decrypt(view[:NONCE_SIZE], view[NONCE_SIZE:], self.aad(index, final))
+        except InvalidTag:
+            raise FrameAuthError(index) from None
+
+    def open_into(self, index: int, frame: memoryview, final: bool, out: memoryview) -> None:
+        """Open into `out` (exactly len(frame)-28 bytes)."""
+        try:
+            self._aead.decrypt_into(frame[:NONCE_SIZE], frame[NONCE_SIZE:], self.aad(index, final), out)
+        except InvalidTag:
+            raise FrameAuthError(index) from None
+
+    def _check_length(self, length: int, final: bool) -> None:
+        if length > self.frame_size or (not final and length != self.frame_size):
+            raise ValueError(
+                f"a {'final' if final else 'non-final'} frame holds "
+                f"{'0..' if final else ''}{self.frame_size} bytes, not {length}"
+            )
