@@ -40,6 +40,19 @@ def mode_spec(entry: ProxyEntry) -> str:
     return f"regular@{where}"
 
 
+def _abort(ps: proxyserver.Proxyserver, flow) -> None:
+    """Close a flow's client and server connections from inside a hook or stream callable."""
+    handler = ps.connections.get(flow.client_conn.id)
+    if handler is None:
+        return
+    for conn in (flow.server_conn, flow.client_conn):
+        io = handler.transports.get(conn)
+        if io is not None:
+            if io.writer is not None:
+                io.writer.close()  # nothing more is written, not even a chunked terminator
+            handler.close_connection(conn)
+
+
 class Engine:
     """Start, reconfigure and stop the proxies of one process. Thread-safe entry points."""
 
@@ -80,7 +93,9 @@ class Engine:
     async def _main(self) -> None:
         opts = options.Options()
         master = Master(opts, event_loop=self._loop)
-        master.addons.add(proxyserver.Proxyserver(), next_layer.NextLayer(), tlsconfig.TlsConfig())
+        ps = proxyserver.Proxyserver()
+        master.addons.add(ps, next_layer.NextLayer(), tlsconfig.TlsConfig())
+        self.runtime.abort = lambda flow: _abort(ps, flow)
         if not self.plain:
             master.addons.add(Routing(self.runtime), Transform(self.runtime), Signing(self.runtime), self.metrics)
         first = self.entries[0] if self.entries else None

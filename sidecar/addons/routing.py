@@ -33,6 +33,8 @@ class Runtime:
     tables: dict[str, RouteTable]  # by mitmproxy mode spec
     clock: Callable[[], float] = time.time
     dkcache: object | None = None
+    abort: Callable[[http.HTTPFlow], None] = lambda flow: flow.kill()
+    """Cut a flow's connections now (set by the engine; mitmproxy has no public call for it)."""
 
 
 @dataclass

@@ -15,7 +15,7 @@ import logging
 from mitmproxy import http
 
 from sidecar import bodies, fields, tokens
-from sidecar.addons.routing import Runtime, fail, state_of
+from sidecar.addons.routing import Runtime, classify, fail, state_of
 from sidecar.errors import BadBody, TooLarge
 from sidecar.rules import Step
 
@@ -57,7 +57,7 @@ class Transform:
             return  # buffered: handled in request()/response()
         if step.kind in ("encrypt", "decrypt") and not step.fields:
             try:
-                msg.stream = self._streamer(st, step, msg)
+                msg.stream = self._streamer(flow, direction, st, step, msg)
             except Exception as e:  # noqa: BLE001 - every failure must fail closed
                 self._fail_early(flow, direction, e, size, limit)
             else:
@@ -75,7 +75,7 @@ class Transform:
         else:
             fail(flow, direction, exc)
 
-    def _streamer(self, st, step: Step, msg: http.Message):
+    def _streamer(self, flow, direction: str, st, step: Step, msg: http.Message):
         frame = st.table.entry.frame_size
         if step.kind == "encrypt":
             fn = bodies.Sealer(self.rt.kms, step.key, frame)
@@ -87,7 +87,7 @@ class Transform:
         msg.headers.pop("content-length", None)
         if msg.http_version == "HTTP/1.1":
             msg.headers["transfer-encoding"] = "chunked"
-        return _counting(st, fn)
+        return _guarded(flow, direction, st, fn, self.rt.abort)
 
     def _body(self, flow: http.HTTPFlow, msg: http.Message | None, direction: str) -> None:
         st = state_of(flow)
@@ -107,12 +107,12 @@ class Transform:
                 self._fields(st, step, msg)
             elif step.kind == "encrypt":
                 if msg.raw_content:
-                    msg.raw_content = bodies.seal_all(self.rt.kms, step.key, msg.raw_content, st.table.entry.frame_size)
+                    _set_raw(msg, bodies.seal_all(self.rt.kms, step.key, msg.raw_content, st.table.entry.frame_size))
                     bodies.seal_headers(msg.headers)
             else:
                 if msg.raw_content or bodies.ENVELOPE_TYPE in msg.headers.get("content-type", ""):
                     bodies.check_envelope_headers(msg.headers)
-                    msg.raw_content = bodies.open_all(self.rt.kms, msg.raw_content, self.rt.dkcache)
+                    _set_raw(msg, bodies.open_all(self.rt.kms, msg.raw_content, self.rt.dkcache))
                     bodies.open_headers(msg.headers)
             st.key_ids.add(step.key_id or step.key)
         except Exception as e:  # noqa: BLE001 - every failure must fail closed
@@ -138,6 +138,13 @@ class Transform:
         msg.content = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
 
 
+def _set_raw(msg: http.Message, data: bytes) -> None:
+    """Replace the body bytes as they go on the wire, keeping the framing headers true."""
+    msg.raw_content = data
+    if "transfer-encoding" not in msg.headers:
+        msg.headers["content-length"] = str(len(data))
+
+
 def _declared_size(msg: http.Message) -> int | None:
     """The Content-Length, or None when the body is chunked / unknown."""
     if "transfer-encoding" in msg.headers:
@@ -148,13 +155,26 @@ def _declared_size(msg: http.Message) -> int | None:
         return None
 
 
-def _counting(st, fn):
-    """Wrap a stream callable: count bytes, and never hand mitmproxy an empty chunk (an
-    empty chunk would be written as the `0\r\n\r\n` terminator of a chunked body)."""
+def _guarded(flow, direction: str, st, fn, abort):
+    """Wrap a stream callable: count bytes; on a failure mid-stream, log it and cut both
+    connections (the peer sees a truncated message); never hand mitmproxy an empty chunk
+    (it would be written as the `0\r\n\r\n` terminator of a chunked body)."""
+    failed = False
 
     def stream(chunk: bytes) -> list[bytes]:
+        nonlocal failed
+        if failed:
+            return []
         st.bytes_in += len(chunk)
-        out = fn(chunk)
+        try:
+            out = fn(chunk)
+        except Exception as e:  # noqa: BLE001 - headers are gone: cutting off is all that is left
+            failed = True
+            status, reason, message = classify(e)
+            st.outcome, st.error = "error", reason
+            log.warning("rule %s (%s) failed mid-stream, connection cut: %s: %s", st.rule, direction, reason, message)
+            abort(flow)
+            return []
         st.bytes_out += len(out)
         return [out] if out else []
 

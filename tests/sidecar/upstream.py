@@ -139,7 +139,8 @@ def _handler(up: Upstream):
             if name.startswith("/reply"):
                 body, ctype, extra = up.reply
                 return self._send(200, body, ctype, extra)
-            return self._send(200, rec.body or b"", rec.headers.get("content-type"))
+            echoed = {k: v for k, v in rec.headers.items() if k.startswith("x-keyhold-")}
+            return self._send(200, rec.body or b"", rec.headers.get("content-type"), echoed)
 
         do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _any
 
