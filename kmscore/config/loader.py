@@ -89,7 +89,7 @@ def parse_config(
         sections.append((key, tuple(entries)))
 
     if problems:
-        raise ConfigError(redact(_after_env(problems, {w for w, _ in env_problems}), secrets))
+        raise ConfigError(redact(_after_env(problems, {w for w, _ in env_problems}, len(env_problems)), secrets))
     assert kms is not None
     home = None if kms.home is None else (base / Path(kms.home).expanduser()).resolve()
     source = kms.root_key_source()
@@ -128,9 +128,9 @@ def _validate_array(
     return [_validate(file, join_path(where, i), model, item, problems, base) for i, item in enumerate(value)]
 
 
-def _after_env(problems: list[Problem], unset: set[str]) -> list[Problem]:
+def _after_env(problems: list[Problem], unset: set[str], n_env: int) -> list[Problem]:
     """Drop follow-up errors about a value whose `${VAR}` was missing (it reads as '')."""
     return [
         p for i, p in enumerate(problems)
-        if i < len(unset) or not any(p.path == u or p.path.startswith(u + ".") for u in unset)
+        if i < n_env or not any(p.path == u or p.path.startswith(u + ".") for u in unset)
     ]
