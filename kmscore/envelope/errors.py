@@ -31,6 +31,7 @@ class Truncated(EnvelopeError):
 class FrameAuthError(EnvelopeError):
     """A frame failed AES-GCM authentication under its DEK, index and header."""
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, last: bool = False) -> None:
         self.index = index
-        super().__init__(f"frame {index} failed authentication: the data was altered, moved or swapped")
+        why = "altered, moved, swapped or cut short" if last else "altered, moved or swapped"
+        super().__init__(f"frame {index} failed authentication: the data was {why}")

@@ -113,7 +113,7 @@ class StreamDecryptor:
             try:
                 self._cipher.open(self._index, bytes(self._buf), False)
             except EnvelopeError:
-                raise FrameAuthError(self._index) from None
+                raise FrameAuthError(self._index, last=True) from None
             raise Truncated(
                 f"the envelope is cut short: frame {self._index} is intact but not the final frame"
             ) from None

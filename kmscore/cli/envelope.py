@@ -1,0 +1,258 @@
+"""File commands on the envelope format: encrypt-file, decrypt-file, envelope-info, rewrap-file.
+
+Files of any size stream through `kmscore.envelope` in constant memory. Outputs are
+written to a temporary file beside OUT and renamed only on success, so a bad input
+never leaves partial plaintext (or a half envelope) under OUT's name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from kmscore import envelope
+from kmscore.blob import peek_key
+from kmscore.cli.context import CliContext
+from kmscore.cli.main import common
+from kmscore.errors import InvalidRequest, KmsError
+
+CHUNK = 4 * 1024 * 1024  # bytes read per call: large enough for I/O, small for memory
+
+
+def register(sub: argparse._SubParsersAction, ctx: CliContext) -> None:
+    p = common(sub.add_parser("encrypt-file", help="encrypt a file (any size) as an envelope under KEY"))
+    p.add_argument("key", metavar="KEY")
+    p.add_argument("input", metavar="IN", help="plaintext file, or - for stdin")
+    p.add_argument("output", metavar="OUT", help="envelope file to write, or - for stdout")
+    p.add_argument("--frame-size", type=_frame_size, default=envelope.DEFAULT_FRAME_SIZE,
+                   help=f"plaintext bytes per frame (default {envelope.DEFAULT_FRAME_SIZE})")
+    p.set_defaults(run=run_encrypt)
+
+    p = common(sub.add_parser("decrypt-file", help="decrypt an envelope file (its header names the key)"))
+    p.add_argument("input", metavar="IN", help="envelope file, or - for stdin")
+    p.add_argument("output", metavar="OUT", help="plaintext file to write, or - for stdout")
+    p.add_argument("--key", help="refuse envelopes not wrapped under this key")
+    p.set_defaults(run=run_decrypt)
+
+    p = common(sub.add_parser("envelope-info", help="show an envelope's header and sizes without decrypting"))
+    p.add_argument("file", metavar="FILE")
+    p.set_defaults(run=run_info)
+
+    p = common(sub.add_parser("rewrap-file", help="re-wrap an envelope's data key (newest CMK version, or --to-key)"))
+    p.add_argument("file", metavar="FILE")
+    p.add_argument("--to-key", metavar="KEY", help="wrap under this key instead of the current one")
+    p.set_defaults(run=run_rewrap)
+
+
+def _frame_size(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not envelope.MIN_FRAME <= value <= envelope.MAX_FRAME:
+        raise argparse.ArgumentTypeError(f"frame size must be {envelope.MIN_FRAME}..{envelope.MAX_FRAME} bytes")
+    return value
+
+
+# -- I/O helpers ----------------------------------------------------------------------------
+@contextlib.contextmanager
+def _reader(path: str) -> Iterator[BinaryIO]:
+    if path == "-":
+        yield sys.stdin.buffer
+        return
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise InvalidRequest(f"cannot read {path}: {e.strerror}") from None
+    with f:
+        yield f
+
+
+@contextlib.contextmanager
+def _writer(path: str, mode: int = 0o600) -> Iterator[BinaryIO]:
+    """A file that appears under `path` only if the block completes."""
+    if path == "-":
+        yield sys.stdout.buffer
+        sys.stdout.buffer.flush()
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise InvalidRequest(f"cannot write {path}: it is a directory")
+    tmp = target.with_name(f".{target.name}.kms-tmp-{os.getpid()}")
+    try:
+        f = open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb", buffering=0)
+    except OSError as e:
+        raise InvalidRequest(f"cannot write {path}: {e.strerror}") from None
+    try:
+        with f:
+            yield f
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _chunks(f: BinaryIO) -> Iterator[memoryview]:
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    while True:
+        n = f.readinto(view)
+        if not n:
+            return
+        yield view[:n]
+
+
+def _read_header(f: BinaryIO) -> tuple[envelope.Header, bytes]:
+    """The header at the start of `f`, and any bytes read past it."""
+    buf = bytearray()
+    while True:
+        need = envelope.header_length(buf)
+        if need is not None and len(buf) >= need:
+            return envelope.Header.decode(bytes(buf[:need])), bytes(buf[need:])
+        more = f.read(need - len(buf) if need else envelope.format.PREFIX_SIZE - len(buf))
+        if not more:
+            if not buf:
+                raise envelope.Truncated("the input is empty, not an envelope")
+            raise envelope.Truncated("the input ends inside its envelope header")
+        buf += more
+
+
+def _name(path: str) -> str:
+    return "standard input" if path == "-" else path
+
+
+# -- commands ---------------------------------------------------------------------------------
+def run_encrypt(args: argparse.Namespace, ctx: CliContext) -> int:
+    header, cipher = envelope.new_envelope(ctx.kms, args.key, args.frame_size)
+    enc = envelope.StreamEncryptor(cipher)
+    length = 0
+    with _reader(args.input) as src, _writer(args.output) as out:
+        out.write(header.encode())
+        for chunk in _chunks(src):
+            length += len(chunk)
+            out.write(enc.update(chunk))
+        out.write(enc.finalize())
+    key_id, version = peek_key(header.wrapped_dek)
+    if args.output != "-" or args.json:
+        ctx.emit({"output": args.output, "key_id": key_id, "key_version": version, "plaintext_bytes": length,
+                  "envelope_bytes": header.size + envelope.ciphertext_length(length, header.frame_size)},
+                 None if args.json else f"encrypted {length} bytes of {_name(args.input)} into {args.output} under key {key_id}")
+    return 0
+
+
+def run_decrypt(args: argparse.Namespace, ctx: CliContext) -> int:
+    name = _name(args.input)
+    length = 0
+    with _reader(args.input) as src:
+        try:
+            header, rest = _read_header(src)
+        except KmsError as e:
+            raise type(e)(f"{name}: {e}") from None
+        key_id = peek_key(header.wrapped_dek)[0]
+        if args.key is not None and ctx.kms.describe_key(args.key).key_id != key_id:
+            raise InvalidRequest(f"{name} is wrapped under key {key_id}, not {args.key}")
+        cipher = envelope.open_envelope(ctx.kms, header)
+        dec = envelope.StreamDecryptor(cipher)
+        with _writer(args.output) as out:
+            try:
+                out.write(dec.update(rest))
+                for chunk in _chunks(src):
+                    data = dec.update(chunk)
+                    length += len(data)
+                    out.write(data)
+                data = dec.finalize()
+            except envelope.EnvelopeError as e:
+                raise _prefixed(e, name) from None
+            length += len(data)
+            out.write(data)
+    if args.output != "-" or args.json:
+        ctx.emit({"output": args.output, "key_id": key_id, "plaintext_bytes": length},
+                 None if args.json else f"decrypted {name} into {args.output} ({length} bytes)")
+    return 0
+
+
+def _prefixed(error: KmsError, name: str) -> KmsError:
+    """The same error class, its message prefixed with the file name."""
+    out = KmsError.__new__(type(error))
+    Exception.__init__(out, f"{name}: {error}")
+    return out
+
+
+def run_info(args: argparse.Namespace, ctx: CliContext) -> int:
+    with _reader(args.file) as f:
+        try:
+            header, _ = _read_header(f)
+        except KmsError as e:
+            raise _prefixed(e, args.file) from None
+        length = os.fstat(f.fileno()).st_size
+    key_id, version = peek_key(header.wrapped_dek)
+    frames = length - header.size
+    try:
+        plaintext = envelope.plaintext_length(frames, header.frame_size)
+        count = envelope.frame_count(plaintext, header.frame_size)
+        state = "complete length"
+    except envelope.Truncated:
+        plaintext, count, state = None, None, "cut short (no envelope has this length)"
+    report = {
+        "file": args.file,
+        "format_version": header.version,
+        "flags": header.flags,
+        "message_id": header.message_id.hex(),
+        "key_id": key_id,
+        "key_version": version,
+        "key_alias": None,
+        "key_state": None,
+        "frame_size": header.frame_size,
+        "header_bytes": header.size,
+        "file_bytes": length,
+        "frames": count,
+        "plaintext_bytes": plaintext,
+        "length_check": state,
+    }
+    try:
+        meta = ctx.kms.describe_key(key_id)
+        report["key_alias"], report["key_state"] = meta.alias, meta.state.value
+    except KmsError as e:
+        report["key_state"] = f"unknown here ({e})"
+    ctx.emit(report)
+    return 0
+
+
+def run_rewrap(args: argparse.Namespace, ctx: CliContext) -> int:
+    path = args.file
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError as e:
+        raise InvalidRequest(f"cannot open {path} for writing: {e.strerror}") from None
+    with open(fd, "r+b", buffering=0) as f:
+        try:
+            header, _ = _read_header(f)
+        except KmsError as e:
+            raise _prefixed(e, path) from None
+        old = peek_key(header.wrapped_dek)
+        new_header = envelope.rewrap(ctx.kms, header, args.to_key)
+        new = peek_key(new_header.wrapped_dek)
+        if new_header.size == header.size:
+            os.pwrite(fd, new_header.encode(), 0)  # frames are untouched: same fixed header
+            os.fsync(fd)
+        else:
+            _rewrite(f, path, header, new_header)
+    ctx.emit({"file": path, "old_key_id": old[0], "old_key_version": old[1], "key_id": new[0], "key_version": new[1]},
+             None if args.json else f"re-wrapped {path}: key {old[0]} v{old[1]} -> {new[0]} v{new[1]}")
+    return 0
+
+
+def _rewrite(f: BinaryIO, path: str, old: envelope.Header, new: envelope.Header) -> None:
+    """A header of another size: copy the frames behind it into a new file, then rename."""
+    f.seek(old.size)
+    mode = os.fstat(f.fileno()).st_mode & 0o7777
+    with _writer(path, mode) as out:
+        out.write(new.encode())
+        for chunk in _chunks(f):
+            out.write(chunk)
+        os.fsync(out.fileno())
