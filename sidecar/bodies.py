@@ -8,7 +8,7 @@ original Content-Type and Content-Encoding travel in `X-Keyhold-Content-Type` an
 
 from __future__ import annotations
 
-from sidecar.errors import BadBody
+from sidecar.errors import BadBody, SidecarError
 
 try:
     from kmscore import envelope
@@ -48,10 +48,15 @@ def open_headers(headers) -> None:
 
 
 class Sealer:
-    """A mitmproxy stream callable: plaintext chunks in, envelope bytes out; b"" ends it."""
+    """A mitmproxy stream callable: plaintext chunks in, envelope bytes out; b"" ends it.
+
+    The data key is made when the Sealer is built, before any byte is forwarded, so a
+    KMS refusal still becomes a clean error response."""
 
     def __init__(self, kms, key: str, frame_size: int) -> None:
-        header, cipher = envelope.new_envelope(kms, key, frame_size=frame_size)
+        if envelope is None:
+            raise SidecarError("the envelope format (kmscore.envelope) is not installed", status=503, reason="kms_error")
+        header, cipher = envelope.new_envelope(kms, key, frame_size)
         self._prefix = header.encode()
         self._enc = envelope.StreamEncryptor(cipher)
 
@@ -63,45 +68,31 @@ class Sealer:
 
 
 class Opener:
-    """A mitmproxy stream callable: envelope bytes in, plaintext out. Raises on a bad
-    header, a bad frame or a cut-off body, which aborts the connection."""
+    """A mitmproxy stream callable: envelope bytes in, plaintext out; b"" ends it.
+
+    Only authenticated frames come out; a bad header, a bad frame or a cut-off body
+    raises BadBody (the caller answers with an error or cuts the connection)."""
 
     def __init__(self, kms, dkcache=None) -> None:
-        self._kms = dkcache or kms
-        self._buf = bytearray()
-        self._dec = None
+        if envelope is None:
+            raise SidecarError("the envelope format (kmscore.envelope) is not installed", status=503, reason="kms_error")
+        source = dkcache or kms
+        self._dec = envelope.StreamDecryptor(lambda header: envelope.open_envelope(source, header))
 
     def __call__(self, chunk: bytes) -> bytes:
         try:
-            return self._feed(chunk)
+            return self._dec.update(chunk) if chunk else self._dec.finalize()
         except envelope.EnvelopeError as e:
             raise BadBody(f"malformed envelope: {e}") from None
-
-    def _feed(self, chunk: bytes) -> bytes:
-        if self._dec is None:
-            self._buf += chunk
-            need = envelope.header_length(bytes(self._buf))
-            if need is None or len(self._buf) < need:
-                if not chunk:
-                    raise BadBody("the body ends inside the envelope header")
-                return b""
-            header = envelope.Header.decode(bytes(self._buf[:need]))
-            self._dec = envelope.StreamDecryptor(envelope.open_envelope(self._kms, header))
-            rest, self._buf = bytes(self._buf[need:]), bytearray()
-            out = self._dec.update(rest) if rest else b""
-            return out + (self._dec.finalize() or b"") if not chunk else out
-        if not chunk:
-            return self._dec.finalize() or b""
-        return self._dec.update(chunk)
 
 
 def seal_all(kms, key: str, body: bytes, frame_size: int) -> bytes:
     s = Sealer(kms, key, frame_size)
-    return s(body) + s(b"")
+    return bytes(s(body)) + bytes(s(b""))
 
 
 def open_all(kms, body: bytes, dkcache=None) -> bytes:
     if not body:
         raise BadBody("the body is empty, not an envelope")
     o = Opener(kms, dkcache)
-    return o(body) + o(b"")
+    return bytes(o(body)) + bytes(o(b""))
