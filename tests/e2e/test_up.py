@@ -1,0 +1,352 @@
+"""`kms up` as a real process on a temporary config: a real FUSE mount, a real proxy in
+front of a real recording upstream, real edits of the file, real signals.
+
+Effects are awaited "up to N seconds" (never timed). Every test leaves no process and
+no mount behind, also when it fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+
+if not os.path.exists("/dev/fuse") or not shutil.which("fusermount3"):
+    pytest.skip("FUSE (/dev/fuse, fusermount3) is not available", allow_module_level=True)
+
+KMS = str(Path(sys.executable).with_name("kms"))
+WAIT = 20.0
+SSN = "078-05-1120"
+
+
+# -- a real upstream that records what reaches it ------------------------------------
+@dataclass
+class Upstream:
+    port: int
+    received: list[tuple[str, str, dict, bytes]] = field(default_factory=list)
+
+    def last(self, path: str) -> tuple[str, str, dict, bytes]:
+        return next(r for r in reversed(self.received) if r[1] == path)
+
+
+@pytest.fixture
+def upstream():
+    up = Upstream(0)
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *a):
+            pass
+
+        def _any(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            up.received.append((self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+            reply = b'{"ok": true}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        do_GET = do_PUT = do_POST = do_DELETE = _any
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    up.port = server.server_address[1]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield up
+    server.shutdown()
+    server.server_close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def mounted(path: Path) -> bool:
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1] == str(path) for line in f)
+
+
+def wait_for(what: str, predicate, timeout: float = WAIT):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:.0f} s: {what}")
+        time.sleep(0.1)
+
+
+# -- the deployment under test ----------------------------------------------------------
+MOUNT = """
+[[mount]]
+cipher_dir = "run/{name}-cipher"
+mount_point = "run/{name}"
+"""
+
+ROUTES = {
+    "store": """
+[[proxy.route]]
+name = "store"
+match = { path = "/store/*", methods = ["PUT"] }
+request = { action = "encrypt" }
+""",
+    "fields": """
+[[proxy.route]]
+name = "fields"
+match = { path = "/users/*" }
+request = { action = "encrypt", fields = ["ssn"] }
+""",
+    "sign": """
+[[proxy.route]]
+name = "sign"
+match = { path = "/hooks/*" }
+request = { action = "sign", key = "e2e/hooks" }
+""",
+    "extra": """
+[[proxy.route]]
+name = "extra"
+match = { path = "/extra/*" }
+request = { action = "encrypt", key = "e2e/extra" }
+""",
+}
+
+
+class Deployment:
+    """A folder with a config file and `kms up` running on it."""
+
+    def __init__(self, folder: Path, upstream: Upstream) -> None:
+        self.folder = folder
+        self.config = folder / "deploy.toml"
+        self.log = folder / "up.log"
+        self.port = free_port()
+        self.upstream = upstream
+        self.proc: subprocess.Popen | None = None
+        self.mounts: set[Path] = set()
+
+    def text(self, routes=("store", "fields", "sign"), mounts=("plain",), keys=("e2e/hooks:HMAC_256",), listen=None):
+        out = ['[kms]\nhome = "run/kms"\nrevocation_bound = 1\n']
+        for k in keys:
+            alias, spec = k.split(":")
+            out.append(f'[[keys]]\nalias = "{alias}"\nspec = "{spec}"\n')
+        for name in mounts:
+            (self.folder / "run" / name).mkdir(parents=True, exist_ok=True)
+            (self.folder / "run" / f"{name}-cipher").mkdir(parents=True, exist_ok=True)
+            self.mounts.add(self.folder / "run" / name)
+            out.append(MOUNT.format(name=name))
+        out.append(f'[[proxy]]\nlisten = "127.0.0.1:{listen or self.port}"\nupstream = "http://127.0.0.1:{self.upstream.port}"\n')
+        out.extend(ROUTES[r] for r in routes)
+        return "\n".join(out)
+
+    def write(self, text: str, atomic: bool = True) -> None:
+        """Save like an editor: a new file renamed over the old one (or rewritten in place)."""
+        if atomic:
+            tmp = self.config.with_name(".deploy.toml.swp")
+            tmp.write_text(text)
+            os.replace(tmp, self.config)
+        else:
+            self.config.write_text(text)
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if k not in ("KMS_HOME", "KMS_ROOT_KEY", "KMS_PASSPHRASE")}
+        self.proc = subprocess.Popen([KMS, "up", str(self.config)], stdout=self.log.open("wb"),
+                                     stderr=subprocess.STDOUT, env=env, cwd="/")
+        self.wait_log("running deploy.toml")
+
+    def output(self) -> str:
+        return self.log.read_text()
+
+    def wait_log(self, text: str, count: int = 1) -> None:
+        def seen():
+            if self.proc is not None and self.proc.poll() is not None:
+                raise AssertionError(f"kms up exited with {self.proc.returncode}:\n{self.output()}")
+            return self.output().count(text) >= count
+        wait_for(f"{text!r} in the kms up log:\n{self.output()}", seen)
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@pytest.fixture
+def deployment(tmp_path, upstream):
+    d = Deployment(tmp_path, upstream)
+    d.write(d.text())
+    d.start()
+    yield d
+    d.stop()
+    for m in d.mounts:
+        if mounted(m):
+            subprocess.run(["fusermount3", "-u", "-z", str(m)], check=False)
+
+
+def put_store(d: Deployment, path: str, body: bytes) -> bytes:
+    """PUT through the proxy; what the upstream received."""
+    r = httpx.put(d.url(path), content=body, timeout=10)
+    assert r.status_code == 200, r.text
+    return d.upstream.last(path)[3]
+
+
+# -- the tests ---------------------------------------------------------------------------
+def test_mount_and_proxy_run_from_one_file(deployment):
+    d = deployment
+    out = d.output()
+    assert "created key e2e/hooks (HMAC_256" in out
+    assert f"mount[0] running: cipher_dir={d.folder}/run/plain-cipher mount_point={d.folder}/run/plain" in out
+    assert f"proxy[0] running: listen=127.0.0.1:{d.port}" in out
+
+    plain = d.folder / "run" / "plain"
+    assert mounted(plain)
+    (plain / "note.txt").write_text("attack at dawn")
+    assert (plain / "note.txt").read_text() == "attack at dawn"
+    backing = b"".join(p.read_bytes() for p in (d.folder / "run" / "plain-cipher").rglob("*") if p.is_file())
+    assert b"attack at dawn" not in backing and backing
+
+    received = put_store(d, "/store/a", b"top secret body")
+    assert received and b"top secret body" not in received
+
+    r = httpx.post(d.url("/users/1"), json={"name": "Ann", "ssn": SSN}, timeout=10)
+    assert r.status_code == 200, r.text
+    sent = json.loads(d.upstream.last("/users/1")[3])
+    assert sent["name"] == "Ann" and sent["ssn"] != SSN and isinstance(sent["ssn"], str)
+
+    r = httpx.post(d.url("/hooks/paid"), json={"order": 7}, timeout=10)
+    assert r.status_code == 200, r.text
+    headers = d.upstream.last("/hooks/paid")[2]
+    assert "signature" in headers and 'keyid="e2e/hooks"' in headers["signature-input"]
+
+
+def test_route_added_then_removed_applies_to_the_next_request(deployment):
+    d = deployment
+    assert put_store(d, "/extra/1", b"plain before") == b"plain before"  # no route: passes as is
+
+    d.write(d.text(routes=("store", "fields", "sign", "extra"), keys=("e2e/hooks:HMAC_256", "e2e/extra:AES_256")))
+    d.wait_log(f"reloaded {d.config}")
+    assert "created key e2e/extra (AES_256" in d.output()
+    assert b"now secret" not in put_store(d, "/extra/2", b"now secret")
+
+    d.write(d.text(routes=("fields", "sign"), keys=("e2e/hooks:HMAC_256", "e2e/extra:AES_256")), atomic=False)
+    d.wait_log(f"reloaded {d.config}", 2)
+    assert put_store(d, "/extra/3", b"plain again") == b"plain again"
+    assert put_store(d, "/store/3", b"store is plain now") == b"store is plain now"
+
+
+def test_invalid_edit_is_reported_and_the_last_good_config_keeps_running(deployment):
+    d = deployment
+    good = d.config.read_text()
+    d.write(good.replace('action = "encrypt" }', 'action = "encrypt", kee = "x" }', 1))
+    d.wait_log("reload refused, keeping the running config")
+    assert f"{d.config}: proxy[0].route[0].request.kee: unknown key 'kee' (did you mean 'key'?)" in d.output()
+    assert b"still secret" not in put_store(d, "/store/b", b"still secret")
+    assert mounted(d.folder / "run" / "plain")
+
+    d.write(good.replace('key = "e2e/hooks"', 'key = "e2e/nope"'))  # well-formed, but no such key
+    d.wait_log("reload refused", 2)
+    assert f"{d.config}: proxy[0].route[2].request.key: no key with id or alias 'e2e/nope'" in d.output()
+    r = httpx.post(d.url("/hooks/x"), json={}, timeout=10)
+    assert r.status_code == 200 and "signature" in d.upstream.last("/hooks/x")[2]
+
+
+def test_new_mount_is_mounted_and_a_removed_one_unmounted(deployment):
+    d = deployment
+    second = d.folder / "run" / "second"
+    d.write(d.text(mounts=("plain", "second")))
+    wait_for("the new mount", lambda: mounted(second))
+    (second / "x.bin").write_bytes(b"\x00" * 10000)
+    assert (second / "x.bin").stat().st_size == 10000
+
+    d.write(d.text(mounts=("second",)))
+    wait_for("the removed mount to go", lambda: not mounted(d.folder / "run" / "plain"))
+    assert mounted(second) and (second / "x.bin").read_bytes() == b"\x00" * 10000
+
+
+def test_sighup_reloads_and_a_new_listen_port_restarts_that_proxy(deployment):
+    d = deployment
+    old_port, d.port = d.port, free_port()
+    d.config.write_text(d.text())  # written in place: the watcher may see it too
+    d.proc.send_signal(signal.SIGHUP)
+    d.wait_log(f"reloaded {d.config}")
+    wait_for("the new port", lambda: _answers(d.url("/store/p")))
+    assert b"via new port" not in put_store(d, "/store/p", b"via new port")
+    with pytest.raises(httpx.TransportError):
+        httpx.put(f"http://127.0.0.1:{old_port}/store/q", content=b"x", timeout=5)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.put(url, content=b"probe", timeout=5).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_root_key_change_is_reported_as_needing_a_restart(deployment):
+    d = deployment
+    d.write(d.text().replace('home = "run/kms"', 'home = "run/other-kms"'))
+    d.wait_log("need a restart")
+    assert "changes to kms.home need a restart of kms up" in d.output()
+    assert b"old store still" not in put_store(d, "/store/r", b"old store still")
+    assert not (d.folder / "run" / "other-kms").exists()
+
+
+def test_sigterm_stops_everything_and_leaves_no_mount(deployment):
+    d = deployment
+    plain = d.folder / "run" / "plain"
+    f = (plain / "open.txt").open("w")
+    f.write("written before the stop")
+    f.close()
+    assert d.stop() == 0
+    assert not mounted(plain)
+    assert "SIGTERM: stopping" in d.output()
+    assert not _answers(d.url("/store/z"))
+    names = [p.name for p in (d.folder / "run" / "plain-cipher").iterdir()]
+    assert "open.txt" in " ".join(names) or len(names) >= 2  # the file's envelope stays on disk
+
+
+def test_check_and_up_refuse_a_bad_file_with_every_error(tmp_path, upstream):
+    d = Deployment(tmp_path, upstream)
+    d.write(d.text().replace('request = { action = "sign", key = "e2e/hooks" }',
+                             'request = { action = "sign", key = "e2e/missing" }').replace("revocation_bound = 1", "revocation_bound = \"x\""))
+    for cmd in ("check", "up"):
+        r = subprocess.run([KMS, cmd, str(d.config)], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2
+        assert r.stderr.splitlines()[-2:] == [
+            f"{d.config}: kms.revocation_bound: expected a number, got a string",
+            "kms: 1 problem found",
+        ]
+        assert "Traceback" not in r.stderr
+    d.write(d.text().replace('key = "e2e/hooks"', 'key = "e2e/missing"'))
+    r = subprocess.run([KMS, "check", str(d.config)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2
+    assert f"{d.config}: proxy[0].route[2].request.key: no key with id or alias 'e2e/missing'" in r.stderr
+    d.write(d.text())
+    r = subprocess.run([KMS, "check", str(d.config)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"{d.config}: OK (1 keys, 1 mount, 1 proxy)"
+    assert not mounted(d.folder / "run" / "plain")
