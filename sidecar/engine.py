@@ -61,7 +61,10 @@ class Engine:
     ) -> None:
         self.plain = plain  # benchmarks: the same lean Master without the sidecar's addons
         self.kms = kms
-        self.runtime = Runtime(kms=kms, tables=self._compile(entries), clock=clock)
+        from kmscore.dkcache import DataKeyCache
+
+        # unwrapped DEKs of envelopes being decrypted, revocable within a few seconds
+        self.runtime = Runtime(kms=kms, tables=self._compile(entries), clock=clock, dkcache=DataKeyCache(kms))
         self.metrics = Metrics()
         self.entries = list(entries)
         self.confdir = confdir or str(Path(getattr(kms, "home", Path.home())) / "sidecar")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import time
 
 import httpx
 import pytest
@@ -132,3 +133,22 @@ def test_streamed_tampered_download_is_cut_off(client, upstream):
         complete = False
     assert not complete  # the client sees a broken message, never a silently wrong one
     assert bytes(got) == data[: len(got)] and len(got) < len(data)
+
+
+def test_disabled_key_stops_decryption(client, upstream, kms):
+    """A body sealed under a key that is then disabled is not decrypted any more."""
+    sealed = bodies.seal_all(kms, "app/off", b"top secret", 4096)
+    upstream.reply = (sealed, ENV, {bodies.ORIG_TYPE: "text/plain"})
+    assert client.get("/reply/body").content == b"top secret"
+    kms.disable_key("app/off")
+    try:
+        deadline = time.monotonic() + 30
+        while True:  # the data-key cache forgets a revoked key within its revocation bound
+            r = client.get("/reply/body")
+            if r.status_code != 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert r.status_code == 503 and error_of(r)["reason"] == "key_unavailable"
+        assert b"top secret" not in r.content
+    finally:
+        kms.enable_key("app/off")
