@@ -13,7 +13,9 @@ import os
 import sys
 from pathlib import Path
 
-from kmscore.config import ConfigError, check_deployment, load_config
+from kmscore.config import ConfigError, Deployment, NoKeyStore, check_deployment, load_config
+from kmscore.home import resolve_home
+from kmscore.store import DB_NAME
 from kmscore.frontend import load_frontends
 
 
@@ -42,6 +44,10 @@ def _load(path: str):
     return load_config(absolute, frontends=frontends), frontends
 
 
+def store_exists(dep: Deployment) -> bool:
+    return (resolve_home(dep.home) / DB_NAME).exists()
+
+
 def _print_problems(problems) -> int:
     for p in problems:
         print(p, file=sys.stderr)
@@ -56,8 +62,12 @@ def run_check(args: argparse.Namespace, ctx) -> int:
         dep, frontends = _load(args.config)
     except ConfigError as e:
         return _print_problems(e.problems)
-    with open_kms(dep, caller="kms check") as kms:
-        problems = check_deployment(dep, kms, frontends)
+    if store_exists(dep):
+        with open_kms(dep, caller="kms check") as kms:
+            problems = check_deployment(dep, kms, frontends)
+    else:  # a fresh host: check against an empty store, create nothing
+        print(f"kms: no key store in {dep.home or resolve_home()} yet: `kms up` will create it", file=sys.stderr)
+        problems = check_deployment(dep, NoKeyStore(), frontends)
     if problems:
         return _print_problems(problems)
     counts = ", ".join(f"{len(e)} {k}" for k, e in dep.sections)

@@ -5,7 +5,7 @@
 frozen objects: a reload builds a new `Deployment` and swaps it in whole, or not at all.
 """
 
-from kmscore.config.checks import PlannedKms, check_deployment, compare_key
+from kmscore.config.checks import NoKeyStore, PlannedKms, check_deployment, compare_key
 from kmscore.config.loader import load_config, parse_config
 from kmscore.config.problems import ConfigError, Problem
 from kmscore.config.schema import AuditSettings, Deployment, KeyDecl, KmsSection
@@ -16,6 +16,7 @@ __all__ = [
     "Deployment",
     "KeyDecl",
     "KmsSection",
+    "NoKeyStore",
     "PlannedKms",
     "Problem",
     "check_deployment",

@@ -60,6 +60,22 @@ class PlannedKms:
         return getattr(self._kms, name)
 
 
+class NoKeyStore:
+    """A key store that does not exist yet, as `kms check` sees it: no keys at all.
+
+    Lets `kms check` run on a fresh host without creating a store or a root key file."""
+
+    home = None
+
+    def list_keys(self) -> list[KeyMetadata]:
+        return []
+
+    def describe_key(self, key: str) -> KeyMetadata:
+        from kmscore.errors import NotFound
+
+        raise NotFound(f"no key with id or alias {key!r}")
+
+
 def _planned_meta(alias: str, spec: KeySpec, usage: KeyUsage, origin: Origin, description: str) -> KeyMetadata:
     return KeyMetadata(
         key_id=f"(new key {alias})", alias=alias, description=description,

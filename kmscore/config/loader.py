@@ -8,9 +8,11 @@ that folder as pydantic validation context (`info.context["config_dir"]`).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,10 +85,11 @@ def parse_config(
             problems.append(Problem(file, "kms.root_key.var", f"environment variable ${kms.root_key.var} is not set"))
 
     sections = []
-    for key, frontend in owners.items():
-        model = frontend.config_model
-        entries = _validate_array(file, key, model, data.get(key, []), problems, base) if model else []
-        sections.append((key, tuple(entries)))
+    with _working_folder(base):
+        for key, frontend in owners.items():
+            model = frontend.config_model
+            entries = _validate_array(file, key, model, data.get(key, []), problems, base) if model else []
+            sections.append((key, tuple(entries)))
 
     if problems:
         raise ConfigError(redact(_after_env(problems, {w for w, _ in env_problems}, len(env_problems)), secrets))
@@ -104,6 +107,31 @@ def parse_config(
         sections=tuple(sections),
         secrets=tuple(secrets.items()),
     )
+
+
+_cwd_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _working_folder(folder: Path) -> Iterator[None]:
+    """Run front-end validators from the config's folder.
+
+    Front-end models turn relative paths absolute with `os.path.abspath` (fsmount's
+    cipher_dir, mount_point), i.e. against the working folder. `kms up` and `kms check`
+    already work from the config's folder, so this changes nothing there; for other
+    callers it makes "relative to the config file" hold for every front end, also for
+    models that do not read `info.context["config_dir"]`.
+    """
+    with _cwd_lock:
+        before = os.getcwd()
+        if Path(before) == folder:
+            yield
+            return
+        os.chdir(folder)
+        try:
+            yield
+        finally:
+            os.chdir(before)
 
 
 def _validate(

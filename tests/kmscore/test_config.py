@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import textwrap
 from pathlib import Path
 
@@ -271,3 +272,41 @@ def test_several_mounts_are_placed(tmp_path, kms):
     assert f"{path}: mount[1].cipher_dir: {tmp_path / 'missing'} does not exist or is not a directory" in found
     assert f"{path}: mount[1].key: no key with id or alias 'nope/key'" in found
     assert not any("mount[0]" in p for p in found)
+
+
+CONFIG = Path(__file__).resolve().parents[2] / "config"
+
+
+def test_example_config_is_valid_on_a_fresh_host(tmp_path):
+    """The quick start: checks clean against a store that does not exist yet, and against
+    the store `kms up` would make."""
+    from kmscore.config import NoKeyStore
+    from kmscore.deploy import open_kms
+
+    path = tmp_path / "example.toml"
+    shutil.copy(CONFIG / "example.toml", path)
+    (tmp_path / "run" / "cipher").mkdir(parents=True)
+    (tmp_path / "run" / "files").mkdir()
+    dep = load_config(path, env={}, frontends=FRONTENDS)
+    assert dep.home == tmp_path / "run" / "kms"
+    assert [len(dep.entries("mount")), len(dep.entries("proxy"))] == [1, 1]
+    actions = [r.request.action for r in dep.entries("proxy")[0].route if r.request]
+    assert {"encrypt", "sign"} <= set(actions)
+    assert any(r.request and r.request.fields for r in dep.entries("proxy")[0].route)
+    assert check_deployment(dep, NoKeyStore(), FRONTENDS) == []
+    with open_kms(dep) as kms:
+        assert check_deployment(dep, kms, FRONTENDS) == []
+
+
+def test_production_example_only_lacks_the_host_folders(tmp_path):
+    from kmscore.config import NoKeyStore
+
+    env = {"BILLING_UPSTREAM_HOST": "billing.internal", "CREDENTIALS_DIRECTORY": "/run/credentials/keyhold.service"}
+    dep = load_config(CONFIG / "production.toml", env=env, frontends=FRONTENDS)
+    assert dep.root_key.value == "/run/credentials/keyhold.service/root.key"
+    assert dep.entries("proxy")[0].upstream == "https://billing.internal:9443"
+    found = [p.path for p in check_deployment(dep, NoKeyStore(), FRONTENDS)]
+    assert found == ["mount[0].cipher_dir", "mount[0].mount_point"]
+    with pytest.raises(ConfigError) as e:
+        load_config(CONFIG / "production.toml", env={}, frontends=FRONTENDS)
+    assert [p.path for p in e.value.problems] == ["kms.root_key.path", "proxy[0].upstream"]
