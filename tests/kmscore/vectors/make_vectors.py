@@ -1,0 +1,74 @@
+"""Writes the frozen envelope test vectors (envelope-v1-*.json). Run once per format
+version; never re-run for an existing version: the files are what old data looks like.
+
+    python tests/kmscore/vectors/make_vectors.py
+
+Deterministic: every key, id and nonce is derived from a label with SHA-256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from kmscore import blob
+from kmscore.envelope import FrameCipher, Header, StreamEncryptor, envelope_context
+
+HERE = Path(__file__).parent
+KEY_ID = "1b4e28ba-2fa1-11d2-883f-0016d3cca427"
+
+
+def derive(label: str, n: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        out += hashlib.sha256(f"keyhold vector {label} {len(out)}".encode()).digest()
+    return out[:n]
+
+
+def make(name: str, frame_size: int, plaintext: bytes, key_version: int = 1) -> dict:
+    cmk = derive(f"{name} cmk", 32)
+    dek = derive(f"{name} dek", 32)
+    message_id = derive(f"{name} message id", 16)
+    context = envelope_context(message_id)
+    prefix = blob.header(KEY_ID, key_version)
+    blob_nonce = derive(f"{name} blob nonce", 12)
+    wrapped = blob.encode(prefix, blob_nonce, AESGCM(cmk).encrypt(blob_nonce, dek, prefix + blob.encode_context(context)))
+    header = Header(1, 0, frame_size, message_id, wrapped)
+    stream = derive(f"{name} frame nonces", 12 * 1000)
+    pos = [0]
+
+    def nonces(n: int) -> bytes:
+        pos[0] += n
+        return stream[pos[0] - n : pos[0]]
+
+    enc = StreamEncryptor(FrameCipher(dek, header, random=nonces))
+    envelope = header.encode() + bytes(enc.update(plaintext)) + bytes(enc.finalize())
+    return {
+        "description": f"keyhold envelope format version 1: {name}",
+        "cmk_material": cmk.hex(),
+        "key_id": KEY_ID,
+        "key_version": key_version,
+        "encryption_context": context,
+        "encoded_context": blob.encode_context(context).hex(),
+        "blob_nonce": blob_nonce.hex(),
+        "dek": dek.hex(),
+        "wrapped_dek": wrapped.hex(),
+        "message_id": message_id.hex(),
+        "frame_size": frame_size,
+        "frame_nonces": stream[: pos[0]].hex(),
+        "plaintext": plaintext.hex(),
+        "envelope": envelope.hex(),
+    }
+
+
+if __name__ == "__main__":
+    vectors = {
+        "hello": make("hello", 1024, b"hello, keyhold\n"),
+        "three-frames": make("three-frames", 1024, derive("three-frames plaintext", 2500), key_version=2),
+        "empty": make("empty", 4096, b""),
+    }
+    for name, v in vectors.items():
+        (HERE / f"envelope-v1-{name}.json").write_text(json.dumps(v, indent=2) + "\n")
