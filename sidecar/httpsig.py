@@ -17,6 +17,7 @@ import hashlib
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
@@ -133,6 +134,10 @@ class SignatureInput:
         return dict(self.params).get(name)
 
     def serialize(self) -> str:
+        return self._serialized
+
+    @cached_property
+    def _serialized(self) -> str:
         inner = " ".join(_sf_string(c) for c in self.components)
         out = f"({inner})"
         for k, v in self.params:
@@ -250,7 +255,7 @@ def _skip_comma(value: str, pos: int, what: str) -> int:
 
 
 def _sf_string(s: str) -> str:
-    if any(not (0x20 <= ord(c) <= 0x7E) for c in s):
+    if not (s.isascii() and s.isprintable()):
         raise SignatureFormatError("structured field strings are printable ASCII")
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 

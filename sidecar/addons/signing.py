@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Mapping
 
 from mitmproxy import http
 
@@ -137,9 +138,32 @@ class Signing:
         return kms.verify(step.key, digest, signature, alg.kms_algorithm, "DIGEST")
 
 
+class _Fields(Mapping):
+    """mitmproxy headers as RFC 9421 sees them: lower-case names, field lines joined by
+    ", " with outer whitespace trimmed. Looked up on demand (only covered fields)."""
+
+    def __init__(self, headers) -> None:
+        self._h = headers
+
+    def __getitem__(self, name: str) -> str:
+        values = self._h.get_all(name)
+        if not values:
+            raise KeyError(name)
+        return ", ".join(v.strip() for v in values)
+
+    def __contains__(self, name) -> bool:
+        return name in self._h
+
+    def __iter__(self):
+        return (k.lower() for k in self._h.keys())
+
+    def __len__(self) -> int:
+        return len(self._h)
+
+
 def _view(flow: http.HTTPFlow, direction: str, url: str) -> httpsig.Message:
     msg = flow.request if direction == "request" else flow.response
-    headers = {k.lower(): ", ".join(v.strip() for v in msg.headers.get_all(k)) for k in msg.headers.keys()}
+    headers = _Fields(msg.headers)
     return httpsig.Message(
         method=flow.request.method,
         target_uri=url,

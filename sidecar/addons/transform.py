@@ -119,8 +119,9 @@ class Transform:
             fail(flow, direction, e)
 
     def _fields(self, st, step: Step, msg: http.Message) -> None:
+        encoded = "content-encoding" in msg.headers
         try:
-            text = msg.get_content(strict=True)
+            text = msg.get_content(strict=True) if encoded else msg.raw_content
         except ValueError:
             raise BadBody("the body's Content-Encoding cannot be decoded") from None
         if not text:
@@ -135,7 +136,11 @@ class Transform:
                 fields.rewrite(doc, path, lambda v, p=path.text: tokens.seal(kms, step.key, p, v))
             else:
                 fields.rewrite(doc, path, lambda v, p=path.text: tokens.open_(kms, p, v, step.key))
-        msg.content = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+        out = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+        if encoded:
+            msg.content = out  # re-encoded with the message's Content-Encoding
+        else:
+            _set_raw(msg, out)
 
 
 def _set_raw(msg: http.Message, data: bytes) -> None:
