@@ -69,6 +69,8 @@ class Deployer:
         """Load the file again and apply it; on any problem keep the running config."""
         path = self.current.file
         try:
+            if _blank(path):  # an editor caught mid-save, or a truncated file: never "stop all"
+                raise ConfigError([Problem(path, "", "the file is empty (to stop everything, stop kms up)")])
             new = self._load(path)
             plan = plan_reload(self.current, new)
             if plan.needs_restart:
@@ -149,3 +151,11 @@ class Deployer:
 
     def _scrub(self, text: str, dep: Deployment | None = None) -> str:
         return redact([Problem("", "", text)], dict((dep or self.current).secrets))[0].message
+
+
+def _blank(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return not f.read(1 << 16).strip()
+    except OSError:
+        return False  # let the loader report it

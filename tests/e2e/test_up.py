@@ -350,3 +350,27 @@ def test_check_and_up_refuse_a_bad_file_with_every_error(tmp_path, upstream):
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == f"{d.config}: OK (1 keys, 1 mount, 1 proxy)"
     assert not mounted(d.folder / "run" / "plain")
+
+
+def test_a_change_that_fails_half_way_is_rolled_back(deployment):
+    """The new mount applies first, then the proxy cannot listen: both are put back."""
+    d = deployment
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        d.write(d.text(mounts=("plain", "third"), listen=busy))
+        d.wait_log("rolling back to the running config")
+        assert f"cannot listen on 127.0.0.1:{busy}" in d.output()
+        wait_for("the new mount to be taken back", lambda: not mounted(d.folder / "run" / "third"))
+    assert mounted(d.folder / "run" / "plain")
+    wait_for("the old listener to be back", lambda: _answers(d.url("/store/rb")))
+    assert b"after rollback" not in put_store(d, "/store/rb", b"after rollback")
+
+
+def test_an_emptied_file_stops_nothing(deployment):
+    d = deployment
+    d.write("", atomic=False)
+    d.wait_log("the file is empty")
+    assert mounted(d.folder / "run" / "plain")
+    assert b"kept" not in put_store(d, "/store/e", b"kept")
