@@ -82,6 +82,11 @@ def _timespec(ts) -> int | str:
 _worker = threading.local()
 
 
+def _view(buf, size: int) -> memoryview:
+    """A writable memoryview of a libfuse buffer (valid during the callback only)."""
+    return memoryview((ctypes.c_char * size).from_address(ctypes.cast(buf, ctypes.c_void_p).value)).cast("B")
+
+
 class KeyholdFUSE(mfusepy.FUSE):
     """mfusepy's binding with the libfuse 3 arguments it drops passed on."""
 
@@ -94,19 +99,13 @@ class KeyholdFUSE(mfusepy.FUSE):
         return super()._wrapper(func, *args, **kwargs)
 
     def read(self, path, buf, size: int, offset: int, fip) -> int:
-        """Copy the plaintext pieces straight into the kernel's buffer (no joined copy)."""
-        address = ctypes.cast(buf, ctypes.c_void_p).value
-        at = 0
-        for part in self.operations.read_parts(size, offset, fip.contents.fh):
-            ctypes.memmove(address + at, part, len(part))
-            at += len(part)
-        return at
+        """Decrypt straight into the kernel's buffer."""
+        return self.operations.read_into(size, offset, fip.contents.fh, _view(buf, size))
 
     def write(self, path, buf, size: int, offset: int, fip) -> int:
         """Hand the kernel's buffer over as a memoryview, not a copy (valid for this call only:
         OpenFile copies what it keeps)."""
-        data = memoryview((ctypes.c_char * size).from_address(ctypes.cast(buf, ctypes.c_void_p).value)).cast("B")
-        return self.operations.write(None, data, offset, fip.contents.fh)
+        return self.operations.write(None, _view(buf, size), offset, fip.contents.fh)
 
     def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
         return self.operations.rename(_path(self, old), _path(self, new), flags)

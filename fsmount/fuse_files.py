@@ -77,9 +77,9 @@ class FileOps(FsBase):
     def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes:
         return self.handles.get(fh).read(offset, size)
 
-    def read_parts(self, size: int, offset: int, fh: int) -> list[bytes]:
-        """`read` as pieces (used by KeyholdFUSE, which copies them into the kernel's buffer)."""
-        return self.handles.get(fh).read_parts(offset, size)
+    def read_into(self, size: int, offset: int, fh: int, out: memoryview) -> int:
+        """`read` into the kernel's buffer (used by KeyholdFUSE)."""
+        return self.handles.get(fh).read_into(offset, size, out)
 
     def write(self, path: str | None, data: bytes, offset: int, fh: int) -> int:
         return self.handles.get(fh).write(offset, data)

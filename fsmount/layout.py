@@ -1,16 +1,19 @@
 """Pure offset math of a backing file: where frames live and which ones a call touches.
 
-A backing file is one envelope (see docs/formats/fsmount.md): a header of `header_size`
-bytes, then frames of `frame_size` plaintext bytes, each stored as
-nonce(12) || ciphertext || tag(16). Every file has at least one frame; only the last
-one may be short, and it is sealed as final. Nothing here touches a file.
+A backing file is one envelope (docs/formats/fsmount.md): a header of `header_size`
+bytes, then frames of `frame_size` plaintext bytes. The envelope's own layout functions
+do the arithmetic; this adds what a file system asks: which frames hold a byte range,
+where the tail begins. Nothing here touches a file.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-FRAME_OVERHEAD = 12 + 16  # nonce + GCM tag
+from kmscore import envelope
+from kmscore.envelope import FRAME_OVERHEAD, Truncated
+
+__all__ = ["Layout", "splice", "FRAME_OVERHEAD"]
 
 
 @dataclass(frozen=True)
@@ -21,18 +24,18 @@ class Layout:
     @property
     def stride(self) -> int:
         """Bytes one full frame takes on disk."""
-        return self.frame_size + FRAME_OVERHEAD
+        return envelope.frame_span(self.frame_size)
 
     def frame_count(self, size: int) -> int:
         """Frames of a file with `size` plaintext bytes (an empty file has one empty frame)."""
-        return max(1, -(-size // self.frame_size))
+        return envelope.frame_count(size, self.frame_size)
 
     def last_index(self, size: int) -> int:
         return self.frame_count(size) - 1
 
     def frame_offset(self, index: int) -> int:
         """Where frame `index` starts in the backing file."""
-        return self.header_size + index * self.stride
+        return envelope.frame_offset(self.header_size, self.frame_size, index)
 
     def frame_start(self, index: int) -> int:
         """Plaintext offset of the first byte of frame `index`."""
@@ -40,25 +43,23 @@ class Layout:
 
     def backing_length(self, size: int) -> int:
         """Backing file length of a file with `size` plaintext bytes."""
-        return self.header_size + size + self.frame_count(size) * FRAME_OVERHEAD
+        return self.header_size + envelope.ciphertext_length(size, self.frame_size)
 
     def plaintext_size(self, backing_length: int) -> int | None:
         """Plaintext size for a backing length, or None if no envelope has that length."""
-        body = backing_length - self.header_size
-        if body < FRAME_OVERHEAD:
+        if backing_length < self.header_size:
             return None
-        full, rest = divmod(body, self.stride)
-        if rest == 0:
-            return full * self.frame_size
-        if rest < FRAME_OVERHEAD:
+        try:
+            return envelope.plaintext_length(backing_length - self.header_size, self.frame_size)
+        except Truncated:
             return None
-        return full * self.frame_size + rest - FRAME_OVERHEAD
 
     def frames(self, offset: int, length: int) -> range:
         """The frames holding plaintext bytes [offset, offset + length)."""
+        first = offset // self.frame_size
         if length <= 0:
-            return range(offset // self.frame_size, offset // self.frame_size)
-        return range(offset // self.frame_size, (offset + length - 1) // self.frame_size + 1)
+            return range(first, first)
+        return range(first, (offset + length - 1) // self.frame_size + 1)
 
     def covers(self, index: int, offset: int, end: int) -> bool:
         """True if plaintext [offset, end) covers the whole of full frame `index`."""

@@ -56,6 +56,13 @@ class OpenFile:
             log.error("integrity: %s: frame %d failed authentication (tampered, swapped or truncated)", self.name, index)
             raise fs_error(errno.EIO) from None
 
+    def _open_frame_into(self, index: int, frame: memoryview, out: memoryview) -> None:
+        try:
+            self.cipher.open_into(index, frame, False, out)
+        except FrameAuthError:
+            log.error("integrity: %s: frame %d failed authentication (tampered, swapped or truncated)", self.name, index)
+            raise fs_error(errno.EIO) from None
+
     def _read_frames(self, first: int, last: int) -> list[bytes]:
         """Decrypt full, non-final frames first..last from disk."""
         lay = self.layout
@@ -91,35 +98,46 @@ class OpenFile:
 
     # -- public calls (each takes the lock) -----------------------------------------------
     def read(self, offset: int, length: int) -> bytes:
-        return b"".join(self.read_parts(offset, length))
+        buf = bytearray(max(0, min(length, self.size - offset)))
+        return bytes(buf[: self.read_into(offset, length, memoryview(buf))])
 
-    def read_parts(self, offset: int, length: int) -> list[bytes]:
-        """The plaintext of [offset, offset + length) as pieces to concatenate.
+    def read_into(self, offset: int, length: int, out: memoryview) -> int:
+        """Decrypt plaintext [offset, offset + length) into `out`; return the bytes given.
 
-        Pieces, not one string: the FUSE binding copies them straight into the
-        kernel's buffer, saving a copy of every byte read.
+        Whole frames are decrypted straight into `out` (the FUSE binding passes the
+        kernel's buffer: no copy). If a frame fails, the call raises EIO and `out`,
+        which may hold unauthenticated bytes, is never handed to the kernel.
         """
         with self.lock:
             self.check()
             end = min(self.size, offset + length)
             if offset >= end:
-                return []
+                return 0
             lay = self.layout
             frames = lay.frames(offset, end - offset)
             tail_index = lay.last_index(self.size)
-            parts: list[bytes] = []
-            disk_last = min(frames[-1], tail_index - 1)
-            if frames[0] <= disk_last:
-                parts += self._read_frames(frames[0], disk_last)
+            pos = 0
+            first, disk_last = frames[0], min(frames[-1], tail_index - 1)
+            if first <= disk_last:
+                data = memoryview(os.pread(self.fd, (disk_last - first + 1) * lay.stride, lay.frame_offset(first)))
+                for n, index in enumerate(range(first, disk_last + 1)):
+                    frame = data[n * lay.stride : (n + 1) * lay.stride]
+                    if len(frame) != lay.stride:
+                        log.error("integrity: %s: frame %d is cut short", self.name, index)
+                        raise fs_error(errno.EIO)
+                    start = lay.frame_start(index)
+                    lo, hi = max(offset, start), min(end, start + lay.frame_size)
+                    if hi - lo == lay.frame_size:
+                        self._open_frame_into(index, frame, out[pos : pos + lay.frame_size])
+                    else:
+                        out[pos : pos + hi - lo] = self._open_frame(index, frame, False)[lo - start : hi - start]
+                    pos += hi - lo
             if frames[-1] == tail_index:
-                parts.append(bytes(self._load_tail()))
-        skip = offset - lay.frame_start(frames[0])
-        if skip:
-            parts[0] = parts[0][skip:]
-        over = sum(map(len, parts)) - (end - offset)
-        if over:
-            parts[-1] = parts[-1][: len(parts[-1]) - over]
-        return parts
+                start = lay.frame_start(tail_index)
+                lo = max(offset, start)
+                out[pos : pos + end - lo] = self._load_tail()[lo - start : end - start]
+                pos += end - lo
+            return pos
 
     def write(self, offset: int, data: bytes) -> int:
         with self.lock:

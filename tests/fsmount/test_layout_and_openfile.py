@@ -12,7 +12,8 @@ import os
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kmscore.envelope import FrameCipher, Header
+from kmscore import envelope
+from kmscore.envelope import VERSION, FrameCipher, Header
 
 from fsmount.layout import FRAME_OVERHEAD, Layout, splice
 from fsmount.openfile import OpenFile
@@ -25,6 +26,13 @@ def test_backing_length_and_plaintext_size_invert(lay, size):
     n = lay.backing_length(size)
     assert lay.plaintext_size(n) == size
     assert n == lay.frame_offset(lay.last_index(size)) + size - lay.frame_start(lay.last_index(size)) + FRAME_OVERHEAD
+
+
+@given(layouts, st.integers(0, 10**7))
+def test_agrees_with_the_envelope_layout(lay, size):
+    assert lay.backing_length(size) == lay.header_size + envelope.ciphertext_length(size, lay.frame_size)
+    for i in range(3):
+        assert lay.frame_offset(i) == envelope.frame_offset(lay.header_size, lay.frame_size, i)
 
 
 @given(layouts, st.integers(0, 10**7))
@@ -51,20 +59,14 @@ def test_splice(base, at, data):
 
 def make_file(path, frame_size: int) -> OpenFile:
     dek = os.urandom(32)
-    header = Header.decode(_header_bytes(frame_size))
+    # the wrapped DEK stands for a KMS blob; it is never unwrapped here
+    header = Header(VERSION, 0, frame_size, os.urandom(16), os.urandom(81))
     cipher = FrameCipher(dek, header)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
     os.pwrite(fd, header.encode() + cipher.seal(0, b"", True), 0)
     f = OpenFile(fd, header, cipher, 0, "model", lambda: None)
     f.dek = dek  # for reopening in the test
     return f
-
-
-def _header_bytes(frame_size: int) -> bytes:
-    import struct
-
-    wrapped = os.urandom(81)  # stands for a wrapped DEK; never unwrapped here
-    return b"KHEV" + struct.pack(">BBHI", 1, 0, 0, frame_size) + os.urandom(16) + struct.pack(">H", len(wrapped)) + wrapped
 
 
 ops = st.lists(
