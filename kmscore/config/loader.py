@@ -124,10 +124,11 @@ def _working_folder(folder: Path) -> Iterator[None]:
     """
     with _cwd_lock:
         before = os.getcwd()
-        if Path(before) == folder:
-            yield
-            return
-        os.chdir(folder)
+        try:
+            if Path(before) != folder:
+                os.chdir(folder)
+        except OSError:  # parse_config on a path that is not on disk: nothing to resolve against
+            pass
         try:
             yield
         finally:

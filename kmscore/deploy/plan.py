@@ -60,19 +60,21 @@ def plan_reload(old: Deployment, new: Deployment) -> Plan:
 
 
 def describe_entry(entry: Any) -> str:
-    """A one-line summary of a front-end entry from its scalar fields (for 'what runs where').
+    """A one-line summary of a front-end entry (for 'what runs where' in the log).
 
-    Nested tables and arrays are summarised by count; `${VAR}` values are scrubbed by
-    the caller.
+    Strings (addresses, paths, key names, modes) always show; other settings only when
+    they differ from their default; arrays by their length. `${VAR}` values are scrubbed
+    by the caller.
     """
-    dump = entry.model_dump(exclude_defaults=True) if hasattr(entry, "model_dump") else dict(vars(entry))
+    fields = getattr(type(entry), "model_fields", {})
+    dump = entry.model_dump() if hasattr(entry, "model_dump") else dict(vars(entry))
     parts = []
     for name, value in dump.items():
         if isinstance(value, list | tuple):
             if value:
                 parts.append(f"{len(value)} {name}{'s' if len(value) != 1 and not name.endswith('s') else ''}")
-        elif isinstance(value, dict):
-            continue
-        elif value is not None and value is not False:
+        elif isinstance(value, str) or (
+            value is not None and not isinstance(value, dict) and (name not in fields or fields[name].default != value)
+        ):
             parts.append(f"{name}={value}")
     return " ".join(parts)
