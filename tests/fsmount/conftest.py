@@ -149,3 +149,22 @@ def mount_with(home: Path, tmp_path: Path):
     finally:
         for m in made:
             m.stop()
+
+
+@pytest.fixture
+def mount_existing(tmp_path: Path):
+    """mount_existing(home, cipher_dir, *options): mount a given cipher directory."""
+    made: list[Mount] = []
+
+    def make(home: Path, cipher: Path, *extra: str) -> Mount:
+        point = tmp_path / f"plain{len(made)}"
+        point.mkdir()
+        m = Mount(home, cipher, point, tmp_path / f"mount{len(made)}.log").start(*extra)
+        made.append(m)
+        return m
+
+    try:
+        yield make
+    finally:
+        for m in made:
+            m.stop()
