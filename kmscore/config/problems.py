@@ -52,7 +52,7 @@ def join_path(*parts: str | int) -> str:
 _TYPE_WORDS = {
     "int": "an integer", "float": "a number", "bool": "true or false", "string": "a string",
     "str": "a string", "tuple": "an array", "list": "an array", "dict": "a table",
-    "model": "a table", "model_attributes": "a table", "literal": None,
+    "model": "a table",
 }
 
 
@@ -74,28 +74,24 @@ def _kind(value: object) -> str:
 
 
 def _field_names(model: type[BaseModel] | None, loc: Sequence[str | int]) -> list[str] | None:
-    """The keys the model allows at `loc` (for 'did you mean'), walking nested models."""
+    """The keys allowed at `loc` (for 'did you mean'), walking nested models and unions."""
+    models = [model] if model is not None else []
     for part in loc:
-        if model is None:
-            return None
         if isinstance(part, int):
             continue
-        field = model.model_fields.get(part)
-        if field is None:
+        fields = [m.model_fields[part] for m in models if part in m.model_fields]
+        models = [inner for f in fields for inner in _inner_models(f.annotation)]
+        if not models:
             return None
-        model = _inner_model(field.annotation)
-    return None if model is None else list(model.model_fields)
+    return sorted({name for m in models for name in m.model_fields}) if models else None
 
 
-def _inner_model(annotation: object) -> type[BaseModel] | None:
+def _inner_models(annotation: object) -> list[type[BaseModel]]:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType, tuple, list):
-        for arg in typing.get_args(annotation):
-            found = _inner_model(arg)
-            if found is not None:
-                return found
-    return None
+        return [annotation]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType, typing.Annotated, tuple, list):
+        return [m for arg in typing.get_args(annotation) for m in _inner_models(arg)]
+    return []
 
 
 def unknown_key_message(name: str, allowed: Iterable[str] | None, what: str = "key") -> str:
@@ -115,8 +111,10 @@ def _message(err: Mapping, model: type[BaseModel] | None, loc: Sequence[str | in
     if kind == "missing":
         return "required key is missing"
     base = kind.split("_")[0] if kind.endswith(("_type", "_parsing")) else None
-    if base in _TYPE_WORDS and _TYPE_WORDS[base]:
+    if base in _TYPE_WORDS:
         return f"expected {_TYPE_WORDS[base]}, got {_kind(err.get('input'))}"
+    if kind.startswith(("greater_than", "less_than")):
+        return "expected a number " + msg.removeprefix("Input should be ")
     for prefix in ("Value error, ", "Assertion failed, "):
         if msg.startswith(prefix):
             return msg[len(prefix):]
@@ -125,18 +123,17 @@ def _message(err: Mapping, model: type[BaseModel] | None, loc: Sequence[str | in
     return msg
 
 
-_UNION_TAGS = frozenset({"int", "float", "bool", "str", "tuple", "list", "dict", "none", "is-instance"})
-
-
 def _clean_loc(loc: Sequence[str | int], model: type[BaseModel] | None) -> list[str | int]:
-    """Drop pydantic's validator and union-member tags (`function-after[...]`, `str`)."""
+    """Drop pydantic's validator, union-member and discriminator tags
+    (`function-after[...]`, `str`, `file`): parts that name no key of the model.
+    The last part stays: it may be the unknown key being reported."""
     out: list[str | int] = []
-    for part in loc:
+    for i, part in enumerate(loc):
         if isinstance(part, str):
-            if "[" in part or "-" in part:
+            if part.endswith("]") and "[" in part:  # function-after[_shape(), Action]
                 continue
             names = _field_names(model, out)
-            if part in _UNION_TAGS and (names is None or part not in names):
+            if i < len(loc) - 1 and names is not None and part not in names:
                 continue
         out.append(part)
     return out

@@ -102,3 +102,15 @@ def test_substitution_escape_and_bad_names():
     out, problems, _ = substitute({"x": "$${HOME} ${1BAD} $plain"}, {"HOME": "/root"})
     assert out["x"] == "${HOME}  $plain"
     assert problems == [("x", "bad variable reference ${1BAD}: use ${NAME} with letters, digits and _")]
+
+
+def test_paths_inside_unions_and_bounds():
+    with pytest.raises(ConfigError) as e:
+        dep(kms={"root_key": {"source": "env", "vra": "X"}, "revocation_bound": 0},
+            mount=[{**MOUNT, "frame_size": 100}])
+    assert [str(p) for p in e.value.problems] == [
+        f"{PATH}: kms.root_key.var: required key is missing",
+        f"{PATH}: kms.root_key.vra: unknown key 'vra' (did you mean 'var'?)",
+        f"{PATH}: kms.revocation_bound: expected a number greater than or equal to 0.1",
+        f"{PATH}: mount[0].frame_size: expected a multiple of 4096",
+    ]
