@@ -44,12 +44,16 @@ class Deployer:
         self._checked(self.current)
         for line in self._ensure_keys(self.current.keys):
             log.info(line)
+        key = ""
         try:
             for key, entries in self.current.sections:
                 if entries and key in self.frontends:
                     self.services[key] = self.frontends[key].start(list(entries), self.kms)  # type: ignore[misc]
                     for i, entry in enumerate(entries):
                         log.info("%s[%d] running: %s", key, i, self._scrub(describe_entry(entry)))
+        except KmsError as e:
+            self.stop()
+            raise ConfigError([Problem(self.current.file, key, f"could not start: {self._scrub(str(e))}")]) from None
         except BaseException:
             self.stop()
             raise

@@ -374,3 +374,19 @@ def test_an_emptied_file_stops_nothing(deployment):
     d.wait_log("the file is empty")
     assert mounted(d.folder / "run" / "plain")
     assert b"kept" not in put_store(d, "/store/e", b"kept")
+
+
+def test_a_start_that_fails_stops_what_had_started(tmp_path, upstream):
+    d = Deployment(tmp_path, upstream)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        d.write(d.text(listen=busy))
+        r = subprocess.run([KMS, "up", str(d.config)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.splitlines()[-2].startswith(
+        f"{d.config}: proxy: could not start: proxy 127.0.0.1:{busy}: cannot listen on 127.0.0.1:{busy}")
+    assert "Traceback" not in r.stderr
+    assert "mount[0] running" in r.stderr  # the mount had started, and was stopped again
+    assert not mounted(d.folder / "run" / "plain")
