@@ -50,10 +50,10 @@ class Deployer:
                 if entries and key in self.frontends:
                     self.services[key] = self.frontends[key].start(list(entries), self.kms)  # type: ignore[misc]
                     for i, entry in enumerate(entries):
-                        log.info("%s[%d] running: %s", key, i, self._scrub(describe_entry(entry)))
+                        log.info("%s[%d] running: %s", key, i, self.scrub(describe_entry(entry)))
         except KmsError as e:
             self.stop()
-            raise ConfigError([Problem(self.current.file, key, f"could not start: {self._scrub(str(e))}")]) from None
+            raise ConfigError([Problem(self.current.file, key, f"could not start: {self.scrub(str(e))}")]) from None
         except BaseException:
             self.stop()
             raise
@@ -94,12 +94,12 @@ class Deployer:
         try:
             for change in plan.sections:
                 for line in self._execute(change.config_key, change.kind, change.new):
-                    log.info("%s: %s", change.config_key, self._scrub(line, new))
+                    log.info("%s: %s", change.config_key, self.scrub(line, new))
                 done.append(change)
         except Exception as e:  # noqa: BLE001 - roll back, then report
             failed = plan.sections[len(done)]
             log.error("reload failed at [[%s]]: %s; rolling back to the running config",
-                      failed.config_key, self._scrub(str(e), new))
+                      failed.config_key, self.scrub(str(e), new))
             self._rollback([*done, failed])
             return False
         self.current = new
@@ -125,7 +125,7 @@ class Deployer:
             try:
                 self._execute(change.config_key, "apply" if change.old else "stop", change.old)
             except Exception as e:  # noqa: BLE001
-                log.error("%s: could not restore the previous config: %s", change.config_key, self._scrub(str(e)))
+                log.error("%s: could not restore the previous config: %s", change.config_key, self.scrub(str(e)))
 
     # -- keys and checks ---------------------------------------------------------------
     def _checked(self, dep: Deployment) -> None:
@@ -153,7 +153,7 @@ class Deployer:
             out.append(f"created key {decl.alias} ({meta.spec.value}, {meta.key_id})")
         return out
 
-    def _scrub(self, text: str, dep: Deployment | None = None) -> str:
+    def scrub(self, text: str, dep: Deployment | None = None) -> str:
         return redact([Problem("", "", text)], dict((dep or self.current).secrets))[0].message
 
 

@@ -59,7 +59,8 @@ def run(dep: Deployment, kms, frontends: Sequence[Frontend]) -> int:
     watcher = ConfigWatcher(dep.path)
     try:
         verify_audit(kms, dep)
-        log.info("key store %s (root key: %s)", kms.home, dep.root_key.describe() if dep.root_key else "default")
+        source = dep.root_key.describe() if dep.root_key else "default"
+        log.info("key store %s (root key: %s)", kms.home, deployer.scrub(source))
         deployer.start()
         if not deployer.services:
             log.warning("%s starts no front end: add [[mount]] or [[proxy]] entries", dep.file)

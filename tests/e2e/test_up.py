@@ -390,3 +390,21 @@ def test_a_start_that_fails_stops_what_had_started(tmp_path, upstream):
     assert "Traceback" not in r.stderr
     assert "mount[0] running" in r.stderr  # the mount had started, and was stopped again
     assert not mounted(d.folder / "run" / "plain")
+
+
+def test_an_edited_audit_log_stops_the_start(tmp_path, upstream):
+    import sqlite3
+
+    d = Deployment(tmp_path, upstream)
+    d.write(d.text(mounts=()))
+    d.start()
+    assert d.stop() == 0
+    with sqlite3.connect(tmp_path / "run" / "kms" / "keys.db") as db:
+        db.execute("UPDATE audit SET outcome = 'ok: nothing to see' WHERE seq = 1")
+    r = subprocess.run([KMS, "up", str(d.config)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 9
+    assert r.stderr.splitlines()[-1].startswith("kms: error: audit log check failed: record 1 (")
+    assert "Traceback" not in r.stderr
+    d.write(d.text(mounts=()).replace("revocation_bound = 1", "revocation_bound = 1\n[kms.audit]\nverify_on_start = false"))
+    d.start()
+    assert d.stop() == 0
