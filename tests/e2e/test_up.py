@@ -163,8 +163,9 @@ class Deployment:
         else:
             self.config.write_text(text)
 
-    def start(self) -> None:
+    def start(self, **extra_env: str) -> None:
         env = {k: v for k, v in os.environ.items() if k not in ("KMS_HOME", "KMS_ROOT_KEY", "KMS_PASSPHRASE")}
+        env.update(extra_env)
         self.proc = subprocess.Popen([KMS, "up", str(self.config)], stdout=self.log.open("wb"),
                                      stderr=subprocess.STDOUT, env=env, cwd="/")
         self.wait_log("running deploy.toml")
@@ -408,3 +409,16 @@ def test_an_edited_audit_log_stops_the_start(tmp_path, upstream):
     d.write(d.text(mounts=()).replace("revocation_bound = 1", "revocation_bound = 1\n[kms.audit]\nverify_on_start = false"))
     d.start()
     assert d.stop() == 0
+
+
+def test_values_from_the_environment_never_reach_the_log(tmp_path, upstream):
+    secret = "tok-Zq81x-not-for-logs"
+    d = Deployment(tmp_path, upstream)
+    d.write(d.text(mounts=()).replace("[[proxy]]\n", '[[proxy]]\nname = "${PROXY_NAME}"\n'))
+    d.start(PROXY_NAME=secret)
+    d.write(d.config.read_text().replace('listen = "', 'limits = { max_buffered_body = "${PROXY_NAME}" }\nlisten = "'))
+    d.wait_log("reload refused")
+    assert d.stop() == 0
+    out = d.output()
+    assert "name=${PROXY_NAME}" in out and "max_buffered_body: expected an integer, got a string" in out
+    assert secret not in out
