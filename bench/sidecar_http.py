@@ -134,11 +134,18 @@ def run_wrk(url: str, connections: int, duration: float, script: str) -> dict:
         capture_output=True, text=True, check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
     lat = {p: _ms(v) for p, v in re.findall(r"^\s+(50|99)(?:\.0+)?%\s+(\S+)", out, re.M)}
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
     errors = re.search(r"Socket errors:.*", out)
-    return {"rps": rps, "p50": lat.get("50"), "p99": lat.get("99"), "non2xx": int(bad.group(1)) if bad else 0,
+    return {"rps": rps, "requests": total, "p50": lat.get("50"), "p99": lat.get("99"), "non2xx": int(bad.group(1)) if bad else 0,
             "socket_errors": errors.group(0) if errors else ""}
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _ms(v: str) -> float:
@@ -189,6 +196,8 @@ def main() -> int:
             procs.append(p)
             assert p.stdout.readline().strip() == "ready", f"{kind} proxy did not start"
         targets = {"direct": up_port, **ports["mitmdump"], **ports["plain"], **ports["sidecar"]}
+        pids = {"direct": procs[0].pid, "mitmdump": procs[1].pid, "mitmproxy": procs[2].pid,
+                **{n: procs[3].pid for n in ports["sidecar"]}}
         runs: dict[str, dict[int, list[dict]]] = {}
         for name, port in targets.items():  # warm-up (and a check that every setup answers)
             run_wrk(f"http://127.0.0.1:{port}/api/users", 4, 1, str(script))
@@ -196,7 +205,10 @@ def main() -> int:
             for conns in (args.connections, 1):
                 for name, port in targets.items():
                     url = f"http://127.0.0.1:{port}/api/users"
-                    runs.setdefault(name, {}).setdefault(conns, []).append(run_wrk(url, conns, args.duration, str(script)))
+                    cpu = cpu_seconds(pids[name])
+                    r = run_wrk(url, conns, args.duration, str(script))
+                    r["cpu_us"] = (cpu_seconds(pids[name]) - cpu) / max(1, r["requests"]) * 1e6
+                    runs.setdefault(name, {}).setdefault(conns, []).append(r)
         results = {n: {c: _median(rs) for c, rs in by_conns.items()} for n, by_conns in runs.items()}
         report(results, args.connections, args.duration, args.rounds)
     finally:
@@ -215,7 +227,7 @@ def _median(rs: list[dict]) -> dict:
     def med(k):
         vals = sorted(r[k] for r in rs)
         return vals[len(vals) // 2]
-    return {"rps": med("rps"), "p50": med("p50"), "p99": med("p99"), "non2xx": sum(r["non2xx"] for r in rs),
+    return {"rps": med("rps"), "p50": med("p50"), "p99": med("p99"), "cpu_us": med("cpu_us"), "non2xx": sum(r["non2xx"] for r in rs),
             "socket_errors": "; ".join(r["socket_errors"] for r in rs if r["socket_errors"])}
 
 
@@ -223,7 +235,8 @@ def report(results: dict, conns: int, duration: float, rounds: int) -> None:
     print(f"\n4 KiB JSON POST, wrk, median of {rounds} interleaved {duration:g} s runs, "
           f"{os.cpu_count()} CPUs shared by all processes (wrk, upstream, proxy)\n")
     base = results["mitmproxy"]
-    hdr = f"{'setup':<10} | {'rps @' + str(conns):>9} {'p50 ms':>7} {'p99 ms':>7} {'x mitm':>6} | {'rps @1':>7} {'p50 ms':>7} {'p99 ms':>7} {'+p50 ms':>8} | errors"
+    hdr = (f"{'setup':<10} | {'rps @' + str(conns):>9} {'p50 ms':>7} {'p99 ms':>7} {'x mitm':>6} | {'rps @1':>7} {'p50 ms':>7}"
+           f" {'p99 ms':>7} {'+p50 ms':>8} | {'CPU us/req':>10} {'x mitm':>6} | errors")
     print(hdr)
     print("-" * len(hdr))
     for name, r in results.items():
@@ -231,12 +244,18 @@ def report(results: dict, conns: int, duration: float, rounds: int) -> None:
         extra = b["p50"] - base[1]["p50"]
         errs = a["non2xx"] + b["non2xx"]
         print(f"{name:<10} | {a['rps']:>9.0f} {a['p50']:>7.2f} {a['p99']:>7.2f} {a['rps'] / base[conns]['rps']:>6.2f} | "
-              f"{b['rps']:>7.0f} {b['p50']:>7.2f} {b['p99']:>7.2f} {extra:>+8.3f} | {errs or ''} {a['socket_errors']}")
+              f"{b['rps']:>7.0f} {b['p50']:>7.2f} {b['p99']:>7.2f} {extra:>+8.3f} | "
+              f"{a['cpu_us']:>10.0f} {base[conns]['cpu_us'] / a['cpu_us']:>6.2f} | {errs or ''} {a['socket_errors']}")
     dump = results["mitmdump"][conns]["rps"]
     print("\nx mitm: throughput relative to the same lean mitmproxy Master with no addon;"
           " +p50: added median latency at one connection relative to it.")
-    print("relative to mitmdump (no script): " + ", ".join(
+    print(f"CPU us/req: CPU time of the serving process per request at {conns} connections (utime+stime, all"
+          " threads); x mitm = its inverse ratio, an efficiency measure that background load does not skew.")
+    dump_cpu = results["mitmdump"][conns]["cpu_us"]
+    print("relative to mitmdump (no script), throughput: " + ", ".join(
         f"{n} {r[conns]['rps'] / dump:.2f}" for n, r in results.items() if n not in ("direct", "mitmdump")))
+    print("relative to mitmdump (no script), CPU per request: " + ", ".join(
+        f"{n} {dump_cpu / r[conns]['cpu_us']:.2f}" for n, r in results.items() if n not in ("direct", "mitmdump")))
 
 
 if __name__ == "__main__":

@@ -51,6 +51,8 @@ class Transform:
         step = st.step(direction)
         if step is None:
             return
+        if direction == "response" and (flow.request.method == "HEAD" or flow.response.status_code in (204, 304)):
+            return  # no body follows, whatever Content-Length says
         limit = st.table.entry.limits.max_buffered_body
         size = _declared_size(msg)
         if size is not None and size <= limit:
@@ -109,11 +111,12 @@ class Transform:
                 if msg.raw_content:
                     _set_raw(msg, bodies.seal_all(self.rt.kms, step.key, msg.raw_content, st.table.entry.frame_size))
                     bodies.seal_headers(msg.headers)
-            else:
-                if msg.raw_content or bodies.ENVELOPE_TYPE in msg.headers.get("content-type", ""):
-                    bodies.check_envelope_headers(msg.headers)
-                    _set_raw(msg, bodies.open_all(self.rt.kms, msg.raw_content, self.rt.dkcache))
-                    bodies.open_headers(msg.headers)
+            elif msg.raw_content:
+                bodies.check_envelope_headers(msg.headers)
+                _set_raw(msg, bodies.open_all(self.rt.kms, msg.raw_content, self.rt.dkcache))
+                bodies.open_headers(msg.headers)
+            elif bodies.ENVELOPE_TYPE in msg.headers.get("content-type", ""):
+                bodies.open_headers(msg.headers)  # HEAD, 204, 304: only the headers to restore
             st.key_ids.add(step.key_id or step.key)
         except Exception as e:  # noqa: BLE001 - every failure must fail closed
             fail(flow, direction, e)
