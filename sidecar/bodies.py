@@ -20,16 +20,23 @@ ORIG_TYPE = "X-Keyhold-Content-Type"
 ORIG_ENCODING = "X-Keyhold-Content-Encoding"
 
 
+_CT, _CE = b"content-type", b"content-encoding"
+_XCT, _XCE = ORIG_TYPE.lower().encode(), ORIG_ENCODING.lower().encode()
+
+
 def seal_headers(headers) -> None:
-    ctype = headers.pop("content-type", None)
-    encoding = headers.pop("content-encoding", None)
-    headers.pop(ORIG_TYPE, None)
-    headers.pop(ORIG_ENCODING, None)
-    if ctype is not None:
-        headers[ORIG_TYPE] = ctype
-    if encoding is not None:
-        headers[ORIG_ENCODING] = encoding
-    headers["content-type"] = ENVELOPE_TYPE
+    """Content-Type/-Encoding move to X-Keyhold-*; Content-Type becomes the envelope type.
+    One pass over mitmproxy's raw header fields (its per-name operations are slow)."""
+    kept, moved = [], []
+    for name, value in headers.fields:
+        low = name.lower()
+        if low == _CT:
+            moved.append((ORIG_TYPE.encode(), value))
+        elif low == _CE:
+            moved.append((ORIG_ENCODING.encode(), value))
+        elif low not in (_XCT, _XCE):
+            kept.append((name, value))
+    headers.fields = (*kept, *moved, (b"Content-Type", ENVELOPE_TYPE.encode()))
 
 
 def check_envelope_headers(headers) -> None:
@@ -38,13 +45,17 @@ def check_envelope_headers(headers) -> None:
 
 
 def open_headers(headers) -> None:
-    ctype = headers.pop(ORIG_TYPE, None)
-    encoding = headers.pop(ORIG_ENCODING, None)
-    headers.pop("content-type", None)
-    if ctype is not None:
-        headers["content-type"] = ctype
-    if encoding is not None:
-        headers["content-encoding"] = encoding
+    """The reverse of seal_headers: the original Content-Type/-Encoding come back."""
+    kept, restored = [], []
+    for name, value in headers.fields:
+        low = name.lower()
+        if low == _XCT:
+            restored.append((b"Content-Type", value))
+        elif low == _XCE:
+            restored.append((b"Content-Encoding", value))
+        elif low not in (_CT, _CE):
+            kept.append((name, value))
+    headers.fields = (*kept, *restored)
 
 
 class Sealer:
