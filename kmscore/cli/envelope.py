@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import queue
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -21,7 +23,8 @@ from kmscore.cli.context import CliContext
 from kmscore.cli.main import common
 from kmscore.errors import InvalidRequest, KmsError
 
-CHUNK = 4 * 1024 * 1024  # bytes read per call: large enough for I/O, small for memory
+CHUNK = 1024 * 1024  # bytes read per call: large enough for I/O, small for memory
+DEPTH = 2  # chunks in flight per direction: memory stays ~ 2 * DEPTH * CHUNK
 
 
 def register(sub: argparse._SubParsersAction, ctx: CliContext) -> None:
@@ -85,7 +88,7 @@ def _writer(path: str, mode: int = 0o600) -> Iterator[BinaryIO]:
         raise InvalidRequest(f"cannot write {path}: it is a directory")
     tmp = target.with_name(f".{target.name}.kms-tmp-{os.getpid()}")
     try:
-        f = open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb", buffering=0)
+        f = open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb")
     except OSError as e:
         raise InvalidRequest(f"cannot write {path}: {e.strerror}") from None
     try:
@@ -97,14 +100,76 @@ def _writer(path: str, mode: int = 0o600) -> Iterator[BinaryIO]:
         raise
 
 
-def _chunks(f: BinaryIO) -> Iterator[memoryview]:
-    buf = bytearray(CHUNK)
-    view = memoryview(buf)
-    while True:
-        n = f.readinto(view)
-        if not n:
-            return
-        yield view[:n]
+def _chunks(f: BinaryIO) -> Iterator[bytes]:
+    """The bytes of `f` in chunks, read ahead by a thread so reading overlaps the crypto."""
+    q: queue.Queue = queue.Queue(maxsize=DEPTH)
+    failed: list[BaseException] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        try:
+            while not stop.is_set():
+                chunk = f.read(CHUNK)
+                q.put(chunk)
+                if not chunk:
+                    return
+        except BaseException as e:  # handed to the consumer
+            failed.append(e)
+            q.put(b"")
+
+    t = threading.Thread(target=read, name="kms-read", daemon=True)
+    t.start()
+    try:
+        while chunk := q.get():
+            yield chunk
+    finally:
+        stop.set()  # a consumer that stops early leaves the (daemon) reader to end itself
+        with contextlib.suppress(queue.Empty):
+            q.get_nowait()  # unblock a reader waiting on a full queue
+    t.join()
+    if failed:
+        raise failed[0]
+
+
+class _WriteBehind:
+    """Writes handed-over buffers in a thread, so writing (and dirty-page throttling)
+    overlaps the crypto. At most DEPTH buffers wait. Errors surface on the next call."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        self._q: queue.Queue = queue.Queue(maxsize=DEPTH)
+        self._failed: list[BaseException] = []
+        self._t = threading.Thread(target=self._run, name="kms-write", daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        while (item := self._q.get()) is not None:
+            if not self._failed:
+                try:
+                    self._out.write(item)
+                except BaseException as e:
+                    self._failed.append(e)
+
+    def write(self, data) -> None:
+        if self._failed:
+            raise self._failed[0]
+        if data:
+            self._q.put(data)
+
+    def close(self) -> None:
+        self._q.put(None)
+        self._t.join()
+        if self._failed:
+            raise self._failed[0]
+
+
+@contextlib.contextmanager
+def _write_behind(out: BinaryIO) -> Iterator[_WriteBehind]:
+    w = _WriteBehind(out)
+    try:
+        yield w
+    finally:
+        w.close()
 
 
 def _read_header(f: BinaryIO) -> tuple[envelope.Header, bytes]:
@@ -131,7 +196,7 @@ def run_encrypt(args: argparse.Namespace, ctx: CliContext) -> int:
     header, cipher = envelope.new_envelope(ctx.kms, args.key, args.frame_size)
     enc = envelope.StreamEncryptor(cipher)
     length = 0
-    with _reader(args.input) as src, _writer(args.output) as out:
+    with _reader(args.input) as src, _writer(args.output) as dst, _write_behind(dst) as out:
         out.write(header.encode())
         for chunk in _chunks(src):
             length += len(chunk)
@@ -158,7 +223,7 @@ def run_decrypt(args: argparse.Namespace, ctx: CliContext) -> int:
             raise InvalidRequest(f"{name} is wrapped under key {key_id}, not {args.key}")
         cipher = envelope.open_envelope(ctx.kms, header)
         dec = envelope.StreamDecryptor(cipher)
-        with _writer(args.output) as out:
+        with _writer(args.output) as dst, _write_behind(dst) as out:
             try:
                 out.write(dec.update(rest))
                 for chunk in _chunks(src):

@@ -2,8 +2,9 @@
 
 Both sides hold back at most one frame: the encryptor because a full frame may be the
 last one (final flag), the decryptor because only the end of the stream says which frame
-is last. Each `update` seals or opens all complete frames in one pre-sized buffer
-(`encrypt_into` / `decrypt_into`), so a call costs one copy of its input at most.
+is last. Complete frames are sealed or opened straight from the caller's buffer into one
+pre-sized output buffer (`encrypt_into` / `decrypt_into`); only the held-back tail is
+copied. Large outputs are returned as bytearray (a bytes-like object) to skip a copy.
 """
 
 from __future__ import annotations
@@ -15,6 +16,16 @@ from kmscore.envelope.format import FRAME_OVERHEAD, NONCE_SIZE, Header, frame_sp
 from kmscore.envelope.frames import FrameCipher
 
 Opener = Callable[[Header], FrameCipher]
+_SMALL = 1 << 16  # outputs below this are returned as bytes
+
+
+def _view(data) -> memoryview:
+    view = memoryview(data)
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+
+
+def _result(out: bytearray):
+    return bytes(out) if len(out) < _SMALL else out
 
 
 class StreamEncryptor:
@@ -23,43 +34,49 @@ class StreamEncryptor:
     def __init__(self, cipher: FrameCipher) -> None:
         self._cipher = cipher
         self._size = cipher.frame_size
-        self._buf = bytearray()
+        self._buf = bytearray()  # held-back plaintext, at most one frame
         self._index = 0
         self._done = False
 
-    def update(self, data: bytes) -> bytes:
+    def update(self, data) -> bytes | bytearray:
         """The frames complete so far (a frame is only sealed once data past it arrives)."""
         if self._done:
             raise ValueError("the stream was finalized")
-        self._buf += data
-        count = (len(self._buf) - 1) // self._size if self._buf else 0
-        return self._seal(count, final=False)
+        size, held = self._size, len(self._buf)
+        if held + len(data) <= size:
+            self._buf += data
+            return b""
+        view = _view(data)
+        fill = size - held  # complete the held frame; more data follows, so it is not final
+        rest = len(view) - fill
+        count = (rest - 1) // size  # whole frames in the rest that are surely not the last
+        out = bytearray((1 + count) * (size + FRAME_OVERHEAD))
+        nonces = self._cipher._random(NONCE_SIZE * (1 + count))
+        with memoryview(out) as dst:
+            self._buf += view[:fill]
+            self._seal(self._buf, dst, 0, nonces, False)
+            for i in range(count):
+                start = fill + i * size
+                self._seal(view[start : start + size], dst, 1 + i, nonces, False)
+        self._buf = bytearray(view[fill + count * size :])
+        return _result(out)
 
     def finalize(self) -> bytes:
         """The final frame (0..F bytes); after this the encryptor is spent."""
         if self._done:
             raise ValueError("the stream was finalized")
         self._done = True
-        return self._seal(1, final=True)
+        out = bytearray(len(self._buf) + FRAME_OVERHEAD)
+        with memoryview(out) as dst:
+            self._seal(self._buf, dst, 0, self._cipher._random(NONCE_SIZE), True)
+        self._buf = bytearray()
+        return bytes(out)
 
-    def _seal(self, count: int, final: bool) -> bytes:
-        if count == 0:
-            return b""
-        size, cipher = self._size, self._cipher
-        taken = len(self._buf) if final else count * size
-        out = bytearray(taken + count * FRAME_OVERHEAD)
-        nonces = cipher._random(NONCE_SIZE * count)
-        with memoryview(self._buf) as src, memoryview(out) as dst:
-            for i in range(count):
-                with src[i * size : min((i + 1) * size, taken)] as chunk:
-                    at = i * (size + FRAME_OVERHEAD)
-                    cipher.seal_into(
-                        self._index, chunk, final, dst[at : at + len(chunk) + FRAME_OVERHEAD],
-                        nonces[i * NONCE_SIZE : (i + 1) * NONCE_SIZE],
-                    )
-                self._index += 1
-        del self._buf[:taken]
-        return bytes(out) if len(out) < 1 << 16 else out  # big outputs skip a copy
+    def _seal(self, plain, dst: memoryview, slot: int, nonces: bytes, final: bool) -> None:
+        at = slot * (self._size + FRAME_OVERHEAD)
+        nonce = nonces[slot * NONCE_SIZE : (slot + 1) * NONCE_SIZE]
+        self._cipher.seal_into(self._index, plain, final, dst[at : at + len(plain) + FRAME_OVERHEAD], nonce)
+        self._index += 1
 
 
 class StreamDecryptor:
@@ -74,40 +91,64 @@ class StreamDecryptor:
         self.header: Header | None = None
         self._opener: Opener | None = None
         self._cipher: FrameCipher | None = None
+        self._buf = bytearray()  # the header while incomplete, then at most one frame
+        self._index = 0
+        self._done = False
         if isinstance(source, FrameCipher):
             self._use(source)
         else:
             self._opener = source
-        self._buf = bytearray()
-        self._index = 0
-        self._done = False
 
     def _use(self, cipher: FrameCipher) -> None:
         self._cipher = cipher
         self._span = frame_span(cipher.frame_size)
 
-    def update(self, data: bytes) -> bytes:
+    def update(self, data) -> bytes | bytearray:
         """Plaintext of the frames that are known not to be the last one."""
         if self._done:
             raise ValueError("the stream was finalized")
-        self._buf += data
-        if self._cipher is None and not self._read_header():
+        if self._cipher is None:
+            self._buf += data
+            if not self._read_header():
+                return b""
+            data, self._buf = self._buf, bytearray()
+        span, held = self._span, len(self._buf)
+        if held + len(data) <= span:
+            self._buf += data
             return b""
-        count = (len(self._buf) - 1) // self._span if self._buf else 0
-        return self._open(count, final=False)
+        view = _view(data)
+        size = span - FRAME_OVERHEAD
+        if held:  # complete the held frame; more data follows, so it is not final
+            fill = span - held
+            self._buf += view[:fill]
+            view = view[fill:]
+        rest = len(view)
+        count = (rest - 1) // span
+        out = bytearray((count + (1 if held else 0)) * size)
+        with memoryview(out) as dst:
+            slot = 0
+            if held:
+                self._open(self._buf, dst, 0, False)
+                slot = 1
+            for i in range(count):
+                self._open(view[i * span : (i + 1) * span], dst, slot + i, False)
+        self._buf = bytearray(view[count * span :])
+        return _result(out)
 
     def finalize(self) -> bytes:
         """Plaintext of the final frame; Truncated if the stream stops early."""
         if self._done:
             raise ValueError("the stream was finalized")
         self._done = True
-        if self._cipher is None and not self._read_header():
+        if self._cipher is None:
             raise Truncated("the envelope ends inside its header")
         if len(self._buf) < FRAME_OVERHEAD:
             what = "before its final frame" if not self._buf else f"inside frame {self._index}"
             raise Truncated(f"the envelope is cut short: it ends {what}")
+        out = bytearray(len(self._buf) - FRAME_OVERHEAD)
         try:
-            return self._open(1, final=True)
+            with memoryview(out) as dst:
+                self._open(self._buf, dst, 0, True)
         except FrameAuthError:
             # tell "cut at a frame boundary" apart from "altered": does it open as non-final?
             try:
@@ -117,6 +158,7 @@ class StreamDecryptor:
             raise Truncated(
                 f"the envelope is cut short: frame {self._index} is intact but not the final frame"
             ) from None
+        return bytes(out)
 
     def _read_header(self) -> bool:
         need = header_length(self._buf)
@@ -127,17 +169,8 @@ class StreamDecryptor:
         self._use(self._opener(self.header))
         return True
 
-    def _open(self, count: int, final: bool) -> bytes:
-        if count == 0:
-            return b""
-        span, cipher = self._span, self._cipher
-        taken = len(self._buf) if final else count * span
-        out = bytearray(taken - count * FRAME_OVERHEAD)
-        size = span - FRAME_OVERHEAD
-        with memoryview(self._buf) as src, memoryview(out) as dst:
-            for i in range(count):
-                with src[i * span : min((i + 1) * span, taken)] as frame:
-                    cipher.open_into(self._index, frame, final, dst[i * size : i * size + len(frame) - FRAME_OVERHEAD])
-                self._index += 1
-        del self._buf[:taken]
-        return bytes(out) if len(out) < 1 << 16 else out
+    def _open(self, frame, dst: memoryview, slot: int, final: bool) -> None:
+        size = self._span - FRAME_OVERHEAD
+        at = slot * size
+        self._cipher.open_into(self._index, _view(frame), final, dst[at : at + len(frame) - FRAME_OVERHEAD])
+        self._index += 1
