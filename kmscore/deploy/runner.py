@@ -10,8 +10,8 @@ mitmproxy model: a config update applies whole or not at all).
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from kmscore.config import ConfigError, Deployment, KeyDecl, Problem, check_deployment, load_config
@@ -34,6 +34,7 @@ class Deployer:
     ) -> None:
         self.current = deployment
         self.kms = kms
+        self.all_frontends = list(frontends)
         self.frontends = {f.config_key: f for f in frontends if f.config_key and f.start}
         self.services: dict[str, Service] = {}
         self._load = loader or (lambda path: load_config(path, frontends=frontends))
@@ -88,6 +89,9 @@ class Deployer:
             for problem in e.problems:
                 log.error("  %s", problem)
             return False
+        except KmsError as e:  # the key store could not be asked (locked, unreadable)
+            log.error("reload refused, keeping the running config: %s", self.scrub(str(e)))
+            return False
         for line in created:
             log.info(line)
         done: list[SectionChange] = []
@@ -129,7 +133,7 @@ class Deployer:
 
     # -- keys and checks ---------------------------------------------------------------
     def _checked(self, dep: Deployment) -> None:
-        problems = check_deployment(dep, self.kms, list(self.frontends.values()))
+        problems = check_deployment(dep, self.kms, self.all_frontends)
         if problems:
             raise ConfigError(problems)
 

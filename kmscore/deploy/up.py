@@ -61,10 +61,10 @@ def run(dep: Deployment, kms, frontends: Sequence[Frontend]) -> int:
         verify_audit(kms, dep)
         source = dep.root_key.describe() if dep.root_key else "default"
         log.info("key store %s (root key: %s)", kms.home, deployer.scrub(source))
+        watcher.start()  # before starting: an edit made while mounts come up is not lost
         deployer.start()
         if not deployer.services:
             log.warning("%s starts no front end: add [[mount]] or [[proxy]] entries", dep.file)
-        watcher.start()
         log.info("running %s; edit it or send SIGHUP to reload, SIGTERM or Ctrl-C to stop", Path(dep.file).name)
         while flags.stop is None:
             time.sleep(TICK)
@@ -72,10 +72,10 @@ def run(dep: Deployment, kms, frontends: Sequence[Frontend]) -> int:
                 flags.reload = False
                 log.info("SIGHUP: reloading")
                 watcher.mark_read()
-                deployer.reload()
+                _reload(deployer)
             elif watcher.take_change():
                 log.info("%s changed: reloading", Path(dep.file).name)
-                deployer.reload()
+                _reload(deployer)
         log.info("%s: stopping", flags.stop)
         return 0
     finally:
@@ -84,3 +84,10 @@ def run(dep: Deployment, kms, frontends: Sequence[Frontend]) -> int:
         for s, handler in previous.items():
             signal.signal(s, handler)
 
+
+def _reload(deployer: Deployer) -> None:
+    """A reload that fails in an unforeseen way must not take the deployment down."""
+    try:
+        deployer.reload()
+    except Exception as e:  # noqa: BLE001 - logged; the running config stays
+        log.error("reload failed (%s: %s); the running config stays", type(e).__name__, deployer.scrub(str(e)))
