@@ -286,7 +286,7 @@ def test_example_config_is_valid_on_a_fresh_host(tmp_path):
     path = tmp_path / "example.toml"
     shutil.copy(CONFIG / "example.toml", path)
     (tmp_path / "run" / "cipher").mkdir(parents=True)
-    (tmp_path / "run" / "files").mkdir()
+    (tmp_path / "run" / "plain").mkdir()
     dep = load_config(path, env={}, frontends=FRONTENDS)
     assert dep.home == tmp_path / "run" / "kms"
     assert [len(dep.entries("mount")), len(dep.entries("proxy"))] == [1, 1]
