@@ -38,6 +38,8 @@ def add_mount_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--background", action="store_true", help="run detached; return once mounted")
     p.add_argument("--log", metavar="FILE", help="log file (default: stderr; with --background, HOME/logs/fsmount-*.log)")
     p.add_argument("--allow-other", action=argparse.BooleanOptionalAction, default=None, help="let other users in (default: when run by root)")
+    p.add_argument("--revocation-bound", type=float, default=5.0, metavar="SECONDS",
+                   help="a revoked CMK stops reads and writes within this time, also of open files (default 5)")
     p.add_argument("--debug", action="store_true", help="log every FUSE request (libfuse -d)")
     p.set_defaults(run=run_mount)
 
@@ -80,7 +82,7 @@ def register_cli(sub: argparse._SubParsersAction, ctx: CliContext) -> None:
 def run_mount(args: argparse.Namespace, ctx: CliContext) -> int:
     opts = mounting.MountOptions(
         key=args.key, force_key=args.force_key, frame_size=args.frame_size or mounting.DEFAULT_FRAME_SIZE,
-        allow_other=args.allow_other, debug=args.debug,
+        allow_other=args.allow_other, debug=args.debug, revocation_bound=args.revocation_bound,
     )
     if args.background:
         from fsmount import cipherdir
@@ -91,7 +93,8 @@ def run_mount(args: argparse.Namespace, ctx: CliContext) -> int:
         argv = ["--home", str(ctx.kms.home)]
         if getattr(args, "root_key_file", None):
             argv += ["--root-key-file", args.root_key_file]
-        argv += [os.path.abspath(args.cipher_dir), os.path.abspath(args.mount_point), "--key", config.key_id, "--log", log_file]
+        argv += [os.path.abspath(args.cipher_dir), os.path.abspath(args.mount_point), "--key", config.key_id,
+                 "--log", log_file, "--revocation-bound", str(args.revocation_bound)]
         if args.allow_other is not None:
             argv.append("--allow-other" if args.allow_other else "--no-allow-other")
         pid = mounting.start_background(argv, args.mount_point, log_file)

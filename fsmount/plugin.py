@@ -54,10 +54,10 @@ def check(entries: Sequence[MountEntry], kms: Kms) -> list[tuple[str, str]]:
         if e.mount_point in seen:
             problems.append(("mount_point", f"{e.mount_point} is used by two [[mount]] entries"))
         seen.add(e.mount_point)
-        if not Path(e.cipher_dir).is_dir():
-            problems.append(("cipher_dir", f"{e.cipher_dir} does not exist or is not a directory"))
-        if not Path(e.mount_point).is_dir():
-            problems.append(("mount_point", f"{e.mount_point} does not exist or is not a directory"))
+        for field in ("cipher_dir", "mount_point"):  # missing folders are made on start
+            path = Path(getattr(e, field))
+            if path.exists() and not path.is_dir():
+                problems.append((field, f"{path} is not a directory"))
         try:
             kms.describe_key(e.key)
         except KmsError as err:
@@ -78,6 +78,8 @@ class MountService:
 
     def __init__(self, kms: Kms) -> None:
         self.home = str(kms.home)
+        # `kms up` opens its Kms with refresh_interval = [kms].revocation_bound
+        self.revocation_bound = float(getattr(kms, "refresh_interval", 5.0))
         self.running: dict[MountEntry, int] = {}  # entry -> pid of its kms-mount
 
     def apply(self, entries: Sequence[MountEntry]) -> list[str]:
@@ -98,7 +100,10 @@ class MountService:
 
     def _start(self, e: MountEntry) -> None:
         log = e.log or os.path.join(self.home, "logs", f"fsmount-{e.mount_point.strip('/').replace('/', '_')}.log")
-        argv = ["--home", self.home, e.cipher_dir, e.mount_point, "--key", e.key, "--frame-size", str(e.frame_size), "--log", log]
+        Path(e.cipher_dir).mkdir(mode=0o700, parents=True, exist_ok=True)
+        Path(e.mount_point).mkdir(parents=True, exist_ok=True)
+        argv = ["--home", self.home, e.cipher_dir, e.mount_point, "--key", e.key, "--frame-size", str(e.frame_size),
+                "--log", log, "--revocation-bound", str(self.revocation_bound)]
         if e.force_key:
             argv.append("--force-key")
         if e.allow_other is not None:

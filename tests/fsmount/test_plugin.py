@@ -26,18 +26,17 @@ def test_entry_model_validates():
 
 def test_check_reports_problems_by_field(kms, tmp_path):
     (tmp_path / "c").mkdir()
+    (tmp_path / "file").write_text("x")
     entries = [
-        MountEntry(cipher_dir=str(tmp_path / "c"), mount_point=str(tmp_path / "nope"), key="no/such"),
+        MountEntry(cipher_dir=str(tmp_path / "c"), mount_point=str(tmp_path / "file"), key="no/such"),
     ]
     problems = dict(FRONTEND.check(entries, kms))
-    assert "does not exist" in problems["mount_point"]
+    assert "is not a directory" in problems["mount_point"]
     assert "no/such" in problems["key"]
 
 
 def test_start_apply_stop(kms, tmp_path):
-    def entry(n: str) -> MountEntry:
-        (tmp_path / f"c{n}").mkdir(exist_ok=True)
-        (tmp_path / f"m{n}").mkdir(exist_ok=True)
+    def entry(n: str) -> MountEntry:  # folders missing: made on start
         return MountEntry(cipher_dir=str(tmp_path / f"c{n}"), mount_point=str(tmp_path / f"m{n}"), log=str(tmp_path / f"{n}.log"))
 
     a, b = entry("a"), entry("b")
