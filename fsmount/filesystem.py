@@ -40,7 +40,8 @@ class KeyholdFS(FileOps, TreeOps, AttrOps):
 
     def init_with_config(self, conn, config) -> None:
         self.kernel.attach()
-        self.watch = RevocationWatch(self.handles, self.keys, self.kernel)
+        bound = self.keys.cache.revocation_bound
+        self.watch = RevocationWatch(self.handles, self.keys, self.kernel, interval=min(1.0, max(0.1, bound / 2)))
         self.watch.start()
         c = self.cache
         if config is not None:
