@@ -422,3 +422,11 @@ def test_values_from_the_environment_never_reach_the_log(tmp_path, upstream):
     out = d.output()
     assert "name=${PROXY_NAME}" in out and "max_buffered_body: expected an integer, got a string" in out
     assert secret not in out
+
+
+def test_ctrl_c_stops_like_sigterm(deployment):
+    d = deployment
+    d.proc.send_signal(signal.SIGINT)
+    assert d.proc.wait(60) == 0
+    assert "SIGINT: stopping" in d.output()
+    assert not mounted(d.folder / "run" / "plain")
