@@ -74,15 +74,7 @@ def parse_config(
 
     kms = _validate(file, "kms", KmsSection, data.get("kms", {}), problems, base)
     keys = _validate_array(file, "keys", KeyDecl, data.get("keys", []), problems, base)
-    seen: dict[str, int] = {}
-    for i, key in enumerate(keys):
-        if key is not None and key.alias in seen:
-            problems.append(Problem(file, f"keys[{i}].alias", f"{key.alias!r} is already declared by keys[{seen[key.alias]}]"))
-        elif key is not None:
-            seen[key.alias] = i
-    if kms is not None and kms.root_key is not None and not isinstance(kms.root_key, RootKeyFile):
-        if not env.get(kms.root_key.var):
-            problems.append(Problem(file, "kms.root_key.var", f"environment variable ${kms.root_key.var} is not set"))
+    problems.extend(_core_problems(file, kms, keys, env))
 
     sections = []
     with _working_folder(base):
@@ -107,6 +99,21 @@ def parse_config(
         sections=tuple(sections),
         secrets=tuple(secrets.items()),
     )
+
+
+def _core_problems(file: str, kms: KmsSection | None, keys: list[KeyDecl | None], env: Mapping[str, str]) -> list[Problem]:
+    """What the models cannot see alone: an alias declared twice, an unset root key variable."""
+    out = []
+    seen: dict[str, int] = {}
+    for i, key in enumerate(keys):
+        if key is not None and key.alias in seen:
+            out.append(Problem(file, f"keys[{i}].alias", f"{key.alias!r} is already declared by keys[{seen[key.alias]}]"))
+        elif key is not None:
+            seen[key.alias] = i
+    root = kms.root_key if kms is not None else None
+    if root is not None and not isinstance(root, RootKeyFile) and not env.get(root.var):
+        out.append(Problem(file, "kms.root_key.var", f"environment variable ${root.var} is not set"))
+    return out
 
 
 _cwd_lock = threading.Lock()
