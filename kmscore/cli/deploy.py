@@ -71,7 +71,8 @@ def run_check(args: argparse.Namespace, ctx) -> int:
     if problems:
         return _print_problems(problems)
     counts = ", ".join(f"{len(e)} {k}" for k, e in dep.sections)
-    print(f"{args.config}: OK ({len(dep.keys)} keys{', ' + counts if counts else ''})")
+    keys = f"{len(dep.keys)} key{'' if len(dep.keys) == 1 else 's'}"
+    print(f"{args.config}: OK ({keys}{', ' + counts if counts else ''})")
     return 0
 
 

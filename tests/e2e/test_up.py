@@ -349,7 +349,7 @@ def test_check_and_up_refuse_a_bad_file_with_every_error(tmp_path, upstream):
     d.write(d.text())
     r = subprocess.run([KMS, "check", str(d.config)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == f"{d.config}: OK (1 keys, 1 mount, 1 proxy)"
+    assert r.stdout.strip() == f"{d.config}: OK (1 key, 1 mount, 1 proxy)"
     assert not mounted(d.folder / "run" / "plain")
 
 
