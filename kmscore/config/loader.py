@@ -62,7 +62,7 @@ def parse_config(
 ) -> Deployment:
     """The pure part of `load_config`: parsed TOML in, Deployment (or ConfigError) out."""
     file = str(path)
-    base = path.resolve().parent
+    base = Path(os.path.abspath(path)).parent  # the folder the file is named in (not a symlink target)
     owners = {f.config_key: f for f in (load_frontends() if frontends is None else frontends) if f.config_key}
     data, env_problems, secrets = substitute(dict(raw), env)
     problems = [Problem(file, where, msg) for where, msg in env_problems]

@@ -8,6 +8,7 @@ raises a flag; the main loop compares the file's bytes and reloads when they cha
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from watchdog.observers import Observer
 
 class ConfigWatcher(FileSystemEventHandler):
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path).resolve()
+        self.path = Path(os.path.abspath(path))  # not resolved: a symlink may be swapped under it
         self.changed = threading.Event()
         self._observer = Observer()
         self._last = self.read()

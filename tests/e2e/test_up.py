@@ -430,3 +430,25 @@ def test_ctrl_c_stops_like_sigterm(deployment):
     assert d.proc.wait(60) == 0
     assert "SIGINT: stopping" in d.output()
     assert not mounted(d.folder / "run" / "plain")
+
+
+def test_a_configmap_style_symlink_swap_reloads(tmp_path, upstream):
+    """Kubernetes mounts a ConfigMap as `deploy.toml -> ..data/deploy.toml` and updates it
+    by pointing `..data` at a new folder; relative paths stay relative to the link's folder."""
+    d = Deployment(tmp_path, upstream)
+    (tmp_path / "..v1").mkdir()
+    (tmp_path / "..v1" / "deploy.toml").write_text(d.text(mounts=()))
+    (tmp_path / "..data").symlink_to("..v1")
+    d.config.symlink_to("..data/deploy.toml")
+    d.start()
+    assert put_store(d, "/extra/1", b"plain") == b"plain"
+    (tmp_path / "..v2").mkdir()
+    (tmp_path / "..v2" / "deploy.toml").write_text(d.text(mounts=(), routes=("store", "extra"),
+                                                          keys=("e2e/extra:AES_256",)))
+    (tmp_path / "..data_tmp").symlink_to("..v2")
+    os.replace(tmp_path / "..data_tmp", tmp_path / "..data")
+    shutil.rmtree(tmp_path / "..v1")
+    d.wait_log(f"reloaded {d.config}")
+    assert b"now secret" not in put_store(d, "/extra/2", b"now secret")
+    assert (tmp_path / "run" / "kms" / "keys.db").exists()
+    assert d.stop() == 0
