@@ -40,7 +40,8 @@ def _load(path: str):
     """The deployment, with the working folder moved next to it (relative paths)."""
     absolute = Path(path).absolute()
     frontends = load_frontends()
-    os.chdir(absolute.parent)
+    if absolute.parent.is_dir():  # else load_config reports the missing file
+        os.chdir(absolute.parent)
     return load_config(absolute, frontends=frontends), frontends
 
 
