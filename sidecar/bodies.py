@@ -8,6 +8,8 @@ original Content-Type and Content-Encoding travel in `X-Keyhold-Content-Type` an
 
 from __future__ import annotations
 
+from kmscore.blob import peek_key
+
 from sidecar.errors import BadBody, SidecarError
 
 try:
@@ -84,11 +86,19 @@ class Opener:
     Only authenticated frames come out; a bad header, a bad frame or a cut-off body
     raises BadBody (the caller answers with an error or cuts the connection)."""
 
-    def __init__(self, kms, dkcache=None) -> None:
+    def __init__(self, kms, dkcache=None, key_id: str | None = None) -> None:
         if envelope is None:
             raise SidecarError("the envelope format (kmscore.envelope) is not installed", status=503, reason="kms_error")
         source = dkcache or kms
-        self._dec = envelope.StreamDecryptor(lambda header: envelope.open_envelope(source, header))
+
+        def opener(header):
+            # a decrypt rule opens only envelopes under its own key: the sidecar must not
+            # decrypt, for whoever asks, data that belongs to another key
+            if key_id is not None and peek_key(header.wrapped_dek)[0] != key_id:
+                raise BadBody("the envelope was not made with this rule's key")
+            return envelope.open_envelope(source, header)
+
+        self._dec = envelope.StreamDecryptor(opener)
 
     def __call__(self, chunk: bytes) -> bytes:
         try:
@@ -102,8 +112,8 @@ def seal_all(kms, key: str, body: bytes, frame_size: int) -> bytes:
     return bytes(s(body)) + bytes(s(b""))
 
 
-def open_all(kms, body: bytes, dkcache=None) -> bytes:
+def open_all(kms, body: bytes, dkcache=None, key_id: str | None = None) -> bytes:
     if not body:
         raise BadBody("the body is empty, not an envelope")
-    o = Opener(kms, dkcache)
+    o = Opener(kms, dkcache, key_id)
     return bytes(o(body)) + bytes(o(b""))

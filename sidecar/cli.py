@@ -127,7 +127,7 @@ def run(args, ctx) -> int:
             target = e.upstream if e.mode == "reverse" else "forward proxy"
             print(f"kms proxy: {e.label}: listening on {e.listen} -> {target} ({len(e.route)} route(s))",
                   file=sys.stderr, flush=True)
-        if entries and entries[0].mode == "forward" or any(e.mode == "forward" for e in entries):
+        if any(e.mode == "forward" for e in entries):
             print(f"kms proxy: HTTPS clients must trust {engine.confdir}/mitmproxy-ca-cert.pem", file=sys.stderr, flush=True)
         while not stop.wait(0.5):
             pass

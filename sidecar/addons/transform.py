@@ -84,7 +84,7 @@ class Transform:
             bodies.seal_headers(msg.headers)
         else:
             bodies.check_envelope_headers(msg.headers)
-            fn = bodies.Opener(self.rt.kms, self.rt.dkcache)
+            fn = bodies.Opener(self.rt.kms, self.rt.dkcache, step.key_id)
             bodies.open_headers(msg.headers)
         msg.headers.pop("content-length", None)
         if msg.http_version == "HTTP/1.1":
@@ -113,7 +113,7 @@ class Transform:
                     bodies.seal_headers(msg.headers)
             elif msg.raw_content:
                 bodies.check_envelope_headers(msg.headers)
-                _set_raw(msg, bodies.open_all(self.rt.kms, msg.raw_content, self.rt.dkcache))
+                _set_raw(msg, bodies.open_all(self.rt.kms, msg.raw_content, self.rt.dkcache, step.key_id))
                 bodies.open_headers(msg.headers)
             elif bodies.ENVELOPE_TYPE in msg.headers.get("content-type", ""):
                 bodies.open_headers(msg.headers)  # HEAD, 204, 304: only the headers to restore

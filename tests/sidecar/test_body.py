@@ -96,6 +96,9 @@ def test_malformed_envelopes_fail_closed(client, upstream, kms):
         r = client.post("/dec-body", content=body, headers={"content-type": ENV})
         assert r.status_code == 422, name
         assert error_of(r)["rule"] == "dec-body", name
+    other = bodies.seal_all(kms, "app/other", b"secret" * 100, 4096)
+    r = client.post("/dec-body", content=other, headers={"content-type": ENV})
+    assert r.status_code == 422 and "this rule's key" in error_of(r)["message"]
     r = client.post("/dec-body", content=good, headers={"content-type": "text/plain"})
     assert r.status_code == 422 and "not a keyhold envelope" in error_of(r)["message"]
     assert upstream.received == []
@@ -139,12 +142,12 @@ def test_disabled_key_stops_decryption(client, upstream, kms):
     """A body sealed under a key that is then disabled is not decrypted any more."""
     sealed = bodies.seal_all(kms, "app/off", b"top secret", 4096)
     upstream.reply = (sealed, ENV, {bodies.ORIG_TYPE: "text/plain"})
-    assert client.get("/reply/body").content == b"top secret"
+    assert client.get("/reply/off").content == b"top secret"
     kms.disable_key("app/off")
     try:
         deadline = time.monotonic() + 30
         while True:  # the data-key cache forgets a revoked key within its revocation bound
-            r = client.get("/reply/body")
+            r = client.get("/reply/off")
             if r.status_code != 200 or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
