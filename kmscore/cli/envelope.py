@@ -38,7 +38,9 @@ def register(sub: argparse._SubParsersAction, ctx: CliContext) -> None:
 
     p = common(sub.add_parser("decrypt-file", help="decrypt an envelope file (its header names the key)"))
     p.add_argument("input", metavar="IN", help="envelope file, or - for stdin")
-    p.add_argument("output", metavar="OUT", help="plaintext file to write, or - for stdout")
+    p.add_argument("output", metavar="OUT", help="plaintext file to write (it appears only once every frame "
+                   "checked out), or - for stdout (frames are written as they are verified; "
+                   "a bad frame stops the output with an error)")
     p.add_argument("--key", help="refuse envelopes not wrapped under this key")
     p.set_defaults(run=run_decrypt)
 
@@ -200,10 +202,10 @@ def run_encrypt(args: argparse.Namespace, ctx: CliContext) -> int:
         out.write(header.encode())
         for chunk in _chunks(src):
             length += len(chunk)
-            out.write(enc.update(chunk))
+            out.write(enc.feed(chunk))
         out.write(enc.finalize())
     key_id, version = peek_key(header.wrapped_dek)
-    if args.output != "-" or args.json:
+    if args.output != "-":  # with OUT on stdout, nothing else may be printed there
         ctx.emit({"output": args.output, "key_id": key_id, "key_version": version, "plaintext_bytes": length,
                   "envelope_bytes": header.size + envelope.ciphertext_length(length, header.frame_size)},
                  None if args.json else f"encrypted {length} bytes of {_name(args.input)} into {args.output} under key {key_id}")
@@ -225,9 +227,9 @@ def run_decrypt(args: argparse.Namespace, ctx: CliContext) -> int:
         dec = envelope.StreamDecryptor(cipher)
         with _writer(args.output) as dst, _write_behind(dst) as out:
             try:
-                out.write(dec.update(rest))
+                out.write(dec.feed(rest))
                 for chunk in _chunks(src):
-                    data = dec.update(chunk)
+                    data = dec.feed(chunk)
                     length += len(data)
                     out.write(data)
                 data = dec.finalize()
@@ -235,7 +237,7 @@ def run_decrypt(args: argparse.Namespace, ctx: CliContext) -> int:
                 raise _prefixed(e, name) from None
             length += len(data)
             out.write(data)
-    if args.output != "-" or args.json:
+    if args.output != "-":
         ctx.emit({"output": args.output, "key_id": key_id, "plaintext_bytes": length},
                  None if args.json else f"decrypted {name} into {args.output} ({length} bytes)")
     return 0

@@ -4,7 +4,8 @@ Both sides hold back at most one frame: the encryptor because a full frame may b
 last one (final flag), the decryptor because only the end of the stream says which frame
 is last. Complete frames are sealed or opened straight from the caller's buffer into one
 pre-sized output buffer (`encrypt_into` / `decrypt_into`); only the held-back tail is
-copied. Large outputs are returned as bytearray (a bytes-like object) to skip a copy.
+copied. `update` returns bytes; `feed` is the same without the final copy (a bytearray
+the caller owns), for callers that only write the result somewhere.
 """
 
 from __future__ import annotations
@@ -16,16 +17,11 @@ from kmscore.envelope.format import FRAME_OVERHEAD, NONCE_SIZE, Header, frame_sp
 from kmscore.envelope.frames import FrameCipher
 
 Opener = Callable[[Header], FrameCipher]
-_SMALL = 1 << 16  # outputs below this are returned as bytes
 
 
 def _view(data) -> memoryview:
     view = memoryview(data)
     return view if view.format == "B" and view.ndim == 1 else view.cast("B")
-
-
-def _result(out: bytearray):
-    return bytes(out) if len(out) < _SMALL else out
 
 
 class StreamEncryptor:
@@ -38,14 +34,18 @@ class StreamEncryptor:
         self._index = 0
         self._done = False
 
-    def update(self, data) -> bytes | bytearray:
+    def update(self, data) -> bytes:
         """The frames complete so far (a frame is only sealed once data past it arrives)."""
+        return bytes(self.feed(data))
+
+    def feed(self, data) -> bytearray:
+        """As `update`, returning a fresh bytearray (no copy of the output)."""
         if self._done:
             raise ValueError("the stream was finalized")
         size, held = self._size, len(self._buf)
         if held + len(data) <= size:
             self._buf += data
-            return b""
+            return bytearray()
         view = _view(data)
         fill = size - held  # complete the held frame; more data follows, so it is not final
         rest = len(view) - fill
@@ -59,7 +59,7 @@ class StreamEncryptor:
                 start = fill + i * size
                 self._seal(view[start : start + size], dst, 1 + i, nonces, False)
         self._buf = bytearray(view[fill + count * size :])
-        return _result(out)
+        return out
 
     def finalize(self) -> bytes:
         """The final frame (0..F bytes); after this the encryptor is spent."""
@@ -103,19 +103,23 @@ class StreamDecryptor:
         self._cipher = cipher
         self._span = frame_span(cipher.frame_size)
 
-    def update(self, data) -> bytes | bytearray:
+    def update(self, data) -> bytes:
         """Plaintext of the frames that are known not to be the last one."""
+        return bytes(self.feed(data))
+
+    def feed(self, data) -> bytearray:
+        """As `update`, returning a fresh bytearray (no copy of the output)."""
         if self._done:
             raise ValueError("the stream was finalized")
         if self._cipher is None:
             self._buf += data
             if not self._read_header():
-                return b""
+                return bytearray()
             data, self._buf = self._buf, bytearray()
         span, held = self._span, len(self._buf)
         if held + len(data) <= span:
             self._buf += data
-            return b""
+            return bytearray()
         view = _view(data)
         size = span - FRAME_OVERHEAD
         if held:  # complete the held frame; more data follows, so it is not final
@@ -133,7 +137,7 @@ class StreamDecryptor:
             for i in range(count):
                 self._open(view[i * span : (i + 1) * span], dst, slot + i, False)
         self._buf = bytearray(view[count * span :])
-        return _result(out)
+        return out
 
     def finalize(self) -> bytes:
         """Plaintext of the final frame; Truncated if the stream stops early."""

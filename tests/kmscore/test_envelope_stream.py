@@ -158,3 +158,16 @@ def test_bad_frame_sizes_are_refused_before_a_kms_call(kms, key):
     for f in (0, 1023, 16 * 1024 * 1024 + 1):
         with pytest.raises(EnvelopeError):
             new_envelope(kms, "app/env", f)
+
+
+def test_feed_is_update_without_the_copy():
+    c, h, dek = cipher(1024)
+    plain = os.urandom(10_000)
+    enc = StreamEncryptor(c)
+    parts = [enc.feed(plain[:3000]), enc.feed(memoryview(plain)[3000:]), enc.finalize()]
+    assert all(isinstance(p, (bytes, bytearray)) for p in parts)
+    wire = b"".join(parts)
+    dec = StreamDecryptor(c)
+    assert isinstance(dec.update(wire[:5000]), bytes)
+    dec = StreamDecryptor(c)
+    assert b"".join([dec.feed(wire[:5000]), dec.feed(wire[5000:]), dec.finalize()]) == plain
