@@ -15,6 +15,7 @@ from typing import Any
 from kmscore import rules
 from kmscore.config.problems import Problem, join_path, redact
 from kmscore.config.schema import Deployment, KeyDecl
+from kmscore.errors import NotFound
 from kmscore.frontend import Frontend, load_frontends
 from kmscore.metadata import KeyMetadata
 from kmscore.specs import DEFAULT_SERVICES, KeySpec, KeyState, KeyUsage, Origin
@@ -71,8 +72,6 @@ class NoKeyStore:
         return []
 
     def describe_key(self, key: str) -> KeyMetadata:
-        from kmscore.errors import NotFound
-
         raise NotFound(f"no key with id or alias {key!r}")
 
 
@@ -87,8 +86,7 @@ def _planned_meta(alias: str, spec: KeySpec, usage: KeyUsage, origin: Origin, de
 
 
 def check_keys(dep: Deployment, kms: Any) -> list[Problem]:
-    from kmscore.errors import NotFound
-
+    """Declared keys that exist with other settings (missing ones will be created)."""
     problems = []
     for i, decl in enumerate(dep.keys):
         try:

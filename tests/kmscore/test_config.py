@@ -168,7 +168,7 @@ def test_secrets_from_env_never_show(tmp_path, kms):
         """)
     found = problems(path, kms, env={"LISTEN": secret})
     assert found == [f"{path}: proxy[0].listen: expected host:port, got '${{LISTEN}}'"]
-    dep = load_config(write(tmp_path, f'[[proxy]]\nupstream = "http://${{HOST}}:9"\n'), env={"HOST": secret},
+    dep = load_config(write(tmp_path, '[[proxy]]\nupstream = "http://${HOST}:9"\n'), env={"HOST": secret},
                       frontends=FRONTENDS)
     assert dep.entries("proxy")[0].upstream == f"http://{secret}:9"
     assert secret not in repr(dep)
