@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -80,6 +81,7 @@ def run_check(args: argparse.Namespace, ctx) -> int:
 def run_up(args: argparse.Namespace, ctx) -> int:
     from kmscore.deploy import open_kms, run
 
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a reload asked for while starting must not kill us
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s kms up: %(message)s", "%Y-%m-%dT%H:%M:%S"))
     keyhold = logging.getLogger("keyhold")
