@@ -70,7 +70,7 @@ def load(path: Path) -> dict:
 
 
 def test_there_are_frozen_vectors():
-    assert {p.name for p in FROZEN} >= {"envelope-v1-hello.json", "envelope-v1-three-frames.json", "envelope-v1-empty.json"}
+    assert {p.name for p in FROZEN} >= {"envelope-v1-hello.json", "envelope-v1-three-frames.json", "envelope-v1-empty.json", "envelope-v1-shared-dek.json"}
 
 
 @pytest.mark.parametrize("path", FROZEN, ids=lambda p: p.stem)

@@ -28,15 +28,15 @@ def derive(label: str, n: int) -> bytes:
     return out[:n]
 
 
-def make(name: str, frame_size: int, plaintext: bytes, key_version: int = 1) -> dict:
+def make(name: str, frame_size: int, plaintext: bytes, key_version: int = 1, flags: int = 0) -> dict:
     cmk = derive(f"{name} cmk", 32)
     dek = derive(f"{name} dek", 32)
     message_id = derive(f"{name} message id", 16)
-    context = envelope_context(message_id)
+    context = envelope_context(message_id, shared=bool(flags & 1))
     prefix = blob.header(KEY_ID, key_version)
     blob_nonce = derive(f"{name} blob nonce", 12)
     wrapped = blob.encode(prefix, blob_nonce, AESGCM(cmk).encrypt(blob_nonce, dek, prefix + blob.encode_context(context)))
-    header = Header(1, 0, frame_size, message_id, wrapped)
+    header = Header(1, flags, frame_size, message_id, wrapped)
     stream = derive(f"{name} frame nonces", 12 * 1000)
     pos = [0]
 
@@ -56,6 +56,7 @@ def make(name: str, frame_size: int, plaintext: bytes, key_version: int = 1) -> 
         "blob_nonce": blob_nonce.hex(),
         "dek": dek.hex(),
         "wrapped_dek": wrapped.hex(),
+        "flags": flags,
         "message_id": message_id.hex(),
         "frame_size": frame_size,
         "frame_nonces": stream[: pos[0]].hex(),
@@ -69,6 +70,9 @@ if __name__ == "__main__":
         "hello": make("hello", 1024, b"hello, keyhold\n"),
         "three-frames": make("three-frames", 1024, derive("three-frames plaintext", 2500), key_version=2),
         "empty": make("empty", 4096, b""),
+        "shared-dek": make("shared-dek", 2048, derive("shared-dek plaintext", 4096), flags=1),
     }
     for name, v in vectors.items():
-        (HERE / f"envelope-v1-{name}.json").write_text(json.dumps(v, indent=2) + "\n")
+        path = HERE / f"envelope-v1-{name}.json"
+        if not path.exists():  # frozen: never rewritten
+            path.write_text(json.dumps(v, indent=2) + "\n")
