@@ -54,7 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def entries_from_args(args) -> list[ProxyEntry]:
     if args.config:
-        return load_config(args.config)
+        return load_config(args.config)[0]
     if args.encrypt_requests and args.sign_requests or args.verify_requests and args.encrypt_requests:
         raise ConfigError("one request action per quick run: use --config for encrypt and sign together")
     request = None
@@ -86,7 +86,27 @@ def entries_from_args(args) -> list[ProxyEntry]:
     return parse_entries([raw])
 
 
-def load_config(path: str) -> list[ProxyEntry]:
+def load_config(path: str):
+    """The `[[proxy]]` entries of a deployment file, and the Deployment (or None).
+
+    Uses kmscore's config loader (the same messages as `kms check`); without it, reads
+    the `[[proxy]]` tables alone."""
+    try:
+        from kmscore.config import ConfigError as DeployConfigError
+        from kmscore.config import load_config as load_deployment
+    except ImportError:
+        return _load_proxy_tables(path), None
+    try:
+        dep = load_deployment(path)
+    except DeployConfigError as e:
+        raise ConfigError(str(e)) from None
+    entries = list(dep.entries("proxy"))
+    if not entries:
+        raise ConfigError(f"{path}: no [[proxy]] entries")
+    return entries, dep
+
+
+def _load_proxy_tables(path: str) -> list[ProxyEntry]:
     import tomllib
 
     try:
@@ -103,20 +123,30 @@ def load_config(path: str) -> list[ProxyEntry]:
         raise ConfigError(f"{path}: {e}") from None
 
 
-def checked(entries: list[ProxyEntry], kms) -> None:
+def checked(entries: list[ProxyEntry], kms, where: str = "") -> None:
     problems = check(entries, kms)
     if problems:
         many = len(entries) > 1
-        lines = [f"proxy{'' if many else '[0].'}{where}: {msg}" for where, msg in problems]
+        lines = [f"{where}proxy{'' if many else '[0].'}{path}: {msg}" for path, msg in problems]
         raise ConfigError("\n".join(lines))
 
 
 def run(args, ctx) -> int:
     from sidecar.engine import Engine
 
-    entries = entries_from_args(args)
-    kms = ctx.kms
-    checked(entries, kms)
+    dep = None
+    if args.config:
+        entries, dep = load_config(args.config)
+    else:
+        entries = entries_from_args(args)
+    if dep is not None and (dep.home is not None or dep.root_key is not None):
+        from kmscore.deploy import open_kms  # the KMS the file's [kms] section names
+
+        kms = open_kms(dep, caller="kms proxy")
+        ctx.close = _chain(ctx.close, kms.close)
+    else:
+        kms = ctx.kms
+    checked(entries, kms, f"{args.config}: " if args.config else "")
     engine = Engine(entries, kms)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -135,6 +165,16 @@ def run(args, ctx) -> int:
         print("kms proxy: stopping (letting in-flight requests finish)", file=sys.stderr, flush=True)
         engine.stop(args.drain)
     return 0
+
+
+def _chain(first, second):
+    def both():
+        try:
+            second()
+        finally:
+            first()
+
+    return both
 
 
 def main(argv: list[str] | None = None) -> int:

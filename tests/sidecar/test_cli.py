@@ -95,7 +95,7 @@ def test_sigterm_lets_in_flight_requests_finish(kms, upstream):
     ([], "give --upstream"),
     (["--upstream", "http://127.0.0.1:9", "--encrypt-requests", "app/mac"], "needs an AES_256 key"),
     (["--upstream", "http://127.0.0.1:9", "--sign-requests", "no/such"], "no/such"),
-    (["--config", "/nonexistent.toml"], "cannot read"),
+    (["--config", "/nonexistent.toml"], "/nonexistent.toml: no such file"),
 ])
 def test_bad_input_is_one_clear_line(kms, args, message):
     env = {**os.environ, "KMS_HOME": str(kms.home)}
@@ -139,3 +139,18 @@ def test_upstream_tls_is_verified_by_default(kms):
                 stop(proc)
     finally:
         stop_upstream(up, server)
+
+
+def test_config_file_problems_are_placed(kms, tmp_path):
+    cfg = tmp_path / "deploy.toml"
+    cfg.write_text('''
+[[proxy]]
+upstream = "http://127.0.0.1:9"
+
+[[proxy.route]]
+request = { action = "sign", key = "app/data" }
+''')
+    env = {**os.environ, "KMS_HOME": str(kms.home)}
+    r = subprocess.run([str(BIN / "kms-proxy"), "--config", str(cfg)], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"{cfg}: proxy[0].route[0].request.key: sign needs an HMAC, RSA or EC key" in r.stderr

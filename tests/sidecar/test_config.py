@@ -64,6 +64,7 @@ def test_load_config_from_toml(tmp_path):
     p.write_text('''
 [[mount]]
 cipher_dir = "/x"
+mount_point = "/y"
 
 [[proxy]]
 name = "api"
@@ -76,7 +77,8 @@ match = { path = "/users/*", methods = ["post", "PUT"] }
 request = { action = "encrypt", fields = ["user.ssn"] }
 response = { action = "decrypt", fields = ["user.ssn"] }
 ''')
-    [e] = load_config(str(p))
+    [e], dep = load_config(str(p))
+    assert dep is not None and len(dep.entries("mount")) == 1
     table = compile_entry(e)
     assert table.match("h", "/users/1", "POST").name == "users"
     assert table.match("h", "/users/1", "GET") is None
