@@ -55,6 +55,7 @@ def routes() -> list[dict]:
         {"name": "dec-fields", "match": {"path": "/dec-fields*"}, "request": {**dec, "fields": FIELDS}},
         {"name": "reply-fields", "match": {"path": "/reply/fields"}, "response": {**dec, "fields": FIELDS}},
         {"name": "reply-body", "match": {"path": "/reply/body"}, "response": dec},
+        {"name": "reply-enc", "match": {"path": "/reply/enc"}, "response": enc},
         {"name": "reply-off", "match": {"path": "/reply/off"}, "response": {"action": "decrypt", "key": "app/off"}},
         {"name": "reply-verify", "match": {"path": "/reply/verify"}, "response": {"action": "verify", "key": "app/mac"}},
         {"name": "reply-sign", "match": {"path": "/reply/sign"}, "response": {"action": "sign", "key": "app/ec"}},

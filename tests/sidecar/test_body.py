@@ -155,3 +155,11 @@ def test_disabled_key_stops_decryption(client, upstream, kms):
         assert b"top secret" not in r.content
     finally:
         kms.enable_key("app/off")
+
+
+def test_response_encryption(client, upstream, kms):
+    upstream.reply = (b'{"card":"4111"}', "application/json", {})
+    r = client.get("/reply/enc")
+    assert r.status_code == 200 and r.headers["content-type"] == ENV
+    assert r.headers[bodies.ORIG_TYPE] == "application/json" and b"4111" not in r.content
+    assert bodies.open_all(kms, r.content) == b'{"card":"4111"}'

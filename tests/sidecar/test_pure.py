@@ -134,3 +134,23 @@ def test_documented_token_vector_with_cryptography_only():
     assert context.hex() == "0001000d6b6579686f6c643a6669656c640008757365722e73736e"
     plain = AESGCM(bytes(range(32))).decrypt(blob[21:33], blob[33:], blob[:21] + context)
     assert json.loads(plain) == "078-05-1120"
+
+
+@given(st.text(max_size=30))
+def test_path_parser_raises_only_syntax_errors(text):
+    try:
+        p = fields.parse(text)
+    except fields.PathSyntaxError:
+        return
+    assert fields.parse(p.text) == p
+
+
+@given(json_values, st.sampled_from(["a", "a.b", "a[*]", "a[0].b", "a[*].b[*]"]))
+def test_rewrite_twice_with_inverse_restores(doc, path_text):
+    import copy
+
+    path = fields.parse(path_text)
+    original = copy.deepcopy(doc)
+    fields.rewrite(doc, path, lambda v: ["wrapped", v])
+    fields.rewrite(doc, path, lambda v: v[1])
+    assert doc == original

@@ -185,3 +185,21 @@ def test_signature_base_matches_rfc9421_example():
     assert json.dumps(httpsig.content_digest(b'{"hello": "world"}\n')) == (
         '"sha-256=:RK/0qy18MlBSVnWgjwz6lZEWjP/lF5HF9bvEF8FabDg=:"'
     )  # RFC 9530 appendix B.1
+
+
+def test_signed_upstream_response_is_verified(client, upstream, kms):
+    """The upstream signs its response with the independent library; the sidecar checks it."""
+    body = b'{"balance":7}'
+    headers = httpx.Headers({"content-type": "application/json"})
+    resp = SimpleNamespace(status_code=200, headers=headers,
+                           request=SimpleNamespace(method="GET", url=f"{upstream.url}/reply/verify", headers=httpx.Headers()))
+    HTTPMessageSigner(signature_algorithm=kms_hmac(kms, "app/mac"),
+                      key_resolver=MappingKeyResolver(public_keys={}, private_keys={"k": b"unused"})).sign(
+        resp, key_id="k", label="sig1", body=body, covered_component_ids=("@status", "content-digest", "content-type"))
+    extra = {k: v for k, v in headers.items() if k != "content-type"}
+    upstream.reply = (body, "application/json", extra)
+    r = client.get("/reply/verify")
+    assert r.status_code == 200 and r.content == body
+    upstream.reply = (b'{"balance":7000}', "application/json", extra)  # body swapped under the signature
+    r = client.get("/reply/verify")
+    assert r.status_code == 401 and b"7000" not in r.content
