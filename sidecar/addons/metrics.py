@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from sidecar.addons.routing import state_of
 
 access_log = logging.getLogger("keyhold.sidecar.access")
+_COUNTED = "keyhold.in_flight"
 
 
 class Metrics:
@@ -52,6 +53,7 @@ class Metrics:
         return found
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
+        flow.metadata[_COUNTED] = True
         self.active += 1
         self.in_flight.inc()
 
@@ -66,12 +68,13 @@ class Metrics:
         self._finish(flow)
 
     def _finish(self, flow: http.HTTPFlow) -> None:
+        if flow.metadata.pop(_COUNTED, False):  # once per flow, routed or not
+            self.active -= 1
+            self.in_flight.dec()
         st = state_of(flow)
         if st is None or st.done:
             return
         st.done = True
-        self.active -= 1
-        self.in_flight.dec()
         elapsed = time.monotonic() - st.started
         req_step, resp_step = st.step("request"), st.step("response")
         action = st.route.action if st.route else "pass"
