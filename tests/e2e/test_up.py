@@ -197,15 +197,21 @@ class Deployment:
 
 
 @pytest.fixture
-def deployment(tmp_path, upstream):
+def fresh(tmp_path, upstream):
+    """A Deployment not started yet; whatever the test starts is stopped and unmounted."""
     d = Deployment(tmp_path, upstream)
-    d.write(d.text())
-    d.start()
     yield d
     d.stop()
     for m in d.mounts:
         if mounted(m):
             subprocess.run(["fusermount3", "-u", "-z", str(m)], check=False)
+
+
+@pytest.fixture
+def deployment(fresh):
+    fresh.write(fresh.text())
+    fresh.start()
+    return fresh
 
 
 def put_store(d: Deployment, path: str, body: bytes) -> bytes:
@@ -330,8 +336,8 @@ def test_sigterm_stops_everything_and_leaves_no_mount(deployment):
     assert "open.txt" in " ".join(names) or len(names) >= 2  # the file's envelope stays on disk
 
 
-def test_check_and_up_refuse_a_bad_file_with_every_error(tmp_path, upstream):
-    d = Deployment(tmp_path, upstream)
+def test_check_and_up_refuse_a_bad_file_with_every_error(tmp_path, fresh):
+    d = fresh
     d.write(d.text().replace('request = { action = "sign", key = "e2e/hooks" }',
                              'request = { action = "sign", key = "e2e/missing" }').replace("revocation_bound = 1", "revocation_bound = \"x\""))
     for cmd in ("check", "up"):
@@ -377,8 +383,8 @@ def test_an_emptied_file_stops_nothing(deployment):
     assert b"kept" not in put_store(d, "/store/e", b"kept")
 
 
-def test_a_start_that_fails_stops_what_had_started(tmp_path, upstream):
-    d = Deployment(tmp_path, upstream)
+def test_a_start_that_fails_stops_what_had_started(tmp_path, fresh):
+    d = fresh
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -393,10 +399,10 @@ def test_a_start_that_fails_stops_what_had_started(tmp_path, upstream):
     assert not mounted(d.folder / "run" / "plain")
 
 
-def test_an_edited_audit_log_stops_the_start(tmp_path, upstream):
+def test_an_edited_audit_log_stops_the_start(tmp_path, fresh):
     import sqlite3
 
-    d = Deployment(tmp_path, upstream)
+    d = fresh
     d.write(d.text(mounts=()))
     d.start()
     assert d.stop() == 0
@@ -411,9 +417,9 @@ def test_an_edited_audit_log_stops_the_start(tmp_path, upstream):
     assert d.stop() == 0
 
 
-def test_values_from_the_environment_never_reach_the_log(tmp_path, upstream):
+def test_values_from_the_environment_never_reach_the_log(tmp_path, fresh):
     secret = "tok-Zq81x-not-for-logs"
-    d = Deployment(tmp_path, upstream)
+    d = fresh
     d.write(d.text(mounts=()).replace("[[proxy]]\n", '[[proxy]]\nname = "${PROXY_NAME}"\n'))
     d.start(PROXY_NAME=secret)
     d.write(d.config.read_text().replace('listen = "', 'limits = { max_buffered_body = "${PROXY_NAME}" }\nlisten = "'))
@@ -432,10 +438,10 @@ def test_ctrl_c_stops_like_sigterm(deployment):
     assert not mounted(d.folder / "run" / "plain")
 
 
-def test_a_configmap_style_symlink_swap_reloads(tmp_path, upstream):
+def test_a_configmap_style_symlink_swap_reloads(tmp_path, fresh):
     """Kubernetes mounts a ConfigMap as `deploy.toml -> ..data/deploy.toml` and updates it
     by pointing `..data` at a new folder; relative paths stay relative to the link's folder."""
-    d = Deployment(tmp_path, upstream)
+    d = fresh
     (tmp_path / "..v1").mkdir()
     (tmp_path / "..v1" / "deploy.toml").write_text(d.text(mounts=()))
     (tmp_path / "..data").symlink_to("..v1")
