@@ -187,8 +187,14 @@ def test_intact_log_verifies(logged, run_kms):
                                           ("caller", "someone else"), ("time", 1.0), ("count", 99)])
 def test_edited_row_is_detected(logged, home, run_kms, column, value):
     tamper(home, f"UPDATE audit SET {column}=? WHERE seq=7", (value,))
-    code, out = verify_cli(run_kms)
-    assert code != 0
+    if column == "outcome":  # through the CLI once (each start costs ~0.5 s of CPU)
+        code, out = verify_cli(run_kms)
+        assert code != 0
+    else:
+        with Kms(home) as kms:
+            report = kms.verify_audit()
+        assert not report.ok
+        out = report.problem
     assert "record 7" in out and "altered" in out, out
 
 

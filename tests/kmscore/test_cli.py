@@ -106,13 +106,12 @@ def test_encrypt_decrypt_pipe_and_files(env):
     # base64 blobs are accepted as input too; --out / --in files
     b64 = env("encrypt-data", "app/aes", "--base64", input=b"b64").stdout
     assert base64.b64decode(b64).startswith(b"\x01")
+    assert env.kms.decrypt_data(base64.b64decode(b64)) == b"b64"
     infile, outfile = env.tmp / "plain.txt", env.tmp / "blob.bin"
     infile.write_bytes(b"from a file")
-    env("encrypt-data", "app/aes", "--in", infile, "--out", outfile)
+    report = env.json("encrypt-data", "app/aes", "--in", infile, "--out", outfile)
+    assert base64.b64decode(report["ciphertext"]) == outfile.read_bytes()
     assert env("decrypt-data", "app/aes", "--in", outfile).stdout == b"from a file"
-    assert env("decrypt-data", input=b64).stdout == b"b64"
-    report = env.json("encrypt-data", "app/aes", input=b"j")
-    assert env("decrypt-data", input=report["ciphertext"].encode()).stdout == b"j"
 
 
 def test_datakey_commands(env):
@@ -212,18 +211,14 @@ REFUSALS = {
     "wrong usage": (("sign", "app/aes", "--algorithm", "ECDSA_SHA_256"), None, ("app/aes", "SIGN_VERIFY")),
     "disabled key": (("encrypt-data", "ref/disabled"), b"x", ("ref/disabled", "Disabled")),
     "unknown key": (("describe-key", "no/such"), None, ("no/such",)),
-    "unknown key id": (("encrypt-data", "0b0b0b0b-0000-4000-8000-000000000000"), b"x", ("0b0b0b0b",)),
     "too long": (("encrypt-data", "app/aes"), b"x" * 4097, ("4096",)),
     "forbidden alias": (("create-key", "--alias", "app/default"), None, ("app/default", "reserved")),
     "cannot rotate": (("rotate-key", "app/mac"), None, ("app/mac", "AES_256")),
     "default key disable": (("disable-key", "fsmount/default"), None, ("fsmount/default", "default key")),
-    "mac on aes": (("generate-mac", "app/aes"), b"m", ("app/aes",)),
-    "public key of aes": (("get-public-key", "app/aes"), None, ("app/aes", "public key")),
     "gen-random range": (("gen-random", "0"), None, ("1 to 1024",)),
     "bad context": (("encrypt-data", "app/aes", "--context", "novalue"), b"x", ("KEY=VALUE",)),
     "bad import token": (("import-key-material", "app/aes", "--import-token", "nope", "--material", "/dev/null"), None, ("app/aes",)),
     "missing input file": (("encrypt-data", "app/aes", "--in", "/nonexistent/file"), None, ("/nonexistent/file",)),
-    "external hmac": (("create-key", "--spec", "HMAC_256", "--origin", "EXTERNAL"), None, ("external",)),
     "deletion days": (("schedule-key-deletion", "app/aes", "--pending-days", "3"), None, ("7 and 1096",)),
     "rotation days": (("enable-key-rotation", "app/aes", "--interval-days", "400"), None, ("30 and 365",)),
 }

@@ -149,3 +149,24 @@ def test_concurrent_cli_creates_with_one_alias(home, kh):
     with Kms(home) as kms:
         assert [k.alias for k in kms.list_keys()] == ["app/race"]
         assert kms.verify_audit().ok
+
+
+FIRST_USE = r"""
+import sys
+from kmscore import Kms
+with Kms(sys.argv[1]) as kms:
+    blob = kms.encrypt_data("fsmount/default", b"x")
+    assert kms.decrypt_data(blob) == b"x"
+"""
+
+
+def test_processes_racing_to_create_a_fresh_store(home, kh):
+    procs = [subprocess.Popen([sys.executable, "-c", FIRST_USE, str(home)], stderr=subprocess.PIPE,
+                              env=kh.clean_env()) for _ in range(4)]
+    for p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err.decode()
+    with Kms(home) as kms:
+        assert [k.alias for k in kms.list_keys()] == ["fsmount/default"]
+        report = kms.verify_audit()
+        assert report.ok and report.records >= 2, report
