@@ -219,7 +219,7 @@ def run_decrypt(args: argparse.Namespace, ctx: CliContext) -> int:
         try:
             header, rest = _read_header(src)
         except KmsError as e:
-            raise type(e)(f"{name}: {e}") from None
+            raise _prefixed(e, name) from None
         key_id = peek_key(header.wrapped_dek)[0]
         if args.key is not None and ctx.kms.describe_key(args.key).key_id != key_id:
             raise InvalidRequest(f"{name} is wrapped under key {key_id}, not {args.key}")
@@ -227,7 +227,9 @@ def run_decrypt(args: argparse.Namespace, ctx: CliContext) -> int:
         dec = envelope.StreamDecryptor(cipher)
         with _writer(args.output) as dst, _write_behind(dst) as out:
             try:
-                out.write(dec.feed(rest))
+                data = dec.feed(rest)
+                length += len(data)
+                out.write(data)
                 for chunk in _chunks(src):
                     data = dec.feed(chunk)
                     length += len(data)

@@ -28,8 +28,9 @@ def test_round_trip(files, run_kms, size):
     assert enc.returncode == 0, enc.stderr
     report = json.loads(enc.stdout)
     assert report["plaintext_bytes"] == size and report["envelope_bytes"] == (files / "e").stat().st_size
-    dec = run_kms("decrypt-file", str(files / "e"), str(files / "d"))
+    dec = run_kms("decrypt-file", str(files / "e"), str(files / "d"), "--json")
     assert dec.returncode == 0, dec.stderr
+    assert json.loads(dec.stdout)["plaintext_bytes"] == size
     assert (files / "d").read_bytes() == plain
     assert only(files) == ["d", "e", "p"]
 
@@ -89,7 +90,7 @@ def flip(data: bytes, at: int) -> bytes:
     "make, needles, code",
     [
         (lambda e: b"PK\x03\x04" + e[4:], ["not a keyhold envelope"], 6),
-        (lambda e: e[:4] + b"\x07" + e[5:], ["version 7 is not supported"], 6),
+        (lambda e: e[:4] + b"\x07" + e[5:], ["bad: envelope format version 7 is not supported"], 6),
         (lambda e: b"", ["empty"], 6),
         (lambda e: e[:20], ["ends inside its envelope header"], 6),
         (lambda e: e[: len(e) - 100], ["frame 3 failed authentication", "cut short"], 6),
