@@ -70,12 +70,14 @@ class Transform:
                 f"the body ({size} bytes) is over the {limit}-byte limit for {step.name} rules"), size, limit)
 
     def _fail_early(self, flow, direction, exc, size, limit) -> None:
-        if direction == "request" and size is not None and size > KILL_FACTOR * limit:
-            fail(flow, direction, exc)  # logs and counts the failure...
+        fail(flow, direction, exc)  # logs, counts, and sets the JSON error response
+        if direction == "response":
+            # mitmproxy would still read the upstream body into the response it holds (ours):
+            # stream it into nothing instead and send our JSON body when the upstream is done
+            flow.response.stream = _replacement(flow.response.content)
+        elif size is not None and size > KILL_FACTOR * limit:
             flow.response = None
-            flow.kill()  # ...but does not buffer a huge body just to answer it
-        else:
-            fail(flow, direction, exc)
+            flow.kill()  # do not buffer a huge request body just to answer it
 
     def _streamer(self, flow, direction: str, st, step: Step, msg: http.Message):
         frame = st.table.entry.frame_size
@@ -161,6 +163,15 @@ def _declared_size(msg: http.Message) -> int | None:
         return int(msg.headers.get("content-length", "0"))
     except ValueError:
         return None
+
+
+def _replacement(body: bytes):
+    """A stream callable that drops what arrives and yields `body` at the end."""
+
+    def stream(chunk: bytes) -> list[bytes]:
+        return [] if chunk else [body]
+
+    return stream
 
 
 def _guarded(flow, direction: str, st, fn, abort):

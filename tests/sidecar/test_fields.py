@@ -96,3 +96,12 @@ def test_big_chunked_json_over_the_limit_is_413(client, upstream):
     r = client.post("/fields/x", content=gen(), headers={"content-type": "application/json"})
     assert r.status_code == 413
     assert upstream.received == []
+
+
+def test_big_upstream_json_over_the_limit_is_not_passed_on(client, upstream):
+    big = json.dumps({"user": {"ssn": "khf1.x"}, "pad": "upstream-secret" * 10000}).encode()
+    upstream.reply = (big, "application/json", {})
+    r = client.get("/reply/fields")
+    assert r.status_code == 502
+    assert error_of(r)["reason"] == "too_large"
+    assert b"upstream-secret" not in r.content
