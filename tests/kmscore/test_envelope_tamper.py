@@ -6,15 +6,19 @@ from __future__ import annotations
 import os
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from kmscore.dkcache import DataKeyCache, ReusePolicy
 from kmscore.envelope import (
+    EnvelopeError,
     FrameCipher,
     Header,
     StreamDecryptor,
     StreamEncryptor,
     frame_offset,
     frame_span,
+    header_length,
     new_envelope,
     open_envelope,
 )
@@ -134,3 +138,53 @@ def test_frames_spliced_under_the_same_dek_without_a_kms():
     frame = FrameCipher(dek, h2).seal(0, b"x" * F, False)
     with pytest.raises(KmsError):
         FrameCipher(dek, h1).open(0, frame, False)
+
+
+# -- hypothesis: arbitrary and mutated inputs to the decoders ------------------------------------
+
+@given(st.binary(max_size=200))
+def test_header_decoder_on_any_bytes_raises_only_envelope_errors(data):
+    for candidate in (data, b"KHEV\x01" + data):
+        try:
+            h = Header.decode(candidate)
+        except EnvelopeError:
+            continue
+        assert h.encode() == candidate[: h.size]
+        assert header_length(candidate) == h.size
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.data())
+def test_mutated_envelopes_are_refused_or_unchanged(sample, data):
+    """Random edits (overwrite a run, insert, delete, cut) fed in random pieces: the
+    decoder either refuses or the edit was a no-op."""
+    kms, h, c, wire = sample
+    edited = bytearray(wire)
+    for _ in range(data.draw(st.integers(1, 3), label="edits")):
+        at = data.draw(st.integers(0, len(edited)), label="at")
+        kind = data.draw(st.sampled_from(["overwrite", "insert", "delete", "cut"]), label="kind")
+        blob = data.draw(st.binary(min_size=1, max_size=40), label="bytes")
+        if kind == "overwrite":
+            edited[at : at + len(blob)] = blob
+        elif kind == "insert":
+            edited[at:at] = blob
+        elif kind == "delete":
+            del edited[at : at + len(blob)]
+        else:
+            del edited[at:]
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(edited)), max_size=5), label="pieces"))
+    pieces = [bytes(edited[a:b]) for a, b in zip([0, *cuts], [*cuts, len(edited)])]
+    memo: dict = {}
+
+    def opener(header: Header) -> FrameCipher:
+        raw = header.encode()
+        if raw not in memo:
+            memo[raw] = open_envelope(kms, header)
+        return memo[raw]
+
+    dec = StreamDecryptor(opener)
+    try:
+        out = b"".join(bytes(dec.update(p)) for p in pieces) + bytes(dec.finalize())
+    except KmsError:
+        return
+    assert bytes(edited) == wire and out == PLAIN
