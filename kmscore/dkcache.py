@@ -6,7 +6,9 @@ revoked CMK (disabled, scheduled for deletion, material expired) could keep serv
 DEKs; `check` bounds that: every use of a cached DEK asks `Kms.key_usable`, whose view of
 the key store is at most `kms.refresh_interval` old, and answers are remembered for the
 rest of `revocation_bound`. So a revocation made by any process sharing the store stops
-the cache within `revocation_bound` seconds.
+the cache within `revocation_bound` seconds (a bound below the Kms's refresh interval
+cannot be kept: the Kms's own view is that old; open the Kms with a smaller
+`refresh_interval` for tighter bounds).
 
 The optional reuse policy (`ReusePolicy`) lets new envelopes share a freshly generated
 DEK for a while, like the AWS Encryption SDK's caching CMM, for when each generation is
