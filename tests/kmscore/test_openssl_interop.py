@@ -39,9 +39,10 @@ class Cli:
 
     def params_via_facade(self, key: str, name: str, algorithm: str = "RSAES_OAEP_SHA_256"):
         params = self.kms.get_parameters_for_import(key, algorithm)
-        pem = self.tmp / f"{name}.wrap.pem"
+        pem, token = self.tmp / f"{name}.wrap.pem", self.tmp / f"{name}.token"
         pem.write_text(params.public_key_pem)
-        return pem, params.import_token
+        token.write_text(params.import_token)  # a file: a token may start with '-' (see test_cli)
+        return pem, token
 
     def __call__(self, *args, input: bytes | None = None, ok: bool = True):
         r = self.kh.kms_cli(self.home, *map(str, args), input=input)
@@ -97,7 +98,7 @@ def test_aes_material_wrapped_by_openssl_imports(cli, tmp, md):
         cli.kms.create_key(alias, origin="EXTERNAL")
         pem, token = cli.params_via_facade(alias, md, algorithm)
         wrapped = cli.wrap_oaep(pem, material, tmp / f"{md}.wrapped", md)
-        assert cli.kms.import_key_material(alias, token, wrapped.read_bytes()).state.value == "Enabled"
+        assert cli.kms.import_key_material(alias, token.read_text(), wrapped.read_bytes()).state.value == "Enabled"
         blob = cli.kms.encrypt_data(alias, b"interop")
     # the KMS really uses the material openssl made: decrypt a KMS blob ourselves (docs/FORMAT.md layout)
     aad = blob[:21]
@@ -162,7 +163,7 @@ def test_ec_private_key_imports_and_signatures_verify_with_openssl(cli, tmp, cur
     cli.kms.create_key(alias, spec, origin="EXTERNAL")
     wrap_pem, token = cli.params_via_facade(alias, spec)
     wrapped = cli.wrap_oaep(wrap_pem, der, tmp / f"{spec}.wrapped")
-    assert cli.kms.import_key_material(alias, token, wrapped.read_bytes()).state.value == "Enabled"
+    assert cli.kms.import_key_material(alias, token.read_text(), wrapped.read_bytes()).state.value == "Enabled"
     pub = _public_pem(cli, alias, tmp / f"{spec}.pub.pem")
     ours = openssl("pkey", "-in", pem_key, "-pubout").stdout.decode()
     assert pub.read_text() == ours
@@ -200,7 +201,7 @@ def rsa_ext(cli, tmp):
     wrapped_key = cli.wrap_oaep(wrap_pem, aes, tmp / "rsa.aes.wrapped")
     bundle = tmp / "rsa.bundle"
     bundle.write_bytes(wrapped_key.read_bytes() + wrapped_material.read_bytes())
-    meta = cli.kms.import_key_material("ext/rsa", token, bundle.read_bytes())
+    meta = cli.kms.import_key_material("ext/rsa", token.read_text(), bundle.read_bytes())
     assert (meta.state.value, meta.spec.value, meta.usage.value) == ("Enabled", "RSA_2048", "SIGN_VERIFY")
     return pem_key, bundle
 
