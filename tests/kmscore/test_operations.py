@@ -363,3 +363,29 @@ def test_key_id_in_other_uuid_spellings(kms):
     key_id = kms.describe_key("aes").key_id
     assert kms.describe_key(key_id.upper()).key_id == key_id
     assert kms.describe_key(key_id.replace("-", "")).key_id == key_id
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(plaintext=st.binary(max_size=64), flips=st.lists(st.tuples(st.integers(0, 200), st.integers(1, 255)), min_size=1, max_size=3),
+       cut=st.integers(0, 3))
+def test_mutated_blobs_never_decrypt_to_anything(kms, plaintext, flips, cut):
+    """Any altered or cut blob is refused with a KMS error; never wrong bytes, never a crash."""
+    blob = bytearray(kms.encrypt_data("aes", plaintext, {"p": "1"}))
+    for where, mask in {w % len(blob): m for w, m in flips}.items():  # distinct positions: flips never cancel
+        blob[where] ^= mask
+    mutated = bytes(blob[: len(blob) - cut])
+    with pytest.raises((InvalidCiphertext, NotFound)):
+        kms.decrypt_data(mutated, {"p": "1"})
+
+
+@settings(max_examples=60, deadline=None)
+@given(context=st.dictionaries(st.text(max_size=12), st.text(max_size=12), max_size=6))
+def test_any_context_round_trips_and_binds(kms, context):
+    blob = kms.encrypt_data("aes", b"ctx", context)
+    assert kms.decrypt_data(blob, dict(reversed(list(context.items())))) == b"ctx"
+    with pytest.raises(InvalidCiphertext):
+        kms.decrypt_data(blob, {**context, "\x00extra": "x"})
