@@ -27,7 +27,8 @@ class _Model(BaseModel):
 
 class Match(_Model):
     host: str | None = None
-    """A glob on the host the client asked for (Host header / forward target), e.g. `*.example.com`."""
+    """A glob on the host, e.g. `*.example.com`: reverse mode, the Host header the client
+    sent (virtual hosts in front of one upstream); forward mode, the real destination."""
     path: str = "*"
     """A glob on the path without the query, e.g. `/api/users/*` (`*` crosses `/`)."""
     methods: tuple[str, ...] | None = None

@@ -118,9 +118,10 @@ class Routing:
             scheme = "https" if flow.client_conn.tls_established else "http"
             target = f"{scheme}://{authority}{req.path}"
             req.host_header = _hostport(req.scheme, req.host, req.port)
+            host = authority.rsplit(":", 1)[0] if not authority.endswith("]") else authority
         else:
             target = req.url
-        host = authority.rsplit(":", 1)[0] if not authority.endswith("]") else authority
+            host = req.host  # where the request really goes, whatever its Host header says
         route = table.match(host.strip("[]"), req.path.split("?", 1)[0], req.method)
         st = FlowState(table.entry.label, table, route, target)
         flow.metadata[METADATA] = st
