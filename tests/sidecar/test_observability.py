@@ -59,6 +59,10 @@ def test_forward_proxy_mode(sidecar, upstream):
             r = c.post(f"{upstream.url}/fwd", json={"user": {"ssn": "078"}})
         assert r.status_code == 200 and r.json() == {"user": {"ssn": "078"}}
         assert json.loads(upstream.last().body)["user"]["ssn"].startswith("khf1.")
+        # the rule follows the real destination, not a Host header the client made up
+        with httpx.Client(proxy=f"http://{fwd.listen}", timeout=30) as c:
+            c.post(f"{upstream.url}/fwd", json={"user": {"ssn": "078"}}, headers={"host": "elsewhere.example"})
+        assert json.loads(upstream.last().body)["user"]["ssn"].startswith("khf1.")
     finally:
         sidecar.apply(before)
 
