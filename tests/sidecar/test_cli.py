@@ -154,3 +154,19 @@ request = { action = "sign", key = "app/data" }
     r = subprocess.run([str(BIN / "kms-proxy"), "--config", str(cfg)], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert f"{cfg}: proxy[0].route[0].request.key: sign needs an HMAC, RSA or EC key" in r.stderr
+
+
+def test_access_log_file_and_metrics_endpoint(kms, upstream, tmp_path):
+    listen, metrics = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    log = tmp_path / "access.log"
+    proc, line = start_proxy(kms, "--listen", listen, "--upstream", upstream.url, "--encrypt-requests", "app/data",
+                             "--fields", "ssn", "--access-log", str(log), "--metrics", metrics)
+    try:
+        assert "listening on" in line, line
+        assert httpx.post(f"http://{listen}/x", json={"ssn": "secret-123"}).status_code == 200
+        scraped = httpx.get(f"http://{metrics}/metrics").text
+        assert 'keyhold_sidecar_requests_total{action="encrypt-fields",outcome="ok"' in scraped
+    finally:
+        stop(proc)
+    [rec] = [json.loads(x) for x in log.read_text().splitlines()]
+    assert rec["rule"] == "cli" and rec["outcome"] == "ok" and "secret-123" not in log.read_text()
