@@ -151,10 +151,17 @@ class Engine:
         new = set(new_tables)
         changes = [f"stopped {s}" for s in sorted(old - new)] + [f"started {s}" for s in sorted(new - old)]
         changes += [f"routes of {s} reloaded" for s in sorted(old & new) if self.runtime.tables[s].entry != new_tables[s].entry]
-        self.runtime.tables = {**self.runtime.tables, **new_tables}
+        before = self.runtime.tables
+        self.runtime.tables = {**before, **new_tables}
         if old != new:
-            self._call(lambda: self._master.options.update(mode=list(new_tables)))
-            self._check_listening(entries, 15.0)
+            try:
+                self._call(lambda: self._master.options.update(mode=list(new_tables)))
+                self._check_listening(entries, 15.0)
+            except Exception:
+                # all or nothing: put the old listeners and routes back
+                self._call(lambda: self._master.options.update(mode=list(before)))
+                self.runtime.tables = before
+                raise
         self.runtime.tables = new_tables
         self.entries = list(entries)
         self._apply_side_services(entries)

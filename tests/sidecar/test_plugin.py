@@ -33,3 +33,20 @@ def test_bad_reload_keeps_the_old_config(sidecar, client, upstream):
     assert sidecar.entries == before
     r = client.post("/fields/x", json={"user": {"ssn": "1"}})
     assert r.status_code == 200
+
+
+def test_reload_onto_a_busy_port_rolls_back(sidecar, client):
+    import socket
+
+    before = list(sidecar.entries)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        busy = before[1].model_copy(update={"listen": f"127.0.0.1:{s.getsockname()[1]}"})
+        with pytest.raises(ConfigError, match="cannot listen"):
+            sidecar.apply([before[0], busy])
+    assert sidecar.entries == before
+    import httpx
+
+    assert httpx.post(sidecar.urls["strict"] + "/ok", content=b"x").status_code == 200
+    assert client.post("/fields/x", json={"user": {"ssn": "1"}}).status_code == 200
