@@ -72,20 +72,22 @@ def test_quick_flags_with_curl(kms, upstream):
 def test_sigterm_lets_in_flight_requests_finish(kms, upstream):
     listen = f"127.0.0.1:{free_port()}"
     proc, line = start_proxy(kms, "--listen", listen, "--upstream", upstream.url)
-    assert "listening on" in line, line
     result = {}
+    try:
+        assert "listening on" in line, line
 
-    def slow():
-        result["r"] = httpx.post(f"http://{listen}/slow", content=b"x", timeout=30)
+        def slow():
+            result["r"] = httpx.post(f"http://{listen}/slow", content=b"x", timeout=30)
 
-    t = threading.Thread(target=slow)
-    t.start()
-    deadline = time.monotonic() + 10
-    while not any(r.path == "/slow" for r in upstream.received) and time.monotonic() < deadline:
-        time.sleep(0.01)  # wait until the request is at the upstream (in flight)
-    proc.send_signal(signal.SIGTERM)
-    t.join(30)
-    code, err = stop(proc)
+        t = threading.Thread(target=slow)
+        t.start()
+        deadline = time.monotonic() + 10
+        while not any(r.path == "/slow" for r in upstream.received) and time.monotonic() < deadline:
+            time.sleep(0.01)  # wait until the request is at the upstream (in flight)
+        proc.send_signal(signal.SIGTERM)
+        t.join(30)
+    finally:
+        code, err = stop(proc)
     assert result["r"].status_code == 200 and result["r"].content == b"x"
     assert code == 0 and "stopping" in err
 
