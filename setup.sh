@@ -23,14 +23,13 @@ apt_install() {
 # mitmproxy 12 needs Python >= 3.12 (on 3.11 pip stops at mitmproxy 11, which pins an
 # old cryptography). Debian 12 ships 3.11, so look for a newer interpreter first.
 find_python() {
-    local candidates=(python3.13 python3.12)
-    for c in "${candidates[@]}"; do command -v "$c" >/dev/null 2>&1 && { command -v "$c"; return; }; done
-    for d in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.13* "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12*; do
-        [ -x "$d/bin/python" ] && { echo "$d/bin/python"; return; }
+    local root="${PYENV_ROOT:-$HOME/.pyenv}" c
+    # pyenv shims exist for versions that are not selected and then fail: run each one.
+    for c in python3.12 "$root"/versions/3.12*/bin/python python3.13 "$root"/versions/3.13*/bin/python python3; do
+        if "$c" -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1; then
+            command -v "$c"; return
+        fi
     done
-    if command -v python3 >/dev/null && python3 -c 'import sys; sys.exit(sys.version_info < (3, 12))'; then
-        command -v python3; return
-    fi
     return 1
 }
 

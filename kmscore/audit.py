@@ -75,7 +75,7 @@ class AuditLog:
         # their own write transaction while the background thread may be flushing too.
         with self._store.write(), self._flush_lock:
             head = self._store.get_meta(HEAD)
-            seq, prev = (int.from_bytes(head[:8], "big"), head[8:]) if head else (0, GENESIS)
+            seq, prev = (int.from_bytes(head[:8], "big"), head[8:40]) if head else (0, GENESIS)
             groups: dict[tuple, list] = {}  # (op, key, caller, outcome) -> [first, last, count]
             while self._pending:
                 when, *what = self._pending.popleft()
@@ -91,7 +91,12 @@ class AuditLog:
                 prev = chain_mac(self._root, prev, record)
                 rows.append((seq, first, op, key_id, caller, outcome, count, last, prev))
             self._store.audit_append(rows)
-            self._store.set_meta(HEAD, seq.to_bytes(8, "big") + prev)
+            self._store.set_meta(HEAD, self._head(seq, prev))
+
+    def _head(self, seq: int, mac: bytes) -> bytes:
+        """The log head: newest seq and MAC, authenticated so it cannot be rolled back by hand."""
+        body = seq.to_bytes(8, "big") + mac
+        return body + self._root.audit_mac(b"head" + body)
 
     def _run(self) -> None:
         while not self._closed:
@@ -121,12 +126,16 @@ class AuditLog:
                 return VerifyReport(False, count, f"record {seq} ({op} at {_iso(when)}) was altered")
             expected, count = seq + 1, count + 1
         head = self._store.get_meta(HEAD)
+        if head is None and count:
+            return VerifyReport(False, count, "the log head is missing: the log was cut or replaced")
+        if head is not None and (len(head) != 72 or self._head(int.from_bytes(head[:8], "big"), head[8:40]) != head):
+            return VerifyReport(False, count, "the log head was altered: records at the end may have been cut")
         head_seq = int.from_bytes(head[:8], "big") if head else 0
         if head_seq != count:
             return VerifyReport(
                 False, count, f"records {count + 1}..{head_seq} are missing: the log was cut at the end"
             )
-        if head and head[8:] != prev:
+        if head and head[8:40] != prev:
             return VerifyReport(False, count, f"record {count} does not match the log head")
         return VerifyReport(True, count)
 

@@ -81,7 +81,7 @@ class ImportMixin(Keyring):
             row = self._row(key)
             rules.check_import(facts_of(row), None, self.clock())
             private_der, public_pem = new_wrapping_key(spec)  # type: ignore[arg-type]
-            token = base64.urlsafe_b64encode(os.urandom(24)).decode()
+            token = "kh1." + os.urandom(24).hex()  # never starts with "-" (it is a CLI argument)
             expires = self.clock() + TOKEN_LIFETIME
             sealed = self._root.seal(private_der, f"keyhold/import/{token}".encode())
             self._store.add_token(token, row["key_id"], algorithm.value, sealed, expires)

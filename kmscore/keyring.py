@@ -168,7 +168,7 @@ class Keyring:
         """The key's row, read from the store now; default keys are made on first use."""
         if not isinstance(name, str) or not name:
             raise NotFound("no key named: give a key id or an alias")
-        row = self._store.key_by_id(name) if _is_uuid(name) else self._store.key_by_alias(name)
+        row = self._store.key_by_id(str(uuid.UUID(name))) if _is_uuid(name) else self._store.key_by_alias(name)
         if row is None:
             service = name[: -len("/default")] if name.endswith("/default") else None
             if service in DEFAULT_SERVICES:
@@ -197,13 +197,29 @@ class Keyring:
 
     def _use(self, name: str, op: rules.Op, audit_op: str) -> CachedKey:
         """Resolve a key for a cryptographic operation, or record the refusal and raise."""
+        key = None
         try:
             key = self._cached(name)
             rules.check_use(key.facts, op, self.clock())
         except KmsError as e:
-            self._audit.record(audit_op, name if _is_uuid(str(name)) else None, f"denied: {e}")
+            key_id = key.facts.key_id if key else self._known_id(name)
+            self._audit.record(audit_op, key_id, f"denied: {e}")
             raise
         return key
+
+    def _known_id(self, name: str | None) -> str | None:
+        """The id of an existing key by id or alias, for audit records of refusals."""
+        if not isinstance(name, str) or not name:
+            return None
+        row = self._store.key_by_id(str(uuid.UUID(name))) if _is_uuid(name) else self._store.key_by_alias(name)
+        return row["key_id"] if row else None
+
+    def _reload(self, key_id: str) -> CachedKey:
+        """Drop a key from the cache and load it again (e.g. another process rotated it)."""
+        stale = self._cache.pop(key_id, None)
+        if stale is not None and stale.row["alias"]:
+            self._cache.pop(stale.row["alias"], None)
+        return self._cached(key_id)
 
     # -- sealing -----------------------------------------------------------------------
     @staticmethod
@@ -225,7 +241,7 @@ class Keyring:
                 yield
                 self._audit.flush()
         except KmsError as e:
-            self._audit.record(audit_op, name if name and _is_uuid(name) else None, f"denied: {e}")
+            self._audit.record(audit_op, self._known_id(name), f"denied: {e}")
             raise
         finally:
             self._invalidate()

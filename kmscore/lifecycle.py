@@ -76,7 +76,6 @@ class LifecycleMixin(Keyring):
             if row is None:
                 rules.check_alias(alias, system=True)
                 row = self._insert_key(alias, KeySpec.AES_256, None, Origin.KMS, f"Default key of {alias.split('/')[0]}", None)
-                self._audit.flush()
                 self.notices.append(f"created default key {alias} ({row['key_id']})")
         return row
 
@@ -113,7 +112,7 @@ class LifecycleMixin(Keyring):
 
         def decide(facts: rules.KeyFacts, row: dict[str, Any]) -> dict[str, Any]:
             state = rules.next_state_schedule_deletion(facts)
-            rules.check_days(pending_days, rules.DELETION_DAYS, "the pending window")
+            rules.check_days(pending_days, rules.DELETION_DAYS, f"the pending window of key {facts.name}")
             return {"state": state.value, "deletion_date": self.clock() + pending_days * DAY}
 
         return self._transition("ScheduleKeyDeletion", key, decide)
@@ -141,7 +140,7 @@ class LifecycleMixin(Keyring):
     def enable_key_rotation(self, key: str, interval_days: int = 365) -> KeyMetadata:
         def decide(facts: rules.KeyFacts, row: dict[str, Any]) -> dict[str, Any]:
             rules.check_rotation(facts)
-            rules.check_days(interval_days, rules.ROTATION_DAYS, "the rotation interval")
+            rules.check_days(interval_days, rules.ROTATION_DAYS, f"the rotation interval of key {facts.name}")
             return {"rotation_interval_days": interval_days, "last_rotated_at": row["last_rotated_at"] or self.clock()}
 
         return self._transition("EnableKeyRotation", key, decide)

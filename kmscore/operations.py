@@ -83,15 +83,20 @@ class OperationsMixin(Keyring):
             raise
         named = self._use(parts.key_id, op, audit_op)
         try:
-            if key is not None and named is not k:
+            if key is not None and named.facts.key_id != k.facts.key_id:
                 raise InvalidCiphertext(f"the ciphertext was not made with key {key}")
             _symmetric_only(algorithm)
             version = named.versions.get(parts.key_version)
+            if version is None:  # perhaps rotated by another process since we cached it
+                named = self._reload(parts.key_id)
+                version = named.versions.get(parts.key_version)
             if version is None:
                 raise InvalidCiphertext(
                     f"the ciphertext names version {parts.key_version} of key {named.facts.name}, which does not exist"
                 )
             out = version.open(parts, blobfmt.encode_context(context))
+            if op is rules.Op.DATAKEY and len(out) * 8 not in DATAKEY_BITS:
+                raise InvalidCiphertext("the ciphertext does not hold a data key")
         except KmsError as e:
             self._audit.record(audit_op, named.facts.key_id, f"denied: {e}")
             raise
@@ -126,10 +131,7 @@ class OperationsMixin(Keyring):
         return k.current.seal(plaintext, blobfmt.encode_context(context))
 
     def decrypt_datakey(self, ciphertext: bytes, context: Context = None, key: str | None = None) -> bytes:
-        out = self._decrypt(ciphertext, context, key, None, rules.Op.DATAKEY, "DecryptDataKey")
-        if len(out) * 8 not in DATAKEY_BITS:
-            raise InvalidCiphertext("the ciphertext does not hold a data key")
-        return out
+        return self._decrypt(ciphertext, context, key, None, rules.Op.DATAKEY, "DecryptDataKey")
 
     # -- signatures ------------------------------------------------------------------------
     def sign(

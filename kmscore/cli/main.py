@@ -13,17 +13,33 @@ from kmscore.cli.context import CliContext
 from kmscore.errors import KmsError
 from kmscore.frontend import load_frontends
 
-COMMAND_MODULES = (
+CORE_MODULES = (
     "kmscore.cli.keys",
     "kmscore.cli.crypto",
     "kmscore.cli.imports",
     "kmscore.cli.audit",
     "kmscore.cli.envelope",
-    "kmscore.cli.deploy",
 )
+DEPLOY_MODULE = "kmscore.cli.deploy"
+GLOBAL_OPTIONS_WITH_VALUE = ("--home", "--root-key-file")
 
 
-def build_parser(ctx: CliContext) -> argparse.ArgumentParser:
+def requested_command(argv: list[str]) -> str | None:
+    """The sub-command named on the command line, skipping the global options."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in GLOBAL_OPTIONS_WITH_VALUE:
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def build_parser(ctx: CliContext, command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; front ends and `up`/`check` are loaded only when the command needs them
+    (loading them costs most of a core command's start-up time)."""
     parser = argparse.ArgumentParser(
         prog="kms",
         description="keyhold: a self-hosted key management service.",
@@ -32,23 +48,20 @@ def build_parser(ctx: CliContext) -> argparse.ArgumentParser:
     parser.add_argument("--home", help="KMS home folder (default: $KMS_HOME or ~/.local/share/keyhold)")
     parser.add_argument("--root-key-file", help="root key file (default: $KMS_ROOT_KEY, $KMS_PASSPHRASE or HOME/root.key)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
-            continue  # a command group not built yet
-        module.register(sub, ctx)
-    for frontend in load_frontends():
-        frontend.register_cli(sub, ctx)
+    for name in CORE_MODULES:
+        importlib.import_module(name).register(sub, ctx)
+    if command is None or command not in sub.choices:
+        importlib.import_module(DEPLOY_MODULE).register(sub, ctx)
+        for frontend in load_frontends():
+            frontend.register_cli(sub, ctx)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     ctx = CliContext()
-    parser = build_parser(ctx)
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser(ctx, requested_command(argv))
     args = parser.parse_args(argv)
     ctx.args = args
     try:

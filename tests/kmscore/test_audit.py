@@ -105,9 +105,6 @@ def test_refusals_are_recorded(kms):
     assert kms.verify_audit().ok
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: records queued before a refused lifecycle change on a default key "
-                   "not yet created are lost: _create_default flushes the audit queue inside the outer "
-                   "_change transaction, which then rolls back (keyring.py _change, lifecycle.py _create_default)")
 def test_records_survive_a_refused_change_that_first_created_a_default_key(kms):
     key = kms.create_key("app/aes").key_id
     kms.encrypt_data("app/aes", b"x")
@@ -121,8 +118,6 @@ def test_records_survive_a_refused_change_that_first_created_a_default_key(kms):
     assert find(recs, "DisableKey", outcome="denied"), recs
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a refusal of a key named by alias is recorded with key_id None "
-                   "(keyring.py Keyring._use / _change record `name if _is_uuid(name) else None`)")
 def test_refusal_of_a_key_named_by_alias_names_the_key(kms):
     key = kms.create_key("app/aes").key_id
     kms.disable_key("app/aes")
@@ -135,8 +130,6 @@ def test_refusal_of_a_key_named_by_alias_names_the_key(kms):
     assert find(recs, "Sign", key, "denied"), find(recs, "Sign")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: operations.py decrypt_datakey raises 'does not hold a data key' after "
-                   "_decrypt already recorded the call as 'ok'")
 def test_refused_decrypt_datakey_is_not_recorded_as_ok(kms):
     kms.create_key("app/aes")
     blob = kms.encrypt_data("app/aes", b"not a data key")
@@ -229,8 +222,6 @@ def test_cut_tail_is_detected(logged, home, run_kms):
     assert f"{logged - 2}..{logged}" in out and "missing" in out, out
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: the audit head in meta is not authenticated; cutting the tail and "
-                   "copying the last remaining (seq, mac) into meta.audit_head passes verify")
 def test_cut_tail_with_rewritten_head_is_detected(logged, home, run_kms, kh):
     keep = logged - 3
     (mac,) = kh.sqlite_rows(home, "SELECT mac FROM audit WHERE seq=?", (keep,))[0]

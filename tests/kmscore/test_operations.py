@@ -357,8 +357,6 @@ def test_repr_never_shows_material(kms):
     assert key.current._material.hex() not in text and repr(key.current._material) not in text
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: keyring.py Keyring._row treats any uuid.UUID-parsable name as a key id "
-                   "but looks it up verbatim, so upper-case / unhyphenated ids are NotFound")
 def test_key_id_in_other_uuid_spellings(kms):
     key_id = kms.describe_key("aes").key_id
     assert kms.describe_key(key_id.upper()).key_id == key_id

@@ -181,9 +181,6 @@ with Kms(sys.argv[1]) as kms:
 """
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: a process with the key cached refuses a ciphertext made under a version "
-                   "another process just rotated to (InvalidCiphertext 'version 2 ... does not exist') until its cache "
-                   "refreshes; operations.py _decrypt should reload the key once when the named version is missing")
 def test_ciphertext_of_a_version_rotated_in_another_process_decrypts_at_once(home, kh):
     with Kms(home) as kms:
         kms.create_key("app/db")
