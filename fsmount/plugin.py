@@ -58,6 +58,9 @@ def check(entries: Sequence[MountEntry], kms: Kms) -> list[tuple[str, str]]:
             path = Path(getattr(e, field))
             if path.exists() and not path.is_dir():
                 problems.append((field, f"{path} is not a directory"))
+        mount_point = Path(e.mount_point)
+        if mount_point.is_dir() and not is_mounted(mount_point) and any(mount_point.iterdir()):
+            problems.append(("mount_point", f"{mount_point} is not empty (its files would be hidden under the mount)"))
         try:
             kms.describe_key(e.key)
         except KmsError as err:

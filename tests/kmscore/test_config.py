@@ -116,7 +116,6 @@ def test_each_mistake_has_its_exact_message(tmp_path, kms, what, text, expected)
     assert problems(path, kms) == [f"{path}: {expected}"]
 
 
-@pytest.mark.xfail(strict=True, reason="fsmount.plugin.check does not look inside the mount point yet")
 def test_mount_point_not_empty(tmp_path, kms):
     cipher, mnt = dirs(tmp_path)
     (mnt / "left-over.txt").write_text("x")
