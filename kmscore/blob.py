@@ -14,6 +14,7 @@ Sans-IO: bytes in, bytes out. See docs/FORMAT.md.
 
 from __future__ import annotations
 
+import functools
 import struct
 import uuid
 from collections.abc import Mapping
@@ -30,7 +31,7 @@ MAX_CONTEXT_ITEMS = 64
 MAX_CONTEXT_FIELD = 1024
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BlobParts:
     key_id: str
     key_version: int
@@ -80,7 +81,13 @@ def decode(blob: bytes) -> BlobParts:
         raise InvalidCiphertext(f"unsupported KMS ciphertext version {version}")
     prefix = blob[: HEADER.size]
     nonce = blob[HEADER.size : HEADER.size + NONCE_SIZE]
-    return BlobParts(str(uuid.UUID(bytes=kid)), kver, nonce, blob[HEADER.size + NONCE_SIZE :], prefix)
+    return BlobParts(_key_id(kid), kver, nonce, blob[HEADER.size + NONCE_SIZE :], prefix)
+
+
+@functools.lru_cache(maxsize=4096)
+def _key_id(raw: bytes) -> str:
+    """Key ids as text; cached because a UUID parse costs more than decrypting 4 KiB."""
+    return str(uuid.UUID(bytes=raw))
 
 
 def peek_key(blob: bytes) -> tuple[str, int]:
