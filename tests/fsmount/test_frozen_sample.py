@@ -16,6 +16,7 @@ FRAMES = bytes(i % 251 for i in range(100_000))
 
 def copy_sample(tmp_path: Path) -> tuple[Path, Path]:
     shutil.copytree(SAMPLE / "home", tmp_path / "home")
+    (tmp_path / "home" / "root.key").chmod(0o600)  # git does not keep the mode
     shutil.copytree(SAMPLE / "cipher", tmp_path / "cipher", symlinks=True)
     return tmp_path / "home", tmp_path / "cipher"
 

@@ -168,4 +168,7 @@ def sqlite_rows(home: Path, sql: str, args: tuple = ()) -> list[tuple]:
 @pytest.fixture(scope="session")
 def kh():
     """These helpers, as a fixture (two conftest modules cannot both be imported by name)."""
-    return sys.modules[__name__]
+    return _THIS
+
+
+_THIS = sys.modules[__name__]  # taken at import: later conftest modules reuse the name
