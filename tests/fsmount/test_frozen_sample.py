@@ -18,6 +18,7 @@ def copy_sample(tmp_path: Path) -> tuple[Path, Path]:
     shutil.copytree(SAMPLE / "home", tmp_path / "home")
     (tmp_path / "home" / "root.key").chmod(0o600)  # git does not keep the mode
     shutil.copytree(SAMPLE / "cipher", tmp_path / "cipher", symlinks=True)
+    (tmp_path / "cipher" / "hello.txt").chmod(0o640)  # the mode it was frozen with
     return tmp_path / "home", tmp_path / "cipher"
 
 
