@@ -11,7 +11,7 @@ import signal
 import sys
 
 from kmscore.cli.context import CliContext
-from kmscore.errors import KmsError
+from kmscore.cli.main import run_command
 
 from fsmount import mount as mounting
 from fsmount import tools
@@ -178,24 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.command = "mount"
     ctx.args = args
-    try:
-        return int(args.run(args, ctx) or 0)
-    except KmsError as e:
-        print(f"kms-mount: error: {e}", file=sys.stderr)
-        return e.exit_code
-    except KeyboardInterrupt:
-        return 130
-    except OSError as e:
-        print(f"kms-mount: error: {e.strerror or e}{': ' + str(e.filename) if e.filename else ''}", file=sys.stderr)
-        return 1
-    except Exception as e:  # never a traceback at a user
-        print(f"kms-mount: internal error: {type(e).__name__}: {e} (please report this)", file=sys.stderr)
-        return 70
-    finally:
-        try:
-            ctx.close()
-        except KmsError:
-            pass
+    return run_command(args, ctx, "kms-mount")
 
 
 __all__ = ["main", "register_cli"]

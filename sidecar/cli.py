@@ -16,7 +16,6 @@ import sys
 import threading
 from pathlib import Path
 
-from kmscore.errors import KmsError
 
 from sidecar.config import DEFAULT_KEY, ProxyEntry, check, parse_entries
 from sidecar.errors import ConfigError
@@ -180,6 +179,7 @@ def _chain(first, second):
 def main(argv: list[str] | None = None) -> int:
     """`kms-proxy`: the same as `kms proxy`, on its own."""
     from kmscore.cli.context import CliContext
+    from kmscore.cli.main import run_command
 
     parser = argparse.ArgumentParser(prog="kms-proxy", description="keyhold's encrypting HTTP sidecar.")
     parser.add_argument("--home", help="KMS home folder (default: $KMS_HOME or ~/.local/share/keyhold)")
@@ -189,19 +189,8 @@ def main(argv: list[str] | None = None) -> int:
     args.command = "proxy"
     ctx = CliContext()
     ctx.args = args
-    try:
-        return run(args, ctx)
-    except KmsError as e:
-        for line in str(e).splitlines():
-            print(f"kms-proxy: error: {line}", file=sys.stderr)
-        return getattr(e, "exit_code", 1)
-    except KeyboardInterrupt:
-        return 130
-    except Exception as e:  # noqa: BLE001 - never a traceback at a user
-        print(f"kms-proxy: internal error: {type(e).__name__}: {e} (please report this)", file=sys.stderr)
-        return 70
-    finally:
-        ctx.close()
+    args.run = run
+    return run_command(args, ctx, "kms-proxy")
 
 
 if __name__ == "__main__":  # pragma: no cover

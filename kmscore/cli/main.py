@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import signal
 import sys
 
@@ -64,18 +63,25 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(ctx, requested_command(argv))
     args = parser.parse_args(argv)
     ctx.args = args
+    return run_command(args, ctx)
+
+
+def run_command(args: argparse.Namespace, ctx: CliContext, prog: str = "kms") -> int:
+    """Run a parsed command: every error becomes `prog: error: ...` lines and an exit
+    code, never a traceback. Shared by `kms`, `kms-mount` and `kms-proxy`."""
     try:
         return int(args.run(args, ctx) or 0)
     except KmsError as e:
-        print(f"kms: error: {e}", file=sys.stderr)
+        for line in str(e).splitlines() or [type(e).__name__]:
+            print(f"{prog}: error: {line}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         return 130
     except OSError as e:
-        print(f"kms: error: {e.strerror or e}{': ' + str(e.filename) if e.filename else ''}", file=sys.stderr)
+        print(f"{prog}: error: {e.strerror or e}{': ' + str(e.filename) if e.filename else ''}", file=sys.stderr)
         return 1
     except Exception as e:  # never a traceback at a user
-        print(f"kms: internal error: {type(e).__name__}: {e} (please report this)", file=sys.stderr)
+        print(f"{prog}: internal error: {type(e).__name__}: {e} (please report this)", file=sys.stderr)
         return 70
     finally:
         try:
