@@ -149,8 +149,10 @@ class MountService:
     def apply(self, entries: Sequence[MountEntry]) -> list[str]:
         changes = []
         wanted = list(entries)
+        staying = {e.mount_point for e in wanted}
         for entry in [e for e in self.running if e not in wanted]:
-            self._stop(entry)
+            # a mount whose settings changed keeps its guard across the remount
+            self._stop(entry, keep_guard=entry.mount_point in staying)
             changes.append(f"unmounted {entry.mount_point}")
         for entry in wanted:
             if entry not in self.running:
@@ -254,7 +256,7 @@ class MountService:
         log.error("mount %s: cannot remount, it is mounted by somebody else (%s); trying again in %.0f s",
                   m.entry.mount_point, mounted_by(m.entry.mount_point), BACKOFF_MAX)
 
-    def _stop(self, e: MountEntry) -> None:
+    def _stop(self, e: MountEntry, keep_guard: bool = False) -> None:
         m = self.running.pop(e)
         _SUPERVISED.discard(os.path.realpath(e.mount_point))
         if m.process is not None:
@@ -263,7 +265,8 @@ class MountService:
             except ProcessLookupError:
                 pass
             _wait_gone(m.process, e.mount_point)
-        unguard(e.mount_point)
+        if not keep_guard:
+            unguard(e.mount_point)
 
 
 def _wait_gone(process: subprocess.Popen, mount_point: str) -> None:

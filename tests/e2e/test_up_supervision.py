@@ -289,3 +289,15 @@ def test_rewrap_of_a_mounted_cipher_dir_works_online(up):
     assert kms("create-key", "--alias", "other/key", home=up.home).returncode == 0
     moved = kms("fs", "rewrap", str(up.cipher), "--to-key", "other/key", home=up.home)
     assert moved.returncode != 0 and "unmount" in moved.stderr, moved.stderr
+
+
+def test_a_mount_whose_settings_change_stays_guarded_through_the_remount(up):
+    running(up)
+    up.config.write_text(up.config.read_text() + "allow_other = false\n")
+    seen = []
+    deadline = time.monotonic() + WAIT
+    while "reloaded" not in up.log() and time.monotonic() < deadline:
+        seen.append(tuple(mounts_at(up.plain)))
+    up.wait_log("reloaded")
+    assert seen and all(s and s[0] == "tmpfs" for s in seen), sorted(set(seen))
+    assert "fuse" in mounts_at(up.plain)[-1]
