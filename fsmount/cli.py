@@ -84,6 +84,8 @@ def run_mount(args: argparse.Namespace, ctx: CliContext) -> int:
         key=args.key, force_key=args.force_key, frame_size=args.frame_size or mounting.DEFAULT_FRAME_SIZE,
         allow_other=args.allow_other, debug=args.debug, revocation_bound=args.revocation_bound,
     )
+    if problem := mounting.check_paths(args.cipher_dir, args.mount_point):
+        raise mounting.MountError(problem)
     if args.background:
         from fsmount import cipherdir
 
@@ -97,7 +99,7 @@ def run_mount(args: argparse.Namespace, ctx: CliContext) -> int:
                  "--log", log_file, "--revocation-bound", str(args.revocation_bound)]
         if args.allow_other is not None:
             argv.append("--allow-other" if args.allow_other else "--no-allow-other")
-        pid = mounting.start_background(argv, args.mount_point, log_file)
+        pid = mounting.start_background(argv, args.mount_point, log_file).pid
         ctx.info(f"mounted {args.cipher_dir} on {args.mount_point} (pid {pid}; log {log_file})")
         return 0
     setup_logging(args.log, args.debug)

@@ -45,24 +45,117 @@ class MountOptions:
     extra: dict = field(default_factory=dict)  # more -o options for libfuse
 
 
-def mount_device(mount_point: str | os.PathLike) -> str | None:
-    """'major:minor' of the mount at `mount_point`, or None if nothing is mounted there."""
+GUARD_SOURCE = "keyhold-guard"
+"""The source name of the read-only tmpfs that `kms up` keeps beneath a supervised mount."""
+
+
+@dataclass(frozen=True)
+class MountInfo:
+    """One line of /proc/self/mountinfo for a given mount point."""
+
+    device: str  # major:minor
+    fstype: str
+    source: str
+
+    @property
+    def is_guard(self) -> bool:
+        return self.fstype == "tmpfs" and self.source == GUARD_SOURCE
+
+
+def mounts_at(mount_point: str | os.PathLike) -> list[MountInfo]:
+    """Every mount stacked at `mount_point`, bottom first."""
     target = os.path.realpath(mount_point)
     try:
         lines = Path("/proc/self/mountinfo").read_text().splitlines()
     except OSError:
-        return None
-    found = None
+        return []
+    found = []
     for line in lines:
-        parts = line.split()
+        head, _, tail = line.partition(" - ")
+        parts, rest = head.split(), tail.split()
         point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[4])
-        if point == target:
-            found = parts[2]  # the last one wins: mounts stack
+        if point == target and len(rest) >= 2:
+            found.append(MountInfo(parts[2], rest[0], rest[1]))
     return found
+
+
+def mount_device(mount_point: str | os.PathLike) -> str | None:
+    """'major:minor' of the file system mounted at `mount_point` (not counting a guard),
+    or None if nothing is mounted there."""
+    real = [m for m in mounts_at(mount_point) if not m.is_guard]
+    return real[-1].device if real else None  # the last one wins: mounts stack
 
 
 def is_mounted(mount_point: str | os.PathLike) -> bool:
     return mount_device(mount_point) is not None
+
+
+def is_guarded(mount_point: str | os.PathLike) -> bool:
+    return any(m.is_guard for m in mounts_at(mount_point))
+
+
+def guard(mount_point: str | os.PathLike) -> bool:
+    """Put an empty read-only tmpfs at `mount_point`, beneath the FUSE mount to come.
+
+    While the mount is up, the guard is hidden under it; when the mount process dies or
+    is unmounted from outside, applications writing at the mount point get EROFS instead
+    of writing plaintext into the directory underneath. Needs root (mount(2)); returns
+    False, doing nothing, for anyone else.
+    """
+    if is_guarded(mount_point):
+        return True
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        return False
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=4k,mode=0555,nosuid,nodev,noexec", GUARD_SOURCE, str(mount_point)],
+        capture_output=True, text=True,
+    )
+    if done.returncode != 0:
+        log.warning("cannot guard %s: %s", mount_point, done.stderr.strip() or f"exit {done.returncode}")
+        return False
+    return True
+
+
+def unguard(mount_point: str | os.PathLike) -> None:
+    """Remove the guard once nothing is to be mounted there any more."""
+    while is_guarded(mount_point) and not is_mounted(mount_point):
+        if subprocess.run(["umount", "-l", str(mount_point)], capture_output=True).returncode != 0:
+            log.warning("cannot remove the guard at %s", mount_point)
+            return
+
+
+def check_paths(cipher_dir: str | os.PathLike, mount_point: str | os.PathLike) -> str | None:
+    """Why a cipher dir and a mount point cannot go together, or None.
+
+    A mount point that is (or holds, or lies within) its own cipher directory would make
+    the mount read and write through itself: the first request deadlocks the process."""
+    cipher, point = Path(os.path.realpath(cipher_dir)), Path(os.path.realpath(mount_point))
+    if cipher == point:
+        return f"the mount point {mount_point} is the same folder as its cipher dir"
+    if cipher.is_relative_to(point):
+        return f"the cipher dir {cipher_dir} is inside its mount point {mount_point}"
+    if point.is_relative_to(cipher):
+        return f"the mount point {mount_point} is inside its cipher dir {cipher_dir}"
+    return None
+
+
+def mounted_by(mount_point: str | os.PathLike) -> str:
+    """Who serves the mount at `mount_point`: its source and, when this process may see
+    it, the pid and command of the process holding it (for an operator's message)."""
+    real = [m for m in mounts_at(mount_point) if not m.is_guard]
+    what = real[-1].source if real else "nothing"
+    target = os.path.realpath(mount_point).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+        except OSError:
+            continue
+        if target in argv and any(b"mount" in a for a in argv[:3]):
+            command = " ".join(a.decode(errors="replace") for a in argv)
+            return f"{what}, pid {entry.name}: {command}"
+    return what
 
 
 def check_mount_point(mount_point: str | os.PathLike) -> None:
@@ -70,7 +163,8 @@ def check_mount_point(mount_point: str | os.PathLike) -> None:
     if not path.is_dir():
         raise MountError(f"mount point {mount_point} does not exist or is not a directory")
     if is_mounted(path):
-        raise MountError(f"{mount_point} is already a mount point (run `kms unmount {mount_point}` first)")
+        raise MountError(f"{mount_point} is already mounted ({mounted_by(path)}); "
+                         f"run `kms unmount {mount_point}` first")
     if not os.path.exists("/dev/fuse"):
         raise MountError("/dev/fuse is missing: load the fuse kernel module")
 
@@ -81,6 +175,8 @@ def run(kms: Kms, cipher_dir: str, mount_point: str, opts: MountOptions) -> None
 
     # absolute: libfuse changes the working directory to / once it runs
     cipher_dir, mount_point = os.path.abspath(cipher_dir), os.path.abspath(mount_point)
+    if problem := check_paths(cipher_dir, mount_point):
+        raise MountError(problem)
     config = cipherdir.prepare(kms, cipher_dir, opts.key, opts.frame_size, opts.force_key)
     check_mount_point(mount_point)
     keys = FileKeys(kms, config.key_id, config.frame_size, opts.revocation_bound)
@@ -139,21 +235,35 @@ def _tune_read_ahead(mount_point: str, wait: float = 30.0) -> None:
         time.sleep(0.05)
 
 
-def start_background(argv: list[str], mount_point: str, log_file: str, wait: float = 30.0) -> int:
-    """Run `python -m fsmount.cli <argv>` detached; return its pid once mounted."""
+def spawn(argv: list[str], log_file: str) -> subprocess.Popen:
+    """Start `python -m fsmount.cli <argv>` detached (its own session), output to `log_file`."""
     Path(log_file).parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as out:
-        child = subprocess.Popen(
+        return subprocess.Popen(
             [sys.executable, "-m", "fsmount.cli", *argv],
             stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
         )
+
+
+def last_line(log_file: str) -> str:
+    try:
+        lines = Path(log_file).read_text(errors="replace").strip().splitlines()
+    except OSError:
+        lines = []
+    return lines[-1] if lines else "(no output)"
+
+
+def start_background(argv: list[str], mount_point: str, log_file: str, wait: float = 30.0) -> subprocess.Popen:
+    """Run a mount detached; return its process once mounted (or say why it is not)."""
+    if is_mounted(mount_point):  # waiting for "mounted" would be fooled by somebody else's mount
+        raise MountError(f"{mount_point} is already mounted ({mounted_by(mount_point)})")
+    child = spawn(argv, log_file)
     deadline = time.monotonic() + wait
     while time.monotonic() < deadline:
         if is_mounted(mount_point):
-            return child.pid
+            return child
         if child.poll() is not None:
-            tail = Path(log_file).read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
-            raise MountError(f"the mount did not start: {tail[0]} (log: {log_file})")
+            raise MountError(f"the mount did not start: {last_line(log_file)} (log: {log_file})")
         time.sleep(0.05)
     child.terminate()
     raise MountError(f"the mount did not come up within {wait:.0f} s (log: {log_file})")

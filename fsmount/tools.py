@@ -177,10 +177,17 @@ def rewrap(
 ) -> RewrapReport:
     """Re-wrap every file's DEK under the newest version of the directory's CMK (or
     `to_key`, which then becomes the directory's key). Only headers are rewritten, in
-    place; an interrupted run leaves every file readable and can simply be run again."""
+    place; an interrupted run leaves every file readable and can simply be run again.
+
+    Safe on a mounted directory (to the newest version of the same key): the mount
+    writes a header only when it creates a file, keeps each open file's data key in
+    memory (a re-wrap does not change the key, only its wrapping), and unwraps new
+    opens from whatever header is on disk. Moving to another key needs an unmount."""
     config, _ = _loaded_config(kms, cipher_dir)
-    if mounted_cipher_dir(cipher_dir):
-        raise MountError(f"{cipher_dir} is mounted; unmount it before rewrapping")
+    if to_key and mounted_cipher_dir(cipher_dir):
+        # the running mount would go on making new files under the old key
+        raise MountError(f"{cipher_dir} is mounted: to move it to {to_key}, unmount it (or remove its [[mount]] "
+                         f"and reload), run this again, then mount it with key = \"{to_key}\"")
     target = kms.describe_key(to_key or config.key_id)
     report = RewrapReport()
     paths = backing_files(cipher_dir)

@@ -29,6 +29,9 @@ class Service(Protocol):
     def stop(self) -> None:
         """Stop cleanly: drain, flush, unmount."""
 
+    # Optional: `poll(self) -> None`, called by `kms up` between its ticks so that a
+    # service can notice and restart what died (fsmount's supervised mounts).
+
 
 @dataclass(frozen=True)
 class Frontend:

@@ -69,6 +69,17 @@ class Deployer:
             except Exception as e:  # noqa: BLE001 - keep stopping the others
                 log.error("%s did not stop cleanly: %s", key, e)
 
+    def supervise(self) -> None:
+        """Let each running section look after itself (a mount restarts its dead processes)."""
+        for key, service in list(self.services.items()):
+            poll = getattr(service, "poll", None)
+            if poll is None:
+                continue
+            try:
+                poll()
+            except Exception as e:  # noqa: BLE001 - a failing supervisor must not end kms up
+                log.error("%s: supervision failed: %s", key, self.scrub(str(e)))
+
     # -- reload ----------------------------------------------------------------------
     def reload(self) -> bool:
         """Load the file again and apply it; on any problem keep the running config."""

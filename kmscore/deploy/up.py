@@ -68,6 +68,7 @@ def run(dep: Deployment, kms, frontends: Sequence[Frontend]) -> int:
         log.info("running %s; edit it or send SIGHUP to reload, SIGTERM or Ctrl-C to stop", Path(dep.file).name)
         while flags.stop is None:
             time.sleep(TICK)
+            deployer.supervise()
             if flags.reload:
                 flags.reload = False
                 log.info("SIGHUP: reloading")
