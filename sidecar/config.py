@@ -30,8 +30,20 @@ class Match(_Model):
     """A glob on the host, e.g. `*.example.com`: reverse mode, the Host header the client
     sent (virtual hosts in front of one upstream); forward mode, the real destination."""
     path: str = "*"
-    """A glob on the path without the query, e.g. `/api/users/*` (`*` crosses `/`)."""
+    """A glob on the canonical path without the query, e.g. `/api/users/*` (`*` crosses
+    `/`). Requests are matched after `sidecar.canonical` (escapes of unreserved
+    characters decoded, `//` merged, dot segments removed), so write the path that way."""
     methods: tuple[str, ...] | None = None
+    case_sensitive: bool | None = None
+    """Match the path's letters exactly (true) or in any case (false). Unset: any case for
+    a route with a request or response action (a case-insensitive upstream cannot dodge
+    it with `/STORE`), exact case for a route without one (it cannot swallow `/API` from
+    a later encrypt route)."""
+    other_methods: Literal["refuse", "pass"] = "refuse"
+    """A request whose host and path match but whose method is not in `methods`: `refuse`
+    it with 405 when this route would have encrypted or verified its body (or encrypted
+    its response) and the route that takes it instead would not; `pass` it on to the
+    next routes as if this route did not exist."""
 
     @field_validator("methods")
     @classmethod
@@ -93,6 +105,10 @@ class ProxyEntry(_Model):
     upstream_ca: str | None = None
     """A PEM bundle of CAs trusted for upstream HTTPS (default: the system store)."""
     unmatched: Literal["pass", "deny"] = "pass"
+    semicolons: Literal["refuse", "literal"] = "refuse"
+    """A `;` in a request path: `refuse` (400; servlet containers drop `;params` from
+    segments, so `/store;x/a` is `/store/a` to them) or read it as a `literal` character
+    (for upstreams known to keep it)."""
     limits: Limits = Limits()
     metrics: str | None = None
     """host:port of a Prometheus endpoint (all proxies of the process share one registry)."""
