@@ -7,6 +7,7 @@ store (key exists, usage fits the action, field paths parse, algorithm fits the 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Literal
 from urllib.parse import urlsplit
@@ -64,6 +65,28 @@ class Action(_Model):
     label: str = "sig1"
     max_age: int = Field(default=300, ge=1, le=86400)
     """verify: replay window in seconds on `created` (both directions of clock skew)."""
+    require_nonce: bool = True
+    """verify: a signature must carry a `nonce`; each nonce is accepted once within the
+    window (remembered in bounded memory across reloads). sign: a nonce is always sent."""
+    covers: tuple[str, ...] | None = None
+    """sign: the components to sign (those the message has). verify: the components a
+    signature must cover (a header only when the message carries it). Default, requests:
+    @method, @target-uri (with the query), content-digest, content-type; responses:
+    @status, content-digest, content-type."""
+
+    @field_validator("covers")
+    @classmethod
+    def _components(cls, v):
+        if v is None:
+            return v
+        for name in v:
+            if name.startswith("@") and name not in httpsig.DERIVED:
+                raise ValueError(f"unknown derived component {name!r}; choose from: {', '.join(httpsig.DERIVED)}")
+            if not name.startswith("@") and not re.fullmatch(r"[a-z0-9!#$%&'*+.^_`|~-]+", name):
+                raise ValueError(f"{name!r} is not a lower-case header name")
+        if "content-digest" not in v:
+            raise ValueError("covers must include content-digest (the body is signed through it)")
+        return tuple(dict.fromkeys(v))
 
     @model_validator(mode="after")
     def _shape(self):
@@ -74,6 +97,8 @@ class Action(_Model):
                 raise ValueError(f"{self.action} needs a key (an HMAC, RSA or EC key)")
         elif self.algorithm is not None:
             raise ValueError(f"{self.action} takes no algorithm")
+        elif self.covers is not None:
+            raise ValueError(f"{self.action} takes no covers")
         return self
 
     @property

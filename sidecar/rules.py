@@ -28,6 +28,8 @@ class Step:
     label: str = "sig1"
     max_age: int = 300
     key_id: str | None = None  # resolved at load, for the access log
+    require_nonce: bool = True
+    covers: tuple[str, ...] | None = None  # None: httpsig.REQUEST_COMPONENTS / RESPONSE_COMPONENTS
 
     @property
     def whole_body(self) -> bool:
@@ -158,6 +160,8 @@ def compile_step(action: Action | None, default_keyid: str | None = None) -> Ste
         keyid=action.keyid,
         label=action.label,
         max_age=action.max_age,
+        require_nonce=action.require_nonce,
+        covers=action.covers,
     )
 
 

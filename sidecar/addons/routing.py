@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from kmscore.errors import InvalidCiphertext, KeyRuleViolation, KeyUnavailable, 
 
 from sidecar.canonical import BadTarget, canonical_host, canonical_target
 from sidecar.errors import SidecarError
+from sidecar.replay import ReplayGuard
 from sidecar.rules import Decision, Route, RouteTable, Step
 
 log = logging.getLogger("keyhold.sidecar")
@@ -42,6 +44,10 @@ class Runtime:
     dkcache: object | None = None
     abort: Callable[[http.HTTPFlow], None] = lambda flow: flow.kill()
     """Cut a flow's connections now (set by the engine; mitmproxy has no public call for it)."""
+    random: Callable[[int], bytes] = os.urandom
+    """Nonces of signatures made here (a seam for tests)."""
+    replay: ReplayGuard = field(default_factory=ReplayGuard)
+    """Nonces of verified signatures; survives reloads (the Runtime does)."""
 
 
 @dataclass
