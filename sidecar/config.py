@@ -189,11 +189,14 @@ USAGE_FOR = {"encrypt": "ENCRYPT_DECRYPT", "decrypt": "ENCRYPT_DECRYPT"}
 
 
 def check(entries: Sequence[ProxyEntry], kms) -> list[tuple[str, str]]:
-    """Semantic problems, each as (key path inside its entry, message).
+    """Semantic problems, each as (key path inside its entry, message); among them the
+    errors of `sidecar.routelint` (routes that never match or never apply).
 
     Paths are relative to the entry; with several entries they are prefixed
     `[i]` so the config loader can place them (`proxy[1].route[0].request.key`).
     """
+    from sidecar.routelint import lint_entry  # it imports this module's models
+
     problems: list[tuple[str, str]] = []
     many = len(entries) > 1
     listens: dict[str, int] = {}
@@ -204,6 +207,7 @@ def check(entries: Sequence[ProxyEntry], kms) -> list[tuple[str, str]]:
         listens.setdefault(entry.listen, i)
         if many and (entry.verify_upstream, entry.upstream_ca) != (entries[0].verify_upstream, entries[0].upstream_ca):
             problems.append((f"{pre}verify_upstream", "all proxies of one process share verify_upstream and upstream_ca"))
+        problems.extend((path, msg) for path, msg, severity in lint_entry(entry, pre) if severity == "error")
         for r, route in enumerate(entry.route):
             for direction in ("request", "response"):
                 action = getattr(route, direction)
@@ -211,6 +215,15 @@ def check(entries: Sequence[ProxyEntry], kms) -> list[tuple[str, str]]:
                     where = f"{pre}route[{r}].{direction}"
                     problems.extend(check_action(where, action, kms))
     return problems
+
+
+def warnings(entries: Sequence[ProxyEntry]) -> list[tuple[str, str]]:
+    """What runs but maybe not as meant (unmatched requests that pass), as `check` places it."""
+    from sidecar.routelint import lint_entry
+
+    many = len(entries) > 1
+    return [(path, msg) for i, entry in enumerate(entries)
+            for path, msg, severity in lint_entry(entry, f"[{i}]." if many else "") if severity == "warning"]
 
 
 def check_action(where: str, action: Action, kms) -> list[tuple[str, str]]:
