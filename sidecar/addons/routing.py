@@ -143,12 +143,12 @@ class Routing:
         try:
             authority = _authority(req, entry.mode == "reverse", any(r.host for r in table.routes))
             target = canonical_target(req.data.path, semicolons=entry.semicolons == "literal")
-            host = canonical_host(authority or req.pretty_host)
+            host = canonical_host(authority or _bracket(req.pretty_host))
         except BadTarget as e:
             return refuse(flow, e.status, e.reason, "-", str(e))
         if entry.mode == "reverse":
             scheme = "https" if flow.client_conn.tls_established else "http"
-            st.target_uri = f"{scheme}://{authority or req.pretty_host}{req.path}"
+            st.target_uri = f"{scheme}://{authority or _bracket(req.pretty_host)}{req.path}"
             req.host_header = _hostport(req.scheme, req.host, req.port)
             if not (req.is_http2 or req.is_http3):
                 req.data.authority = b""  # absolute form: the upstream gets the path it was matched on
@@ -193,13 +193,18 @@ def _authority(req: http.Request, reverse: bool, host_routes: bool) -> str | Non
     if reverse:
         named = req.authority or None  # :authority, or an absolute-form target
     else:
-        named = req.host  # forward mode: where the request really goes
+        named = _bracket(req.host)  # forward mode: where the request really goes
     if named is not None and header is not None and canonical_host(named) != canonical_host(header):
         raise BadTarget("the request names two different hosts (its target or :authority and its Host header)")
     authority = (named if reverse else header) or header or named
     if authority is None and host_routes:
         raise BadTarget("the request names no host (no Host header), and routes here match on the host")
     return authority
+
+
+def _bracket(host: str) -> str:
+    """An IPv6 literal as an authority writes it (mitmproxy keeps hosts without brackets)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def _has_body(req: http.Request) -> bool | None:
