@@ -130,10 +130,10 @@ class ProxyEntry(_Model):
     upstream_ca: str | None = None
     """A PEM bundle of CAs trusted for upstream HTTPS (default: the system store)."""
     unmatched: Literal["pass", "deny"] = "pass"
-    semicolons: Literal["refuse", "literal"] = "refuse"
-    """A `;` in a request path: `refuse` (400; servlet containers drop `;params` from
-    segments, so `/store;x/a` is `/store/a` to them) or read it as a `literal` character
-    (for upstreams known to keep it)."""
+    literal_semicolons: bool = False
+    """A `;` in a request path is refused with 400 (servlet containers drop `;params` from
+    segments, so `/store;x/a` is `/store/a` to them); true reads it as an ordinary
+    character, for upstreams known to keep it."""
     limits: Limits = Limits()
     metrics: str | None = None
     """host:port of a Prometheus endpoint (all proxies of the process share one registry)."""

@@ -23,7 +23,7 @@ def lint_entry(entry: ProxyEntry, pre: str = "") -> list[Finding]:
     out: list[Finding] = []
     for i, route in enumerate(entry.route):
         where = f"{pre}route[{i}].match"
-        out.extend(_path_findings(f"{where}.path", route.match.path, entry.semicolons == "literal"))
+        out.extend(_path_findings(f"{where}.path", route.match.path, entry.literal_semicolons))
         out.extend(_host_findings(f"{where}.host", route.match.host))
         shadow = next((j for j in range(i) if _takes_all_of(entry.route[j], route)), None)
         if shadow is not None and _encrypts(route):
@@ -44,7 +44,7 @@ def _path_findings(where: str, pattern: str, semicolons: bool) -> list[Finding]:
         return []
     literal = pattern.replace("?", "x")  # a glob `?` is one character, not a query
     if not semicolons and ";" in pattern:
-        return [(where, f"{pattern!r} never matches: paths with ';' are refused (set semicolons = \"literal\")", "error")]
+        return [(where, f"{pattern!r} never matches: paths with ';' are refused (set literal_semicolons = true)", "error")]
     try:
         canonical = canonical_target(literal.encode("utf-8"), semicolons=True).path
     except BadTarget as e:

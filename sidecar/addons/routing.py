@@ -142,7 +142,7 @@ class Routing:
         flow.metadata[METADATA] = st
         try:
             authority = _authority(req, entry.mode == "reverse", any(r.host for r in table.routes))
-            target = canonical_target(req.data.path, semicolons=entry.semicolons == "literal")
+            target = canonical_target(req.data.path, semicolons=entry.literal_semicolons)
             host = canonical_host(authority or _bracket(req.pretty_host))
         except BadTarget as e:
             return refuse(flow, e.status, e.reason, "-", str(e))
