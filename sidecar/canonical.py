@@ -53,6 +53,11 @@ SEMICOLON: tuple[re.Pattern[bytes], str] = (
 )
 QUERY_REFUSED: tuple[tuple[re.Pattern[bytes], str], ...] = REFUSED[:2]
 
+_PLAIN_PATH = re.compile(rb"/|(?:/(?!\.\.?(?:/|$))[A-Za-z0-9\-._~!$&'()*+,=:@]+)+/?")
+"""Non-empty segments, none `.` or `..`, of characters that need no decoding and are never
+refused: such a path is its own canonical form (checked first, for speed)."""
+_PLAIN_QUERY = re.compile(rb"[^\x00-\x20\x7f-\xff#]*")
+
 
 @dataclass(frozen=True)
 class Target:
@@ -74,6 +79,8 @@ def canonical_target(raw: bytes, *, semicolons: bool = False) -> Target:
     strip `;params`); by default a `;` in the path is refused.
     """
     path, sep, query = raw.partition(b"?")
+    if _PLAIN_PATH.fullmatch(path) and _PLAIN_QUERY.fullmatch(query):  # the common case, already canonical
+        return Target(path.decode("ascii"), query.decode("ascii") if sep else None)
     if not path.startswith(b"/"):
         raise BadTarget("the request target is not a path starting with / (origin form)")
     for pattern, why in (*REFUSED, *(() if semicolons else (SEMICOLON,))):

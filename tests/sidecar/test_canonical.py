@@ -105,3 +105,28 @@ def test_canonical_form_is_a_fixed_point(segments, query):
 def test_dot_segments_never_climb_above_the_root(segments):
     out = remove_dot_segments("/" + "/".join(segments))
     assert out.startswith("/") and ".." not in out.split("/")
+
+
+ALPHABET = st.sampled_from(["/", "a", "Z", "0", ".", "-", "~", "%41", "%2e", "%2F", "%zz", ";", "\\", "?", "#", " ", "@", ":", "%"])
+
+
+@given(st.lists(ALPHABET, min_size=1, max_size=12))
+def test_fast_path_agrees_with_the_full_rules(parts):
+    import re
+
+    import sidecar.canonical as c
+
+    raw = ("/" + "".join(parts)).encode()
+
+    def outcome():
+        try:
+            return c.canonical_target(raw)
+        except BadTarget as e:
+            return str(e)
+
+    fast = outcome()
+    plain, c._PLAIN_PATH = c._PLAIN_PATH, re.compile(rb"(?!)")  # never matches: the full rules only
+    try:
+        assert outcome() == fast
+    finally:
+        c._PLAIN_PATH = plain
