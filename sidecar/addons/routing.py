@@ -141,7 +141,7 @@ class Routing:
         st = FlowState(entry.label, table, None, "")
         flow.metadata[METADATA] = st
         try:
-            authority = _authority(req, entry.mode == "reverse", any(r.host for r in table.routes))
+            authority = _authority(req, entry.mode == "reverse")
             target = canonical_target(req.data.path, semicolons=entry.literal_semicolons)
             host = canonical_host(authority or _bracket(req.pretty_host))
         except BadTarget as e:
@@ -182,10 +182,12 @@ def _refuse_method(flow: http.HTTPFlow, decision: Decision) -> None:
            Allow=allow)
 
 
-def _authority(req: http.Request, reverse: bool, host_routes: bool) -> str | None:
+def _authority(req: http.Request, reverse: bool) -> str | None:
     """The one authority the client named: the Host header, the `:authority` of HTTP/2 and
-    3, or the authority of an absolute-form target. Two that name different hosts are
-    refused: routing must not read one while the upstream reads the other."""
+    3, or the authority of an absolute-form target (None: it named none, as HTTP/1.0
+    may; reverse mode then matches the upstream's name, which is also the Host the
+    upstream gets). Two that name different hosts are refused: in forward mode the
+    upstream reads the Host header while the request goes to the target's host."""
     hosts = req.headers.get_all("host")
     if len(hosts) > 1:
         raise BadTarget("the request has more than one Host header")
@@ -196,10 +198,7 @@ def _authority(req: http.Request, reverse: bool, host_routes: bool) -> str | Non
         named = _bracket(req.host)  # forward mode: where the request really goes
     if named is not None and header is not None and canonical_host(named) != canonical_host(header):
         raise BadTarget("the request names two different hosts (its target or :authority and its Host header)")
-    authority = (named if reverse else header) or header or named
-    if authority is None and host_routes:
-        raise BadTarget("the request names no host (no Host header), and routes here match on the host")
-    return authority
+    return (named if reverse else header) or header or named
 
 
 def _bracket(host: str) -> str:
