@@ -109,3 +109,29 @@ def test_shadowing_table(first, later, shadowed):
         {"match": first}, {"match": later, "request": {"action": "encrypt"}}]})
     found = [p for p, _, severity in lint_entry(entry) if severity == "error"]
     assert found == (["route[1]"] if shadowed else [])
+
+
+def test_kms_proxy_says_so_at_start(tmp_path, kms):
+    """`kms proxy --config` refuses the errors like `kms check` and prints the warning."""
+    import os
+    import signal
+
+    from conftest import free_port
+
+    env = {**os.environ, "KMS_HOME": str(kms.home)}
+    path = tmp_path / "p.toml"
+    path.write_text(f'[[proxy]]\nlisten = "127.0.0.1:{free_port()}"\nupstream = "http://127.0.0.1:9"\n'
+                    '[[proxy.route]]\nmatch = { path = "/x/*" }\nrequest = { action = "encrypt", key = "app/data" }\n')
+    proc = subprocess.Popen([KMS, "proxy", "--config", str(path)], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        lines = []
+        while not lines or "listening on" not in lines[-1]:
+            lines.append(proc.stderr.readline())
+            assert lines[-1], lines
+        assert any("proxy[0].unmatched: warning: requests that match no route pass" in line for line in lines)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    path.write_text(path.read_text().replace('"/x/*"', '"x/*"'))
+    r = subprocess.run([KMS, "proxy", "--config", str(path)], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "route[0].match.path: 'x/*' never matches" in r.stderr
