@@ -186,6 +186,10 @@ class ProxyEntry(_Model):
 
 
 USAGE_FOR = {"encrypt": "ENCRYPT_DECRYPT", "decrypt": "ENCRYPT_DECRYPT"}
+NOT_IN = {"request": frozenset({"@status"}),
+          "response": frozenset(httpsig.DERIVED) - {"@status"}}
+"""Derived components a message of that direction does not have (responses would need
+RFC 9421's `;req` parameter, which the sidecar does not implement)."""
 
 
 def check(entries: Sequence[ProxyEntry], kms) -> list[tuple[str, str]]:
@@ -214,6 +218,9 @@ def check(entries: Sequence[ProxyEntry], kms) -> list[tuple[str, str]]:
                 if action is not None:
                     where = f"{pre}route[{r}].{direction}"
                     problems.extend(check_action(where, action, kms))
+                    wrong = sorted(set(action.covers or ()) & NOT_IN[direction])
+                    if wrong:
+                        problems.append((f"{where}.covers", f"a {direction} has no {', '.join(wrong)}"))
     return problems
 
 

@@ -144,3 +144,13 @@ def test_guard_memory_is_bounded_by_capacity():
     for i in range(1000):
         assert g.claim("k", "n" * 200 + str(i), until=10, now=0)
     assert len(g) == 1000 and max(len(t) for t in g._until) == 16  # fixed-size digests, not the nonces
+
+
+def test_check_refuses_components_the_direction_does_not_have(kms):
+    from sidecar.config import check
+
+    entry = ProxyEntry.model_validate({"upstream": "http://x", "unmatched": "deny", "route": [
+        {"request": {"action": "verify", "key": "app/mac", "covers": ["@status", "content-digest"]},
+         "response": {"action": "sign", "key": "app/mac", "covers": ["@method", "@status", "content-digest"]}}]})
+    assert check([entry], kms) == [("route[0].request.covers", "a request has no @status"),
+                                   ("route[0].response.covers", "a response has no @method")]
