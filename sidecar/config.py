@@ -43,8 +43,8 @@ class Match(_Model):
     other_methods: Literal["refuse", "pass"] = "refuse"
     """A request whose host and path match but whose method is not in `methods`: `refuse`
     it with 405 when this route would have encrypted or verified its body (or encrypted
-    its response) and the route that takes it instead would not; `pass` it on to the
-    next routes as if this route did not exist."""
+    its response) and the route that takes it instead would not do the same; `pass` it
+    on to the next routes as if this route did not exist."""
 
     @field_validator("methods")
     @classmethod

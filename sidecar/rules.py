@@ -119,9 +119,10 @@ class RouteTable:
         route may take the request: `PUT` to an encrypt route, `GET` to a decrypt
         route on the same path). But when a skipped route would have encrypted or
         verified the request body, and the request has one (`has_body`; None: the
-        headers do not tell), and the route that takes it does neither, the request is
-        refused. The same when it would have encrypted the response and the taker does
-        not. `other_methods = "pass"` on a route turns this off for that route.
+        headers do not tell), and the route that takes it does not do the same (encrypt
+        for encrypt, verify for verify), the request is refused. The same when it would
+        have encrypted the response and the taker does not. `other_methods = "pass"` on
+        a route turns this off for that route.
         """
         winner, skipped = None, []
         for route in self.routes:
@@ -133,17 +134,23 @@ class RouteTable:
             if route.other_methods == "refuse":
                 skipped.append(route)
         decision = Decision(winner)
-        covers_request = winner is not None and winner.guards_request
-        covers_response = winner is not None and winner.guards_response
         for route in skipped:
             allow = tuple(sorted(route.methods or ()))
-            if route.guards_response and not covers_response and method.upper() != "HEAD":
+            if route.guards_response and not _same_kind(winner, route, "response") and method.upper() != "HEAD":
                 return Decision(winner, route, allow)
-            if route.guards_request and not covers_request and has_body is not False:
+            if route.guards_request and not _same_kind(winner, route, "request") and has_body is not False:
                 decision = Decision(winner, route, allow, needs_body_check=has_body is None)
                 if has_body:
                     return decision
         return decision
+
+
+def _same_kind(winner: Route | None, skipped: Route, direction: str) -> bool:
+    """The route that takes the request applies the skipped route's kind of step too."""
+    if winner is None:
+        return False
+    mine, theirs = getattr(winner, direction), getattr(skipped, direction)
+    return mine is not None and mine.kind == theirs.kind
 
 
 def compile_step(action: Action | None, default_keyid: str | None = None) -> Step | None:

@@ -19,6 +19,8 @@ TABLE = compile_entry(ProxyEntry.model_validate({"upstream": "http://x", "route"
     {"name": "fields", "match": {"path": "/both/*", "methods": ["PUT"]}, "request": ENC},
     {"name": "both-patch", "match": {"path": "/both/*", "methods": ["PATCH"]}, "request": {**ENC, "fields": ["a"]}},
     {"name": "pass", "match": {"path": "/Public/*"}},
+    {"name": "pay", "match": {"path": "/pay", "methods": ["POST"]}, "request": {"action": "verify", "key": "m"}},
+    {"name": "rest", "match": {"path": "/*"}, "request": ENC},
 ]}))
 
 CASES = [
@@ -28,15 +30,17 @@ CASES = [
     ("GET", "/store/a", False, "get", None, False),
     ("GET", "/store/a", True, "get", "put", False),
     ("GET", "/store/a", None, "get", "put", True),  # HTTP/2 without Content-Length: decided on the body
-    ("DELETE", "/store/a", False, None, None, False),
-    ("DELETE", "/store/a", True, None, "put", False),
-    ("PATCH", "/STORE/a", True, None, "put", False),  # any case on a route with an action
-    ("PATCH", "/loose/a", True, None, None, False),  # other_methods = "pass"
-    ("POST", "/reply", False, None, "reply", False),  # the response would leave unencrypted
-    ("HEAD", "/reply", False, None, None, False),  # no response body
+    ("DELETE", "/store/a", False, "rest", None, False),
+    ("PATCH", "/STORE/a", True, "rest", None, False),  # any case; the catch-all encrypts it
+    ("PATCH", "/loose/a", True, "rest", None, False),  # other_methods = "pass"
+    ("POST", "/reply", False, "rest", "reply", False),  # the response would leave unencrypted
+    ("HEAD", "/reply", False, "rest", None, False),  # no response body
     ("PATCH", "/both/a", True, "both-patch", None, False),  # its own encrypt rule takes it
     ("GET", "/Public/x", True, "pass", None, False),
-    ("GET", "/PUBLIC/x", True, None, None, False),  # exact case on a route without an action
+    ("GET", "/PUBLIC/x", True, "rest", None, False),  # exact case on a route without an action
+    ("PUT", "/pay", True, "rest", "pay", False),  # encrypting is not verifying: no skipping the signature
+    ("POST", "/pay", True, "pay", None, False),
+    ("DELETE", "/store/a", None, "rest", None, False),  # the taker encrypts too
 ]
 
 
