@@ -97,9 +97,6 @@ class Decision:
     check when the body has arrived."""
 
 
-NO_ROUTE = Decision(None)
-
-
 @dataclass(frozen=True)
 class RouteTable:
     entry: ProxyEntry
