@@ -43,6 +43,8 @@ class Frontend:
     """A pydantic model for one entry of that array."""
     check: Callable[[Sequence[Any], "Kms"], list[tuple[str, str]]] | None = None
     """Semantic checks against the key store: (key path inside the entry, message)."""
+    warnings: Callable[[Sequence[Any]], list[tuple[str, str]]] | None = None
+    """What runs but maybe not as meant, placed like `check`'s findings; `kms check` prints them."""
     start: Callable[[Sequence[Any], "Kms"], Service] | None = None
     """Start every entry of the section; used by `kms up`."""
 

@@ -17,7 +17,7 @@ import threading
 from pathlib import Path
 
 
-from sidecar.config import DEFAULT_KEY, ProxyEntry, check, parse_entries
+from sidecar.config import DEFAULT_KEY, ProxyEntry, check, parse_entries, warnings
 from sidecar.errors import ConfigError
 
 
@@ -123,11 +123,13 @@ def _load_proxy_tables(path: str) -> list[ProxyEntry]:
 
 
 def checked(entries: list[ProxyEntry], kms, where: str = "") -> None:
+    """Raise on errors; print warnings (`(path, message, "warning")`) and go on."""
+    prefix = f"{where}proxy{'' if len(entries) > 1 else '[0].'}"
     problems = check(entries, kms)
     if problems:
-        many = len(entries) > 1
-        lines = [f"{where}proxy{'' if many else '[0].'}{path}: {msg}" for path, msg in problems]
-        raise ConfigError("\n".join(lines))
+        raise ConfigError("\n".join(f"{prefix}{path}: {msg}" for path, msg in problems))
+    for path, msg in warnings(entries):
+        print(f"kms proxy: {prefix}{path}: warning: {msg}", file=sys.stderr, flush=True)
 
 
 def run(args, ctx) -> int:

@@ -7,6 +7,7 @@ store (key exists, usage fits the action, field paths parse, algorithm fits the 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Literal
 from urllib.parse import urlsplit
@@ -30,8 +31,20 @@ class Match(_Model):
     """A glob on the host, e.g. `*.example.com`: reverse mode, the Host header the client
     sent (virtual hosts in front of one upstream); forward mode, the real destination."""
     path: str = "*"
-    """A glob on the path without the query, e.g. `/api/users/*` (`*` crosses `/`)."""
+    """A glob on the canonical path without the query, e.g. `/api/users/*` (`*` crosses
+    `/`). Requests are matched after `sidecar.canonical` (escapes of unreserved
+    characters decoded, `//` merged, dot segments removed), so write the path that way."""
     methods: tuple[str, ...] | None = None
+    case_sensitive: bool | None = None
+    """Match the path's letters exactly (true) or in any case (false). Unset: any case for
+    a route with a request or response action (a case-insensitive upstream cannot dodge
+    it with `/STORE`), exact case for a route without one (it cannot swallow `/API` from
+    a later encrypt route)."""
+    other_methods: Literal["refuse", "pass"] = "refuse"
+    """A request whose host and path match but whose method is not in `methods`: `refuse`
+    it with 405 when this route would have encrypted or verified its body (or encrypted
+    its response) and the route that takes it instead would not do the same; `pass` it
+    on to the next routes as if this route did not exist."""
 
     @field_validator("methods")
     @classmethod
@@ -52,6 +65,28 @@ class Action(_Model):
     label: str = "sig1"
     max_age: int = Field(default=300, ge=1, le=86400)
     """verify: replay window in seconds on `created` (both directions of clock skew)."""
+    require_nonce: bool = True
+    """verify: a signature must carry a `nonce`; each nonce is accepted once within the
+    window (remembered in bounded memory across reloads). sign: a nonce is always sent."""
+    covers: tuple[str, ...] | None = None
+    """sign: the components to sign (those the message has). verify: the components a
+    signature must cover (a header only when the message carries it). Default, requests:
+    @method, @target-uri (with the query), content-digest, content-type; responses:
+    @status, content-digest, content-type."""
+
+    @field_validator("covers")
+    @classmethod
+    def _components(cls, v):
+        if v is None:
+            return v
+        for name in v:
+            if name.startswith("@") and name not in httpsig.DERIVED:
+                raise ValueError(f"unknown derived component {name!r}; choose from: {', '.join(httpsig.DERIVED)}")
+            if not name.startswith("@") and not re.fullmatch(r"[a-z0-9!#$%&'*+.^_`|~-]+", name):
+                raise ValueError(f"{name!r} is not a lower-case header name")
+        if "content-digest" not in v:
+            raise ValueError("covers must include content-digest (the body is signed through it)")
+        return tuple(dict.fromkeys(v))
 
     @model_validator(mode="after")
     def _shape(self):
@@ -62,6 +97,8 @@ class Action(_Model):
                 raise ValueError(f"{self.action} needs a key (an HMAC, RSA or EC key)")
         elif self.algorithm is not None:
             raise ValueError(f"{self.action} takes no algorithm")
+        elif self.covers is not None:
+            raise ValueError(f"{self.action} takes no covers")
         return self
 
     @property
@@ -93,6 +130,10 @@ class ProxyEntry(_Model):
     upstream_ca: str | None = None
     """A PEM bundle of CAs trusted for upstream HTTPS (default: the system store)."""
     unmatched: Literal["pass", "deny"] = "pass"
+    literal_semicolons: bool = False
+    """A `;` in a request path is refused with 400 (servlet containers drop `;params` from
+    segments, so `/store;x/a` is `/store/a` to them); true reads it as an ordinary
+    character, for upstreams known to keep it."""
     limits: Limits = Limits()
     metrics: str | None = None
     """host:port of a Prometheus endpoint (all proxies of the process share one registry)."""
@@ -145,14 +186,21 @@ class ProxyEntry(_Model):
 
 
 USAGE_FOR = {"encrypt": "ENCRYPT_DECRYPT", "decrypt": "ENCRYPT_DECRYPT"}
+NOT_IN = {"request": frozenset({"@status"}),
+          "response": frozenset(httpsig.DERIVED) - {"@status"}}
+"""Derived components a message of that direction does not have (responses would need
+RFC 9421's `;req` parameter, which the sidecar does not implement)."""
 
 
 def check(entries: Sequence[ProxyEntry], kms) -> list[tuple[str, str]]:
-    """Semantic problems, each as (key path inside its entry, message).
+    """Semantic problems, each as (key path inside its entry, message); among them the
+    errors of `sidecar.routelint` (routes that never match or never apply).
 
     Paths are relative to the entry; with several entries they are prefixed
     `[i]` so the config loader can place them (`proxy[1].route[0].request.key`).
     """
+    from sidecar.routelint import lint_entry  # it imports this module's models
+
     problems: list[tuple[str, str]] = []
     many = len(entries) > 1
     listens: dict[str, int] = {}
@@ -163,13 +211,26 @@ def check(entries: Sequence[ProxyEntry], kms) -> list[tuple[str, str]]:
         listens.setdefault(entry.listen, i)
         if many and (entry.verify_upstream, entry.upstream_ca) != (entries[0].verify_upstream, entries[0].upstream_ca):
             problems.append((f"{pre}verify_upstream", "all proxies of one process share verify_upstream and upstream_ca"))
+        problems.extend((path, msg) for path, msg, severity in lint_entry(entry, pre) if severity == "error")
         for r, route in enumerate(entry.route):
             for direction in ("request", "response"):
                 action = getattr(route, direction)
                 if action is not None:
                     where = f"{pre}route[{r}].{direction}"
                     problems.extend(check_action(where, action, kms))
+                    wrong = sorted(set(action.covers or ()) & NOT_IN[direction])
+                    if wrong:
+                        problems.append((f"{where}.covers", f"a {direction} has no {', '.join(wrong)}"))
     return problems
+
+
+def warnings(entries: Sequence[ProxyEntry]) -> list[tuple[str, str]]:
+    """What runs but maybe not as meant (unmatched requests that pass), as `check` places it."""
+    from sidecar.routelint import lint_entry
+
+    many = len(entries) > 1
+    return [(path, msg) for i, entry in enumerate(entries)
+            for path, msg, severity in lint_entry(entry, f"[{i}]." if many else "") if severity == "warning"]
 
 
 def check_action(where: str, action: Action, kms) -> list[tuple[str, str]]:

@@ -100,6 +100,28 @@ class Message:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
+DERIVED = ("@method", "@target-uri", "@authority", "@scheme", "@path", "@query", "@request-target", "@status")
+
+EQUIVALENT = {"@target-uri": (("@authority", "@path", "@query"), ("@authority", "@request-target"))}
+"""A required component that others cover together (the whole target URI, query included)."""
+NONCE_MAX = 256
+
+
+def missing_components(covered, required, present) -> list[str]:
+    """The required components a signature does not cover. A header is required only if
+    the message carries it (`present(name)`), so a signer that had no Content-Type need
+    not cover one, and a Content-Type added on the way is refused."""
+    covered = set(covered)
+    out = []
+    for name in required:
+        if name in covered or (not name.startswith("@") and name != "content-digest" and not present(name)):
+            continue
+        if any(covered.issuperset(alt) for alt in EQUIVALENT.get(name, ())):
+            continue
+        out.append(name)
+    return out
+
+
 def component_value(name: str, msg: Message) -> str:
     if name.startswith("@"):
         parts = urlsplit(msg.target_uri)

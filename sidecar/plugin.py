@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from kmscore.frontend import Frontend
 
 from sidecar.cli import register_cli
-from sidecar.config import ProxyEntry, check
+from sidecar.config import ProxyEntry, check, warnings
 
 
 def start(entries: Sequence[ProxyEntry], kms):
@@ -27,5 +27,6 @@ FRONTEND = Frontend(
     config_key="proxy",
     config_model=ProxyEntry,
     check=check,
+    warnings=warnings,
     start=start,
 )

@@ -1,6 +1,7 @@
 """Routing rules as frozen runtime objects, compiled from a checked `ProxyEntry`.
 
-Pure: matching a request is a function of (host, path, method). A reload builds a new
+Pure: matching a request is a function of (host, path, method, has a body), where host
+and path are already in canonical form (`sidecar.canonical`). A reload builds a new
 `RouteTable` and swaps one reference, so a request sees the old rules or the new ones,
 never a mix.
 """
@@ -27,6 +28,8 @@ class Step:
     label: str = "sig1"
     max_age: int = 300
     key_id: str | None = None  # resolved at load, for the access log
+    require_nonce: bool = True
+    covers: tuple[str, ...] | None = None  # None: httpsig.REQUEST_COMPONENTS / RESPONSE_COMPONENTS
 
     @property
     def whole_body(self) -> bool:
@@ -39,6 +42,12 @@ class Step:
         return self.kind
 
 
+GUARD_REQUEST = frozenset({"encrypt", "verify"})
+"""Request steps that protect the body: skipping them by changing the method leaks it."""
+GUARD_RESPONSE = frozenset({"encrypt"})
+"""Response steps whose absence lets plaintext out to the client."""
+
+
 @dataclass(frozen=True)
 class Route:
     name: str
@@ -47,18 +56,45 @@ class Route:
     methods: frozenset[str] | None
     request: Step | None
     response: Step | None
+    other_methods: str = "refuse"  # refuse | pass: see `RouteTable.decide`
 
     @property
     def action(self) -> str:
         """`encrypt-fields+decrypt-fields`, `sign`, ... : the metrics label of this route."""
         return "+".join(s.name for s in (self.request, self.response) if s is not None) or "pass"
 
+    @property
+    def guards_request(self) -> bool:
+        return self.request is not None and self.request.kind in GUARD_REQUEST
+
+    @property
+    def guards_response(self) -> bool:
+        return self.response is not None and self.response.kind in GUARD_RESPONSE
+
+    def matches_place(self, host: str, path: str) -> bool:
+        """Host and path match (the method aside)."""
+        return (self.host is None or self.host.fullmatch(host.lower()) is not None) and self.path.fullmatch(path) is not None
+
+    def allows(self, method: str) -> bool:
+        return self.methods is None or method.upper() in self.methods
+
     def matches(self, host: str, path: str, method: str) -> bool:
-        return (
-            (self.methods is None or method.upper() in self.methods)
-            and (self.host is None or self.host.fullmatch(host.lower()) is not None)
-            and self.path.fullmatch(path) is not None
-        )
+        return self.allows(method) and self.matches_place(host, path)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What routing decided for one request."""
+
+    route: Route | None
+    """The first route that matches host, path and method (None: unmatched)."""
+    refused_by: Route | None = None
+    """An earlier route whose host and path match and whose rule the method would skip."""
+    allow: tuple[str, ...] = ()
+    """For a refusal: the methods that route lists (the `Allow` header of the 405)."""
+    needs_body_check: bool = False
+    """The refusal holds only if the request has a body, which its headers do not tell:
+    check when the body has arrived."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +108,46 @@ class RouteTable:
             if route.matches(host, path, method):
                 return route
         return None
+
+    def decide(self, host: str, path: str, method: str, has_body: bool | None) -> Decision:
+        """The first full match, unless a method change would skip a rule.
+
+        A route that matches host and path but not the method is skipped (the next
+        route may take the request: `PUT` to an encrypt route, `GET` to a decrypt
+        route on the same path). But when a skipped route would have encrypted or
+        verified the request body, and the request has one (`has_body`; None: the
+        headers do not tell), and the route that takes it does not do the same (encrypt
+        for encrypt, verify for verify), the request is refused. The same when it would
+        have encrypted the response and the taker does not. `other_methods = "pass"` on
+        a route turns this off for that route.
+        """
+        winner, skipped = None, []
+        for route in self.routes:
+            if not route.matches_place(host, path):
+                continue
+            if route.allows(method):
+                winner = route
+                break
+            if route.other_methods == "refuse":
+                skipped.append(route)
+        decision = Decision(winner)
+        for route in skipped:
+            allow = tuple(sorted(route.methods or ()))
+            if route.guards_response and not _same_kind(winner, route, "response") and method.upper() != "HEAD":
+                return Decision(winner, route, allow)
+            if route.guards_request and not _same_kind(winner, route, "request") and has_body is not False:
+                decision = Decision(winner, route, allow, needs_body_check=has_body is None)
+                if has_body:
+                    return decision
+        return decision
+
+
+def _same_kind(winner: Route | None, skipped: Route, direction: str) -> bool:
+    """The route that takes the request applies the skipped route's kind of step too."""
+    if winner is None:
+        return False
+    mine, theirs = getattr(winner, direction), getattr(skipped, direction)
+    return mine is not None and mine.kind == theirs.kind
 
 
 def compile_step(action: Action | None, default_keyid: str | None = None) -> Step | None:
@@ -88,6 +164,8 @@ def compile_step(action: Action | None, default_keyid: str | None = None) -> Ste
         keyid=action.keyid,
         label=action.label,
         max_age=action.max_age,
+        require_nonce=action.require_nonce,
+        covers=action.covers,
     )
 
 
@@ -99,14 +177,17 @@ def compile_entry(entry: ProxyEntry, kms=None) -> RouteTable:
         steps = [compile_step(r.request), compile_step(r.response)]
         if kms is not None:
             steps = [_with_algorithm(s, kms) for s in steps]
+        has_step = r.request is not None or r.response is not None
+        case_sensitive = r.match.case_sensitive if r.match.case_sensitive is not None else not has_step
         routes.append(
             Route(
                 name=r.name or f"route[{i}]",
                 host=_glob(r.match.host.lower()) if r.match.host else None,
-                path=_glob(r.match.path),
+                path=_glob(r.match.path, case_sensitive),
                 methods=frozenset(r.match.methods) if r.match.methods else None,
                 request=steps[0],
                 response=steps[1],
+                other_methods=r.match.other_methods,
             )
         )
     return RouteTable(entry, tuple(routes))
@@ -124,5 +205,6 @@ def _with_algorithm(step: Step | None, kms) -> Step | None:
     return replace(step, algorithm=httpsig.ALGORITHMS[httpsig.DEFAULT_FOR_SPEC[spec]])
 
 
-def _glob(pattern: str) -> re.Pattern:
-    return re.compile(fnmatch.translate(pattern), re.DOTALL)
+def _glob(pattern: str, case_sensitive: bool = True) -> re.Pattern:
+    flags = re.DOTALL if case_sensitive else re.DOTALL | re.IGNORECASE | re.ASCII
+    return re.compile(fnmatch.translate(pattern), flags)

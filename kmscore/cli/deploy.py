@@ -66,10 +66,13 @@ def run_check(args: argparse.Namespace, ctx) -> int:
         return _print_problems(e.problems)
     if store_exists(dep):
         with open_kms(dep, caller="kms check") as kms:
-            problems = check_deployment(dep, kms, frontends)
+            found = check_deployment(dep, kms, frontends, warnings=True)
     else:  # a fresh host: check against an empty store, create nothing
         print(f"kms: no key store in {dep.home or resolve_home()} yet: `kms up` will create it", file=sys.stderr)
-        problems = check_deployment(dep, NoKeyStore(), frontends)
+        found = check_deployment(dep, NoKeyStore(), frontends, warnings=True)
+    problems = [p for p in found if p.is_error]
+    for warning in (p for p in found if not p.is_error):
+        print(warning, file=sys.stderr)
     if problems:
         return _print_problems(problems)
     counts = ", ".join(f"{len(e)} {k}" for k, e in dep.sections)

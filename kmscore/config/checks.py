@@ -107,22 +107,39 @@ def check_frontends(dep: Deployment, kms: Any, frontends: Sequence[Frontend] | N
         if not entries or frontend.check is None:
             continue
         try:
-            found = frontend.check(list(entries), planned)
+            found = [(p, m, "error") for p, m in frontend.check(list(entries), planned)]
+            found += [(p, m, "warning") for p, m in _warnings(frontend, list(entries))]
             singles = None
-            for path, msg in found:
+            for path, msg, severity in found:
                 if path.startswith("[") or len(entries) == 1:
                     where = join_path(frontend.config_key, *([] if path.startswith("[") else [0]), path)
                 else:  # a multi-entry finding without its index: find the entry alone
                     if singles is None:
-                        singles = [set(frontend.check([e], planned)) for e in entries]
+                        singles = [set(frontend.check([e], planned)) | set(_warnings(frontend, [e])) for e in entries]
                     hit = next((i for i, s in enumerate(singles) if (path, msg) in s), None)
                     where = join_path(frontend.config_key, *([] if hit is None else [hit]), path)
-                problems.append(Problem(dep.file, where, msg))
+                problems.append(Problem(dep.file, where, msg, severity))
         except Exception as e:  # a crashing check must not hide the other problems
             problems.append(Problem(dep.file, frontend.config_key or frontend.name, f"{frontend.name} check failed: {type(e).__name__}: {e}"))
     return problems
 
 
-def check_deployment(dep: Deployment, kms: Any, frontends: Sequence[Frontend] | None = None) -> list[Problem]:
-    """Every problem that needs the key store, secrets scrubbed from the messages."""
-    return redact([*check_keys(dep, kms), *check_frontends(dep, kms, frontends)], dict(dep.secrets))
+def _warnings(frontend: Frontend, entries: list[Any]) -> list[tuple[str, str]]:
+    return frontend.warnings(entries) if getattr(frontend, "warnings", None) is not None else []
+
+
+def check_empty(dep: Deployment) -> list[Problem]:
+    """A file that declares nothing to run (an empty file, or only `[kms]`) is a mistake."""
+    if dep.keys or any(entries for _, entries in dep.sections):
+        return []
+    sections = ", ".join(f"[[{key}]]" for key, _ in dep.sections)
+    return [Problem(dep.file, "", f"the file declares nothing to run: no [[keys]]{', ' + sections if sections else ''}")]
+
+
+def check_deployment(
+    dep: Deployment, kms: Any, frontends: Sequence[Frontend] | None = None, *, warnings: bool = False
+) -> list[Problem]:
+    """Every problem that needs the key store, secrets scrubbed from the messages.
+    With `warnings`, also what runs but maybe not as meant (`Problem.severity`)."""
+    found = [*check_empty(dep), *check_keys(dep, kms), *check_frontends(dep, kms, frontends)]
+    return redact([p for p in found if warnings or p.is_error], dict(dep.secrets))

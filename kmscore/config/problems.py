@@ -23,9 +23,16 @@ class Problem:
     file: str
     path: str
     message: str
+    severity: str = "error"
+    """`error` (the file cannot run) or `warning` (it runs, but maybe not as meant)."""
+
+    @property
+    def is_error(self) -> bool:
+        return self.severity == "error"
 
     def __str__(self) -> str:
-        return f"{self.file}: {self.path}: {self.message}" if self.path else f"{self.file}: {self.message}"
+        message = self.message if self.is_error else f"{self.severity}: {self.message}"
+        return f"{self.file}: {self.path}: {message}" if self.path else f"{self.file}: {message}"
 
 
 class ConfigError(KmsError):
@@ -159,5 +166,5 @@ def redact(problems: Iterable[Problem], secrets: Mapping[str, str]) -> list[Prob
         for value, name in sorted(secrets.items(), key=lambda kv: -len(kv[0])):
             if len(value) >= 3:
                 msg = msg.replace(value, "${" + name + "}")
-        out.append(Problem(p.file, p.path, msg))
+        out.append(Problem(p.file, p.path, msg, p.severity))
     return out

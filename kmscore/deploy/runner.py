@@ -144,9 +144,12 @@ class Deployer:
 
     # -- keys and checks ---------------------------------------------------------------
     def _checked(self, dep: Deployment) -> None:
-        problems = check_deployment(dep, self.kms, self.all_frontends)
+        found = check_deployment(dep, self.kms, self.all_frontends, warnings=True)
+        problems = [p for p in found if p.is_error]
         if problems:
             raise ConfigError(problems)
+        for warning in found:  # only warnings are left
+            log.warning("%s", warning)
 
     def _ensure_keys(self, keys: Sequence[KeyDecl]) -> list[str]:
         """Create declared keys that do not exist yet. Existing keys were compared by the

@@ -3,12 +3,19 @@
 Runs first. Reverse mode keeps the client's Host header (option keep_host_header) so
 that inbound signatures over `@target-uri` can be checked against what the client
 signed; this addon then points Host at the upstream itself.
+
+Routes see the request target in canonical form (`sidecar.canonical`) and that form
+is what is forwarded: the path is rewritten to it, and an absolute-form target becomes
+origin form, so the upstream receives exactly what was matched. A target or host that
+cannot be read one way only is refused with 400; a method that would skip a route's
+rule is refused with 405 (`RouteTable.decide`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,8 +24,10 @@ from mitmproxy import http
 
 from kmscore.errors import InvalidCiphertext, KeyRuleViolation, KeyUnavailable, KmsError, NotFound
 
+from sidecar.canonical import BadTarget, canonical_host, canonical_target
 from sidecar.errors import SidecarError
-from sidecar.rules import Route, RouteTable, Step
+from sidecar.replay import ReplayGuard
+from sidecar.rules import Decision, Route, RouteTable, Step
 
 log = logging.getLogger("keyhold.sidecar")
 METADATA = "keyhold"
@@ -35,6 +44,10 @@ class Runtime:
     dkcache: object | None = None
     abort: Callable[[http.HTTPFlow], None] = lambda flow: flow.kill()
     """Cut a flow's connections now (set by the engine; mitmproxy has no public call for it)."""
+    random: Callable[[int], bytes] = os.urandom
+    """Nonces of signatures made here (a seam for tests)."""
+    replay: ReplayGuard = field(default_factory=ReplayGuard)
+    """Nonces of verified signatures; survives reloads (the Runtime does)."""
 
 
 @dataclass
@@ -50,6 +63,7 @@ class FlowState:
     bytes_in: int = 0
     bytes_out: int = 0
     done: bool = False
+    pending: Decision | None = None  # a 405 that holds if the request turns out to have a body
 
     def step(self, direction: str) -> Step | None:
         return None if self.route is None else getattr(self.route, direction)
@@ -102,6 +116,17 @@ def fail(flow: http.HTTPFlow, direction: str, exc: BaseException) -> None:
     flow.response = error_response(status, reason, rule, direction, message)
 
 
+def refuse(flow: http.HTTPFlow, status: int, reason: str, rule: str, message: str, **headers: str) -> None:
+    """Answer a request the sidecar will not route, before anything reaches the upstream.
+    The log line names the reason and the rule, never the path (it may hold secrets)."""
+    st = state_of(flow)
+    if st is not None:
+        st.outcome, st.error = "denied", reason
+    log.warning("refused a %s request (rule %s): %s: %s", flow.request.method[:16], rule, reason, message)
+    flow.response = error_response(status, reason, rule, "request", message)
+    flow.response.headers.update(headers)
+
+
 class Routing:
     def __init__(self, runtime: Runtime) -> None:
         self.rt = runtime
@@ -112,23 +137,84 @@ class Routing:
         if table is None:  # a listener from a config that is being replaced
             flow.response = error_response(503, "reloading", "-", "request", "proxy is reconfiguring")
             return
-        req = flow.request
-        authority = req.host_header or req.pretty_host
-        if table.entry.mode == "reverse":
-            scheme = "https" if flow.client_conn.tls_established else "http"
-            target = f"{scheme}://{authority}{req.path}"
-            req.host_header = _hostport(req.scheme, req.host, req.port)
-            host = authority.rsplit(":", 1)[0] if not authority.endswith("]") else authority
-        else:
-            target = req.url
-            host = req.host  # where the request really goes, whatever its Host header says
-        route = table.match(host.strip("[]"), req.path.split("?", 1)[0], req.method)
-        st = FlowState(table.entry.label, table, route, target)
+        req, entry = flow.request, table.entry
+        st = FlowState(entry.label, table, None, "")
         flow.metadata[METADATA] = st
-        if route is None and table.entry.unmatched == "deny":
-            st.outcome = "denied"
-            st.error = "no_route"
-            flow.response = error_response(403, "no_route", "-", "request", "no route matches this request")
+        try:
+            authority = _authority(req, entry.mode == "reverse")
+            target = canonical_target(req.data.path, semicolons=entry.literal_semicolons)
+            host = canonical_host(authority or _bracket(req.pretty_host))
+        except BadTarget as e:
+            return refuse(flow, e.status, e.reason, "-", str(e))
+        if entry.mode == "reverse":
+            scheme = "https" if flow.client_conn.tls_established else "http"
+            st.target_uri = f"{scheme}://{authority or _bracket(req.pretty_host)}{req.path}"
+            req.host_header = _hostport(req.scheme, req.host, req.port)
+            if not (req.is_http2 or req.is_http3):
+                req.data.authority = b""  # absolute form: the upstream gets the path it was matched on
+        else:
+            st.target_uri = req.url
+        if req.data.path != target.origin_form.encode():
+            req.path = target.origin_form
+        decision = table.decide(host, target.path, req.method, _has_body(req))
+        st.route = decision.route
+        if decision.refused_by is not None:
+            if decision.needs_body_check and decision.route is not None and decision.route.request is not None:
+                decision = Decision(decision.route, decision.refused_by, decision.allow)  # it may stream: decide now
+            if decision.needs_body_check:
+                st.pending = decision
+            else:
+                return _refuse_method(flow, decision)
+        if decision.route is None and entry.unmatched == "deny":
+            refuse(flow, 403, "no_route", "-", "no route matches this request")
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        st = state_of(flow)
+        if st is not None and st.pending is not None and flow.response is None and flow.request.raw_content:
+            _refuse_method(flow, st.pending)
+
+
+def _refuse_method(flow: http.HTTPFlow, decision: Decision) -> None:
+    route = decision.refused_by
+    allow = ", ".join(decision.allow)
+    refuse(flow, 405, "method_not_allowed", route.name,
+           f"route {route.name} takes {allow} here; a {flow.request.method[:16]} request would skip its rule",
+           Allow=allow)
+
+
+def _authority(req: http.Request, reverse: bool) -> str | None:
+    """The one authority the client named: the Host header, the `:authority` of HTTP/2 and
+    3, or the authority of an absolute-form target (None: it named none, as HTTP/1.0
+    may; reverse mode then matches the upstream's name, which is also the Host the
+    upstream gets). Two that name different hosts are refused: in forward mode the
+    upstream reads the Host header while the request goes to the target's host."""
+    hosts = req.headers.get_all("host")
+    if len(hosts) > 1:
+        raise BadTarget("the request has more than one Host header")
+    header = hosts[0] if hosts else None
+    if reverse:
+        named = req.authority or None  # :authority, or an absolute-form target
+    else:
+        named = _bracket(req.host)  # forward mode: where the request really goes
+    if named is not None and header is not None and canonical_host(named) != canonical_host(header):
+        raise BadTarget("the request names two different hosts (its target or :authority and its Host header)")
+    return (named if reverse else header) or header or named
+
+
+def _bracket(host: str) -> str:
+    """An IPv6 literal as an authority writes it (mitmproxy keeps hosts without brackets)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
+
+
+def _has_body(req: http.Request) -> bool | None:
+    """Whether a body follows the headers; None when only the body itself can tell (HTTP/2
+    and 3 without Content-Length)."""
+    if "transfer-encoding" in req.headers:
+        return True
+    length = req.headers.get("content-length")
+    if length is not None:
+        return length.strip() != "0"
+    return None if (req.is_http2 or req.is_http3) else False
 
 
 def _hostport(scheme: str, host: str, port: int) -> str:

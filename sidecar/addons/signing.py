@@ -3,10 +3,17 @@
 A signature covers the whole body through its digest, and headers leave before a
 streamed body, so sign/verify rules need the body buffered: bodies over
 `limits.max_buffered_body` are refused with 413 (see Transform), never signed blind.
+
+Verification requires the rule's components (`covers`; default: method, the target
+URI with its query, Content-Digest, Content-Type) and, unless the rule says
+`require_nonce = false`, a nonce that has not been seen within the window
+(`sidecar.replay`; the guard lives in the Runtime, so a reload does not forget it).
+Signatures made here always carry a fresh nonce.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 from collections.abc import Mapping
@@ -56,9 +63,10 @@ class Signing:
         body = msg.raw_content or b""
         msg.headers["Content-Digest"] = httpsig.content_digest(body)
         view = _view(flow, direction, flow.request.url)
-        wanted = httpsig.REQUEST_COMPONENTS if direction == "request" else httpsig.RESPONSE_COMPONENTS
-        components = [c for c in wanted if c.startswith("@") or c in view.headers]
-        sig_input = httpsig.make_input(components, int(self.rt.clock()), step.keyid or step.key, step.algorithm)
+        components = [c for c in _covers(step, direction) if c.startswith("@") or c in view.headers]
+        nonce = base64.urlsafe_b64encode(self.rt.random(16)).decode().rstrip("=")
+        sig_input = httpsig.make_input(components, int(self.rt.clock()), step.keyid or step.key, step.algorithm,
+                                       nonce=nonce)
         base = httpsig.signature_base(sig_input, view)
         signature = self._kms_sign(step, base)
         sig_in, sig = httpsig.headers_for(step.label, sig_input, signature)
@@ -97,19 +105,31 @@ class Signing:
             raise BadSignature(f"cannot rebuild the signature base: {e}") from None
         if not self._kms_verify(step, base, signature):
             raise BadSignature("the signature does not verify")
+        self._claim_nonce(sig_input, step)
+
+    def _claim_nonce(self, sig_input: httpsig.SignatureInput, step: Step) -> None:
+        """Remember a verified signature's nonce until its window closes; refuse a replay."""
+        nonce = sig_input.param("nonce")
+        if nonce is None:
+            return  # not required (checked before verifying)
+        created = sig_input.param("created")
+        until = created + step.max_age
+        expires = sig_input.param("expires")
+        if isinstance(expires, int) and not isinstance(expires, bool):
+            until = min(until, expires)
+        scope = f"{step.key_id or step.key}\0{sig_input.param('keyid')}"
+        if not self.rt.replay.claim(scope, nonce, until, self.rt.clock()):  # may raise ReplayCacheFull (503)
+            raise BadSignature("replayed: a signature with this nonce was already accepted", reason="replayed")
 
     def _check_params(self, sig_input: httpsig.SignatureInput, step: Step, direction: str, msg) -> None:
-        covered = set(sig_input.components)
-        required = {"content-digest"}
-        if direction == "request":
-            required |= {"@method"}
-            if "@target-uri" not in covered:
-                required |= {"@authority", "@path"}
-        else:
-            required |= {"@status"}
-        missing = sorted(required - covered)
+        missing = httpsig.missing_components(sig_input.components, _covers(step, direction), msg.headers.__contains__)
         if missing:
             raise BadSignature(f"the signature does not cover {', '.join(missing)}")
+        nonce = sig_input.param("nonce")
+        if nonce is not None and (not isinstance(nonce, str) or not 0 < len(nonce) <= httpsig.NONCE_MAX):
+            raise BadSignature(f"the signature's nonce is not a string of 1 to {httpsig.NONCE_MAX} characters")
+        if nonce is None and step.require_nonce:
+            raise BadSignature("the signature has no nonce (this rule requires one against replays)")
         created = sig_input.param("created")
         if not isinstance(created, int) or isinstance(created, bool):
             raise BadSignature("the signature has no created time")
@@ -136,6 +156,12 @@ class Signing:
                 return False
         digest = hashlib.new(alg.hash_name, base).digest()
         return kms.verify(step.key, digest, signature, alg.kms_algorithm, "DIGEST")
+
+
+def _covers(step: Step, direction: str) -> tuple[str, ...]:
+    if step.covers is not None:
+        return step.covers
+    return httpsig.REQUEST_COMPONENTS if direction == "request" else httpsig.RESPONSE_COMPONENTS
 
 
 class _Fields(Mapping):

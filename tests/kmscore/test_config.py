@@ -139,7 +139,7 @@ def test_all_problems_at_once_in_file_order(tmp_path, kms):
         [[proxy.route]]
         request = { action = "zip" }
         """)
-    expected_keys = "access_log, frame_size, limits, listen, metrics, mode, name, route, unmatched, upstream, " \
+    expected_keys = "access_log, frame_size, limits, listen, literal_semicolons, metrics, mode, name, route, unmatched, upstream, " \
         "upstream_ca, verify_upstream"
     assert problems(path, kms) == [
         f"{path}: proxy[0].upstream: environment variable ${{NOPE}} is not set",

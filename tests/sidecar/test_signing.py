@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import secrets
 import time
 from types import SimpleNamespace
 
@@ -97,11 +98,13 @@ def test_tampering_fails_independent_verification(client, upstream, kms, path, k
 
 
 # -- the sidecar verifying signatures made by the independent library ---------------------
-def signed_request(base, path, body: bytes, alg_class, resolver, keyid, *, created=None):
+def signed_request(base, path, body: bytes, alg_class, resolver, keyid, *, created=None, nonce=True,
+                   covers=("@method", "@target-uri", "content-digest", "content-type")):
     req = httpx.Request("POST", base + path, content=body, headers={"content-type": "application/json"})
     HTTPMessageSigner(signature_algorithm=alg_class, key_resolver=resolver).sign(
         req, key_id=keyid, label="sig1", body=body, created=created,
-        covered_component_ids=("@method", "@target-uri", "content-digest", "content-type"),
+        nonce=secrets.token_urlsafe(16) if nonce is True else nonce or None,
+        covered_component_ids=covers,
     )
     return req
 
@@ -195,7 +198,8 @@ def test_signed_upstream_response_is_verified(client, upstream, kms):
                            request=SimpleNamespace(method="GET", url=f"{upstream.url}/reply/verify", headers=httpx.Headers()))
     HTTPMessageSigner(signature_algorithm=kms_hmac(kms, "app/mac"),
                       key_resolver=MappingKeyResolver(public_keys={}, private_keys={"k": b"unused"})).sign(
-        resp, key_id="k", label="sig1", body=body, covered_component_ids=("@status", "content-digest", "content-type"))
+        resp, key_id="k", label="sig1", body=body, nonce=secrets.token_urlsafe(16),
+        covered_component_ids=("@status", "content-digest", "content-type"))
     extra = {k: v for k, v in headers.items() if k != "content-type"}
     upstream.reply = (body, "application/json", extra)
     r = client.get("/reply/verify")
