@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import sys
 import threading
 import time
@@ -31,6 +32,22 @@ log = logging.getLogger("keyhold.sidecar")
 _running = threading.Lock()
 """mitmproxy keeps its master and options in module globals (`mitmproxy.ctx`), so one
 process runs one Engine; more proxies are more entries of the same Engine."""
+
+
+def no_sigpipe() -> None:
+    """Never let a peer's closed socket kill the process.
+
+    `kms` restores the default SIGPIPE action (so that `kms list-keys | head` ends
+    quietly); in a server that default means: a client that reads part of a response and
+    closes (`curl URL | head -c 1000`) kills the proxy, and `kms up` with it. SIGPIPE is
+    sent to the thread that wrote, so the engine's thread (and the threads it starts)
+    block it there whatever thread started the engine; from the main thread it is also
+    ignored process-wide (the metrics server's threads write to sockets too). A write to
+    a closed socket then fails with EPIPE, which mitmproxy handles as a disconnect.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGPIPE})
 
 
 def mode_spec(entry: ProxyEntry) -> str:
@@ -82,6 +99,7 @@ class Engine:
     def start(self, timeout: float = 15.0) -> None:
         if not _running.acquire(blocking=False):
             raise ConfigError("a sidecar engine already runs in this process: add entries to it with apply()")
+        no_sigpipe()  # the engine's and the metrics server's threads inherit the mask
         self._thread = threading.Thread(target=self._run, name="keyhold-sidecar", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout):
@@ -90,6 +108,7 @@ class Engine:
         self._apply_side_services(self.entries)
 
     def _run(self) -> None:
+        no_sigpipe()  # also when start() was called from another thread than main
         asyncio.set_event_loop(self._loop)
         self._loop.run_until_complete(self._main())
 

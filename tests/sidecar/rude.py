@@ -1,0 +1,76 @@
+"""A rude upstream on 127.0.0.1: raw sockets, so it can misbehave as HTTP libraries won't.
+
+    /die/N     headers announce a large body; N bytes of it follow; then a FIN
+    /rst/N     the same, then a TCP RST
+    /chunked/N a chunked body cut off after N bytes (no terminator); then a FIN
+    /dup-cl    two different Content-Length headers
+    /te-cl     both Transfer-Encoding: chunked and Content-Length
+    anything   200 with a small JSON body
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+
+HUGE = 50 * 1024 * 1024
+
+
+def _read_head(conn: socket.socket) -> bytes:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        got = conn.recv(65536)
+        if not got:
+            return b""
+        data += got
+    return data
+
+
+def _respond(conn: socket.socket, path: str, ctype: bytes) -> None:
+    kind, _, n = path.removeprefix("/dec").strip("/").partition("/")
+    n = int(n) if n.isdigit() else 1000
+    if kind in ("die", "rst"):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: " + ctype + b"\r\nContent-Length: %d\r\n\r\n" % HUGE)
+        conn.sendall(b"x" * n)
+        if kind == "rst":
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    elif kind == "chunked":
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: " + ctype + b"\r\nTransfer-Encoding: chunked\r\n\r\n")
+        conn.sendall(b"%x\r\n" % HUGE + b"x" * n)
+    elif kind == "dup-cl":
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 5\r\n\r\nhello")
+    elif kind == "te-cl":
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    else:
+        conn.sendall(b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{"ok":true}')
+
+
+class RudeUpstream:
+    def __init__(self, ctype: bytes = b"application/octet-stream") -> None:
+        self.ctype = ctype
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                head = _read_head(conn)
+                if head:
+                    path = head.split(b" ", 2)[1].decode()
+                    _respond(conn, path.split("?")[0], self.ctype)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.sock.close()
