@@ -23,7 +23,9 @@ from mitmproxy import options
 from mitmproxy.addons import next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
 
+from sidecar import wire_errors
 from sidecar.addons import Metrics, Routing, Runtime, Signing, Transform
+from sidecar.addons.guard import Framing, Guard
 from sidecar.config import ProxyEntry
 from sidecar.errors import ConfigError
 from sidecar.rules import RouteTable, compile_entry
@@ -68,6 +70,16 @@ def _abort(ps: proxyserver.Proxyserver, flow) -> None:
             if io.writer is not None:
                 io.writer.close()  # nothing more is written, not even a chunked terminator
             handler.close_connection(conn)
+
+
+def _send_raw(ps: proxyserver.Proxyserver, flow, data: bytes) -> None:
+    """Write `data` to a flow's client as it is, then close the flow (an HTTP/2 GOAWAY to
+    a client that is not speaking HTTP/1, where no HTTP/1 error response would be read)."""
+    handler = ps.connections.get(flow.client_conn.id)
+    io = handler.transports.get(flow.client_conn) if handler is not None else None
+    if io is not None and io.writer is not None:
+        io.writer.write(data)
+    flow.kill()
 
 
 class Engine:
@@ -119,7 +131,11 @@ class Engine:
         master.addons.add(ps, next_layer.NextLayer(), tlsconfig.TlsConfig())
         self.runtime.abort = lambda flow: _abort(ps, flow)
         if not self.plain:
-            master.addons.add(Routing(self.runtime), Transform(self.runtime), Signing(self.runtime), self.metrics)
+            wire_errors.install()  # JSON errors with X-Keyhold-Error, not mitmproxy's HTML page
+            master.addons.add(
+                Routing(self.runtime), Guard(self.runtime, lambda flow, data: _send_raw(ps, flow, data)),
+                Transform(self.runtime), Signing(self.runtime), Framing(self.runtime), self.metrics,
+            )
         first = self.entries[0] if self.entries else None
         Path(self.confdir).mkdir(parents=True, exist_ok=True, mode=0o700)
         opts.update(
@@ -130,6 +146,7 @@ class Engine:
             ssl_insecure=bool(first and not first.verify_upstream),
             ssl_verify_upstream_trusted_ca=first.upstream_ca if first else None,
             http2=True,
+            rawtcp=False,  # bytes that are not HTTP get a 400, never a raw relay past the rules
         )
         self._master = master
         self._loop.call_soon(self._ready.set)

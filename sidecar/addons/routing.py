@@ -23,6 +23,7 @@ from sidecar.rules import Route, RouteTable, Step
 log = logging.getLogger("keyhold.sidecar")
 METADATA = "keyhold"
 ERROR_HEADER = "X-Keyhold-Error"
+DETAIL = "keyhold.detail"
 
 
 @dataclass
@@ -97,8 +98,9 @@ def fail(flow: http.HTTPFlow, direction: str, exc: BaseException) -> None:
     if st:
         st.outcome = "denied" if status < 500 else "error"
         st.error = reason
-    level = logging.ERROR if reason == "internal" else logging.WARNING
-    log.log(level, "rule %s (%s) failed: %s: %s", rule, direction, reason, message, exc_info=reason == "internal")
+    flow.metadata[DETAIL] = message  # logged once, with the request id, when the flow ends (Metrics)
+    if reason == "internal":
+        log.error("request %s: rule %s (%s) failed: %s", flow.id, rule, direction, message, exc_info=True)
     flow.response = error_response(status, reason, rule, direction, message)
 
 

@@ -3,6 +3,7 @@
     /die/N     headers announce a large body; N bytes of it follow; then a FIN
     /rst/N     the same, then a TCP RST
     /chunked/N a chunked body cut off after N bytes (no terminator); then a FIN
+    /partial   a 206 with ten bytes
     /dup-cl    two different Content-Length headers
     /te-cl     both Transfer-Encoding: chunked and Content-Length
     anything   200 with a small JSON body
@@ -38,6 +39,9 @@ def _respond(conn: socket.socket, path: str, ctype: bytes) -> None:
     elif kind == "chunked":
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: " + ctype + b"\r\nTransfer-Encoding: chunked\r\n\r\n")
         conn.sendall(b"%x\r\n" % HUGE + b"x" * n)
+    elif kind == "partial":
+        conn.sendall(b"HTTP/1.1 206 Partial Content\r\nContent-Type: " + ctype
+                     + b"\r\nContent-Range: bytes 0-9/100\r\nContent-Length: 10\r\n\r\n0123456789")
     elif kind == "dup-cl":
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 5\r\n\r\nhello")
     elif kind == "te-cl":
@@ -49,6 +53,7 @@ def _respond(conn: socket.socket, path: str, ctype: bytes) -> None:
 class RudeUpstream:
     def __init__(self, ctype: bytes = b"application/octet-stream") -> None:
         self.ctype = ctype
+        self.seen = bytearray()  # every byte any client sent, up to the end of its request head
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
@@ -66,8 +71,9 @@ class RudeUpstream:
         with conn:
             try:
                 head = _read_head(conn)
+                self.seen += head
                 if head:
-                    path = head.split(b" ", 2)[1].decode()
+                    path = head.split()[1].decode()
                     _respond(conn, path.split("?")[0], self.ctype)
             except OSError:
                 pass

@@ -26,8 +26,19 @@ LIMIT = 64 * 1024
 BIG = 4 * 1024 * 1024
 
 
-def config(upstream_url: str, rude_url: str, main: int, rude: int) -> str:
-    return f'''
+def config(upstream_url: str, rude_url: str, main: int, rude: int, forward: int | None = None) -> str:
+    fwd = "" if forward is None else f'''
+[[proxy]]
+name = "forward"
+mode = "forward"
+listen = "127.0.0.1:{forward}"
+
+[[proxy.route]]
+name = "fwd-store"
+match = {{ host = "127.0.0.1", path = "/store/*" }}
+request = {{ action = "encrypt", key = "app/data" }}
+'''
+    return fwd + f'''
 [[proxy]]
 name = "main"
 listen = "127.0.0.1:{main}"
@@ -54,6 +65,17 @@ name = "sign"
 match = {{ path = "/sign*" }}
 request = {{ action = "sign", key = "app/mac" }}
 
+[[proxy.route]]
+name = "reply-body"
+match = {{ path = "/reply/body" }}
+response = {{ action = "decrypt", key = "app/data" }}
+
+[[proxy.route]]
+name = "ws-open"
+match = {{ path = "/ws-open*" }}
+request = {{ action = "encrypt", key = "app/data" }}
+allow_upgrade = true
+
 [[proxy]]
 name = "rude"
 listen = "127.0.0.1:{rude}"
@@ -76,10 +98,10 @@ def rude():
 
 @pytest.fixture(scope="module")
 def proxy(kms, upstream, rude, tmp_path_factory):
-    ports = free_port(), free_port()
+    ports = free_port(), free_port(), free_port()
     p = start_proxy(tmp_path_factory.mktemp("hostile") / "deploy.toml", kms.home,
                     config(upstream.url, rude.url, *ports))
-    p.main, p.rude = (f"http://127.0.0.1:{port}" for port in ports)
+    p.main, p.rude, p.forward = (f"http://127.0.0.1:{port}" for port in ports)
     p.ports = ports
     yield p
     p.stop()
@@ -212,3 +234,248 @@ def test_upstream_dying_mid_response(proxy, path):
         assert r.status_code == 502 and r.headers["x-keyhold-error"] == "upstream_failed"
     assert serving(proxy, proxy.main), proxy.log
     assert "Traceback" not in proxy.log
+
+
+def recv_all(s: socket.socket) -> bytes:
+    data = bytearray()
+    while chunk := s.recv(65536):
+        data += chunk
+    return bytes(data)
+
+
+def json_error(raw_response: bytes) -> tuple[int, dict, dict]:
+    """(status, lower-cased headers, error object) of a raw HTTP/1 error response."""
+    head, _, body = raw_response.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    assert headers.get("content-type") == "application/json", raw_response[:300]
+    return int(lines[0].split()[1]), headers, json.loads(body)["error"]
+
+
+# -- item 4: upgrades, CONNECT tunnels, HTTP/2 prior knowledge --------------------------------
+def test_websocket_upgrade_on_a_route_with_a_step_is_refused(proxy, upstream):
+    websockets = pytest.importorskip("websockets.sync.client")
+    upstream.clear()
+    with pytest.raises(Exception) as caught:
+        websockets.connect(f"ws://127.0.0.1:{proxy.ports[0]}/store/ws", open_timeout=30)
+    response = caught.value.response
+    assert response.status_code == 403
+    assert response.headers["X-Keyhold-Error"] == "upgrade_refused"
+    assert "allow_upgrade" in json.loads(response.body)["error"]["message"]
+    assert not any(r.path == "/store/ws" for r in upstream.received)
+
+
+def test_websocket_upgrade_passes_where_the_route_allows_it(proxy, upstream):
+    """allow_upgrade = true: the upgrade request reaches the upstream (which is no
+    WebSocket server, so the handshake itself then fails there)."""
+    websockets = pytest.importorskip("websockets.sync.client")
+    upstream.clear()
+    with pytest.raises(Exception):
+        websockets.connect(f"ws://127.0.0.1:{proxy.ports[0]}/ws-open", open_timeout=30)
+    assert any(r.path == "/ws-open" and r.headers.get("upgrade") == "websocket" for r in upstream.received)
+
+
+@pytest.mark.parametrize("upgrade", ["h2c", "websocket", "anything/1"])
+def test_any_upgrade_header_on_a_route_with_a_step_is_refused(proxy, upstream, upgrade):
+    upstream.clear()
+    r = httpx.put(f"{proxy.main}/store/up", content=b"plaintext",
+                  headers={"Connection": "Upgrade, HTTP2-Settings", "Upgrade": upgrade, "HTTP2-Settings": ""},
+                  timeout=30)
+    assert r.status_code == 403 and r.headers["x-keyhold-error"] == "upgrade_refused"
+    assert not any(r.path == "/store/up" for r in upstream.received)
+
+
+def test_http2_prior_knowledge_gets_a_goaway_that_says_why(proxy, upstream):
+    upstream.clear()
+    s = raw(proxy.ports[0])
+    s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+    data = recv_all(s)
+    s.close()
+    frames = []
+    while data:
+        length = int.from_bytes(data[:3], "big")
+        frames.append((data[3], data[9:9 + length]))
+        data = data[9 + length:]
+    goaway = [payload for kind, payload in frames if kind == 0x7]
+    assert goaway, frames
+    assert int.from_bytes(goaway[0][4:8], "big") == 0xD  # HTTP_1_1_REQUIRED
+    assert b"HTTP/2 without TLS" in goaway[0][8:]
+    assert upstream.received == []
+    assert serving(proxy, proxy.main)
+
+
+def test_curl_http2_prior_knowledge_gets_a_clear_error(proxy):
+    r = subprocess.run(["curl", "-sv", "--http2-prior-knowledge", f"{proxy.main}/store/x", "-d", "plaintext"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode != 0
+    assert "GOAWAY, error=13" in r.stderr, r.stderr  # 13 = HTTP_1_1_REQUIRED
+    line = proxy.wait_for("reason=http2_prior_knowledge")
+    assert " refused request=" in line
+
+
+def _connect(proxy, upstream) -> socket.socket:
+    s = raw(proxy.ports[2])
+    s.sendall(f"CONNECT 127.0.0.1:{upstream.port} HTTP/1.1\r\nHost: 127.0.0.1:{upstream.port}\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(1)
+    assert head.startswith(b"HTTP/1.1 200"), head
+    return s
+
+
+def test_connect_tunnel_carries_requests_through_the_rules(proxy, upstream):
+    upstream.clear()
+    s = _connect(proxy, upstream)
+    s.sendall(b"PUT /store/tunnel HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 9\r\nConnection: close\r\n\r\n"
+              b"plaintext")
+    assert recv_all(s).startswith(b"HTTP/1.1 201")
+    s.close()
+    seen = [r for r in upstream.received if r.path == "/store/tunnel"]
+    assert seen and seen[0].headers["content-type"] == "application/vnd.keyhold.envelope"
+    assert b"plaintext" not in seen[0].body
+
+
+def test_connect_tunnel_with_bytes_that_do_not_look_like_http_is_never_relayed(proxy, rude):
+    """A request after an empty line is not HTTP to mitmproxy's sniffer (which relayed
+    such a tunnel as raw TCP, past every rule) but is to many servers: it must be parsed
+    as HTTP (and the rule applied) or refused, never relayed."""
+    rude.seen.clear()
+    s = raw(proxy.ports[2])
+    s.sendall(f"CONNECT 127.0.0.1:{rude.port} HTTP/1.1\r\nHost: 127.0.0.1:{rude.port}\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += s.recv(1)
+    s.sendall(b"\r\nPUT /store/tunnel2 HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 9\r\n\r\nplaintext")
+    s.settimeout(5)
+    try:
+        s.recv(65536)
+    except OSError:
+        pass
+    s.close()
+    assert b"plaintext" not in rude.seen
+
+
+# -- item 7: HTTP/1.0 bodies ----------------------------------------------------------------
+def test_http10_body_over_the_limit_is_streamed_encrypted(proxy, upstream, kms):
+    upstream.clear()
+    body = b"0123456789abcdef" * (4 * LIMIT // 16)
+    s = raw(proxy.ports[0])
+    s.sendall(b"PUT /store/h10 HTTP/1.0\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    out = recv_all(s)
+    s.close()
+    assert out.startswith((b"HTTP/1.0 201", b"HTTP/1.1 201")), out[:200]
+    seen = [r for r in upstream.received if r.path == "/store/h10"]
+    assert len(seen) == 1 and seen[0].length > len(body)
+    assert seen[0].headers["content-type"] == "application/vnd.keyhold.envelope"
+    assert httpx.get(f"{proxy.main}/store/h10", timeout=30).content == body
+
+
+def test_http10_body_without_length_is_refused_with_411(proxy, upstream):
+    upstream.clear()
+    s = raw(proxy.ports[0])
+    s.sendall(b"PUT /store/h10-nolen HTTP/1.0\r\nContent-Type: text/plain\r\n\r\nplaintext")
+    status, headers, error = json_error(recv_all(s))
+    s.close()
+    assert status == 411 and error["reason"] == "length_required"
+    assert not any(r.path.startswith("/store/h10-nolen") or b"plaintext" in (r.body or b"")
+                   for r in upstream.received)
+
+
+def test_http10_client_gets_a_streamed_decrypt_response_unchunked(proxy, stored):
+    s = raw(proxy.ports[0])
+    s.sendall(b"GET /store/big HTTP/1.0\r\n\r\n")
+    head, _, body = recv_all(s).partition(b"\r\n\r\n")
+    s.close()
+    assert head.startswith((b"HTTP/1.0 200", b"HTTP/1.1 200"))
+    assert b"transfer-encoding" not in head.lower()
+    assert body == stored
+
+
+# -- item 9: errors and logs ------------------------------------------------------------------
+def test_upstream_down_is_a_json_error_without_banner(kms, tmp_path):
+    port = free_port()
+    p = start_proxy(tmp_path / "deploy.toml", kms.home,
+                    f'[[proxy]]\nlisten = "127.0.0.1:{port}"\nupstream = "http://127.0.0.1:{free_port()}"\n')
+    try:
+        r = httpx.get(f"http://127.0.0.1:{port}/anything", timeout=30)
+        assert r.status_code == 502 and r.headers["x-keyhold-error"] == "upstream_failed"
+        assert r.json()["error"]["reason"] == "upstream_failed"
+        assert "mitmproxy" not in r.headers.get("server", "") and b"<html" not in r.content
+        line = p.wait_for("reason=upstream")
+        assert "request=" in line and "path=/anything" in line
+    finally:
+        p.stop()
+
+
+@pytest.mark.parametrize("head", [
+    b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 5\r\n\r\nhello",
+    b"GARBAGE\r\n\r\n",
+])
+def test_requests_mitmproxy_cannot_parse_get_the_sidecars_json_error(proxy, head):
+    s = raw(proxy.ports[0])
+    s.sendall(head)
+    status, headers, error = json_error(recv_all(s))
+    s.close()
+    assert status == 400 and headers["x-keyhold-error"] == "bad_request" and "server" not in headers
+
+
+def test_upstream_response_mitmproxy_rejects_is_a_json_502(proxy):
+    r = httpx.get(f"{proxy.rude}/te-cl", timeout=30)
+    assert r.status_code == 502 and r.headers["x-keyhold-error"] == "upstream_failed"
+    assert "mitmproxy" not in r.headers.get("server", "")
+
+
+def test_every_refusal_is_logged_with_id_route_and_reason_never_the_body(proxy):
+    secret = "078-05-1120-SECRET"
+    r = httpx.post(f"{proxy.main}/fields", content=f"not json {secret}".encode(), timeout=30)
+    assert r.status_code == 422
+    rid = r.headers["x-keyhold-request-id"]
+    line = proxy.wait_for(f"request={rid}")
+    assert "refused" in line and "rule=fields" in line and "reason=bad_body" in line and "proxy=main" in line
+    assert secret not in proxy.log
+
+
+@pytest.mark.parametrize("body,status", [
+    (b'{"user": {"ssn": NaN}}', 422),
+    (b'{"user": {"ssn": Infinity}}', 422),
+    (b'{"user": ' + b"[" * 20_000 + b"]" * 20_000 + b"}", 422),
+    (json.dumps({"user": {"ssn": "x" * 5000}}).encode(), 413),
+])
+def test_client_mistakes_on_field_rules_are_4xx(proxy, upstream, body, status):
+    upstream.clear()
+    r = httpx.post(f"{proxy.main}/fields", content=body, headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/json" and "x-keyhold-error" in r.headers
+    assert not any(x.path == "/fields" for x in upstream.received)
+
+
+# -- item 10: validators and ranges of decrypted responses -------------------------------------
+@pytest.fixture
+def envelope_reply(kms, upstream):
+    from sidecar import bodies
+
+    plain = b"the plaintext body " * 50
+    upstream.reply = (bodies.seal_all(kms, "app/data", plain, 65536), bodies.ENVELOPE_TYPE,
+                      {"ETag": '"cipher-etag"', "Accept-Ranges": "bytes", "X-Keyhold-Content-Type": "text/plain"})
+    yield plain
+    upstream.reply = (b'{"ok":true}', "application/json", {})
+
+
+def test_decrypted_response_drops_the_ciphertexts_validators(proxy, envelope_reply):
+    r = httpx.get(f"{proxy.main}/reply/body", timeout=30)
+    assert r.status_code == 200 and r.content == envelope_reply
+    assert "etag" not in r.headers and "accept-ranges" not in r.headers
+
+
+def test_range_request_on_a_decrypt_route_gets_the_whole_plaintext(proxy, upstream, envelope_reply):
+    upstream.clear()
+    r = httpx.get(f"{proxy.main}/reply/body", headers={"Range": "bytes=0-9", "If-Range": '"cipher-etag"'},
+                  timeout=30)
+    assert r.status_code == 200 and r.content == envelope_reply
+    assert "range" not in upstream.last().headers and "if-range" not in upstream.last().headers
+
+
+def test_partial_response_on_a_decrypt_route_is_refused_clearly(proxy):
+    r = httpx.get(f"{proxy.rude}/dec/partial", timeout=30)
+    assert r.status_code == 502 and r.headers["x-keyhold-error"] == "partial_content"
