@@ -164,6 +164,10 @@ def run(args, ctx) -> int:
     finally:
         print("kms proxy: stopping (letting in-flight requests finish)", file=sys.stderr, flush=True)
         engine.stop(args.drain)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            # already stopping: a repeated signal while the interpreter exits (when Python has
+            # put back the default actions) must not turn a clean exit into a kill
+            signal.signal(sig, signal.SIG_IGN)
     return 0
 
 

@@ -25,6 +25,7 @@ from mitmproxy.master import Master
 
 from sidecar import wire_errors
 from sidecar.addons import Metrics, Routing, Runtime, Signing, Transform
+from sidecar.addons.failclosed import FailClosed
 from sidecar.addons.guard import Framing, Guard
 from sidecar.config import ProxyEntry
 from sidecar.errors import ConfigError
@@ -132,10 +133,12 @@ class Engine:
         self.runtime.abort = lambda flow: _abort(ps, flow)
         if not self.plain:
             wire_errors.install()  # JSON errors with X-Keyhold-Error, not mitmproxy's HTML page
-            master.addons.add(
+            chain = (
                 Routing(self.runtime), Guard(self.runtime, lambda flow, data: _send_raw(ps, flow, data)),
                 Transform(self.runtime), Signing(self.runtime), Framing(self.runtime), self.metrics,
             )
+            # mitmproxy logs an exception in a hook and goes on with the flow: refuse it instead
+            master.addons.add(*(FailClosed(addon, self.runtime.abort) for addon in chain))
         first = self.entries[0] if self.entries else None
         Path(self.confdir).mkdir(parents=True, exist_ok=True, mode=0o700)
         opts.update(
