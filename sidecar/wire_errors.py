@@ -45,7 +45,7 @@ def error_body(status: int, message: str) -> bytes:
 
 def _clean(message: str) -> str:
     """mitmproxy's messages name a socket error or a parse error; keep them to one short line."""
-    line = " ".join(str(message).split())
+    line = " ".join(str(message).split()).replace("mitmproxy", "the proxy")  # no banner in the text either
     return line[:200] or "transport error"
 
 

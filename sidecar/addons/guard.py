@@ -16,15 +16,17 @@ of the body is forwarded:
 - raw TCP relays (the engine turns mitmproxy's `rawtcp` off, so bytes that do not parse
   as HTTP inside a CONNECT tunnel get a 400; a TCP flow that appears anyway is cut).
 
-Range requests on routes that decrypt responses lose their `Range`/`If-Range` headers,
-so the upstream sends the whole envelope and the client gets the whole plaintext (a
-server may always answer a Range request with 200); a 206 that arrives anyway is refused.
+Range requests on routes that decrypt (or encrypt) responses lose their `Range`/`If-Range`
+headers, so the upstream sends the whole envelope and the client gets the whole
+plaintext (a server may always answer a Range request with 200); a 206 that arrives
+anyway is refused.
 
 Framing runs after Transform and Signing:
 
-- a body streamed for an HTTP/1.0 peer is never chunked (HTTP/1.0 has no chunked
-  coding): a request goes upstream as HTTP/1.1 chunked, a response ends at connection
-  close;
+- a streamed request body always reaches an HTTP/1.1 upstream framed: an HTTP/1.0 or
+  HTTP/2 request goes upstream chunked (it used to arrive as an empty body); a body
+  streamed to an HTTP/1.0 client is not chunked (HTTP/1.0 has no chunked coding) and
+  ends at connection close;
 - a body the sidecar rewrote keeps no validator of the bytes it replaced: ETag,
   Accept-Ranges, Content-MD5 and Digest go (and Content-Length on a HEAD answer, which
   gave the envelope's size);
@@ -101,18 +103,18 @@ class Guard:
                 f"an HTTP/1.0 {req.method} needs a Content-Length on route {route.name}: the end of its body "
                 "cannot be known otherwise", status=411, reason="length_required"))
             return
-        if route.response is not None and route.response.kind == "decrypt":
+        if route.response is not None and route.response.kind in ("encrypt", "decrypt"):
             for name in RANGE_HEADERS:
-                req.headers.pop(name, None)  # the whole envelope is needed to decrypt any part
+                req.headers.pop(name, None)  # a rewritten body is made from the whole upstream body
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         st = state_of(flow)
         if st is None or st.error or flow.response is None:
             return
         step = st.step("response")
-        if step is not None and step.kind == "decrypt" and flow.response.status_code == 206:
+        if step is not None and step.kind in ("encrypt", "decrypt") and flow.response.status_code == 206:
             fail(flow, "response", SidecarError(
-                f"the upstream sent a partial response (206), which route {st.rule} cannot decrypt",
+                f"the upstream sent a partial response (206), which route {st.rule} cannot {step.kind}",
                 status=502, reason="partial_content"))
             flow.response.stream = _instead(flow.response.content)
 
@@ -137,14 +139,17 @@ class Framing:
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         req = flow.request
-        if req.http_version != "HTTP/1.0":
+        if req.http_version == "HTTP/1.0":
+            flow.metadata[HTTP10_CLIENT] = True
+        if (not req.stream or flow.response is not None
+                or "content-length" in req.headers or "transfer-encoding" in req.headers):
             return
-        flow.metadata[HTTP10_CLIENT] = True
-        if req.stream and flow.response is None:
-            # Transform streams this body and took its Content-Length away; HTTP/1.0 has no
-            # chunked coding, so the upstream would read an empty body. Send it as HTTP/1.1.
+        # Transform streams this body and took its Content-Length away. Only HTTP/1.1 knows
+        # chunked; an HTTP/1.0 or HTTP/2 request without it reaches an HTTP/1.1 upstream as
+        # an empty body followed by stray bytes. (An HTTP/2 upstream drops the header.)
+        req.headers["transfer-encoding"] = "chunked"
+        if req.http_version == "HTTP/1.0":
             req.http_version = "HTTP/1.1"
-            req.headers["transfer-encoding"] = "chunked"
             req.headers["connection"] = "close"  # the HTTP/1.0 client expects the close
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:

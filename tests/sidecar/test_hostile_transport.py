@@ -313,6 +313,26 @@ def test_curl_http2_prior_knowledge_gets_a_clear_error(proxy):
     assert " refused request=" in line
 
 
+def test_http2_over_tls_runs_through_the_rules(proxy, upstream, tmp_path):
+    """HTTP/2 (ALPN h2 on a TLS connection to the reverse listener, curl as the client) is
+    transformed like HTTP/1.1: buffered and streamed bodies reach the upstream encrypted."""
+    upstream.clear()
+    url = f"https://127.0.0.1:{proxy.ports[0]}"
+    (tmp_path / "small").write_bytes(b"plaintext h2")
+    (tmp_path / "big").write_bytes(b"p" * LIMIT * 4)
+    for name in ("small", "big"):
+        r = subprocess.run(["curl", "-sk", "--http2", "-o", "/dev/null", "-w", "%{http_version} %{http_code}",
+                            "-H", "content-type: text/plain", "-T", str(tmp_path / name), f"{url}/store/h2-{name}"],
+                           capture_output=True, text=True, timeout=30)
+        assert r.stdout == "2 201", r.stdout + r.stderr + proxy.log[-3000:]
+        seen = next(x for x in upstream.received if x.path == f"/store/h2-{name}")
+        assert seen.headers["content-type"] == "application/vnd.keyhold.envelope"
+        assert seen.length > (tmp_path / name).stat().st_size  # the whole body, encrypted
+        assert b"plaintext" not in (seen.body or b"") and b"pppp" not in (seen.body or b"")
+    got = subprocess.run(["curl", "-sSk", "--http2", f"{url}/store/h2-big"], capture_output=True, timeout=30)
+    assert got.stdout == b"p" * LIMIT * 4, got.stderr + proxy.log[-3000:].encode()
+
+
 def _connect(proxy, upstream) -> socket.socket:
     s = raw(proxy.ports[2])
     s.sendall(f"CONNECT 127.0.0.1:{upstream.port} HTTP/1.1\r\nHost: 127.0.0.1:{upstream.port}\r\n\r\n".encode())
@@ -379,6 +399,19 @@ def test_http10_body_without_length_is_refused_with_411(proxy, upstream):
     assert status == 411 and error["reason"] == "length_required"
     assert not any(r.path.startswith("/store/h10-nolen") or b"plaintext" in (r.body or b"")
                    for r in upstream.received)
+
+
+@pytest.mark.parametrize("path", ["/fields", "/sign"])
+def test_http10_body_over_the_limit_on_a_buffering_rule_is_refused_with_413(proxy, upstream, path):
+    upstream.clear()
+    body = b'{"user": {"ssn": "' + b"1" * (2 * LIMIT) + b'"}}'
+    s = raw(proxy.ports[0])
+    s.sendall(b"POST %s HTTP/1.0\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+              % (path.encode(), len(body)) + body)
+    status, headers, error = json_error(recv_all(s))
+    s.close()
+    assert status == 413 and error["reason"] == "too_large"
+    assert not any(r.path == path for r in upstream.received)
 
 
 def test_http10_client_gets_a_streamed_decrypt_response_unchunked(proxy, stored):
