@@ -11,6 +11,7 @@ rather than a closed client connection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
@@ -37,20 +38,31 @@ _running = threading.Lock()
 process runs one Engine; more proxies are more entries of the same Engine."""
 
 
-def no_sigpipe() -> None:
+def ignore_sigpipe() -> None:
     """Never let a peer's closed socket kill the process.
 
     `kms` restores the default SIGPIPE action (so that `kms list-keys | head` ends
     quietly); in a server that default means: a client that reads part of a response and
-    closes (`curl URL | head -c 1000`) kills the proxy, and `kms up` with it. SIGPIPE is
-    sent to the thread that wrote, so the engine's thread (and the threads it starts)
-    block it there whatever thread started the engine; from the main thread it is also
-    ignored process-wide (the metrics server's threads write to sockets too). A write to
-    a closed socket then fails with EPIPE, which mitmproxy handles as a disconnect.
+    closes (`curl URL | head -c 1000`) kills the proxy, and `kms up` with it. From the
+    main thread, SIGPIPE is ignored process-wide (child processes get the default back:
+    subprocess restores it). From any other thread only `sigpipe_blocked` is possible. A
+    write to a closed socket then fails with EPIPE, which mitmproxy handles as a
+    disconnect.
     """
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGPIPE})
+
+
+@contextlib.contextmanager
+def sigpipe_blocked():
+    """SIGPIPE blocked in this thread while the block runs, so the threads it starts
+    (which inherit the mask) never get one, whichever thread started the engine. The
+    caller's mask is put back after: a process it later spawns must not inherit it."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGPIPE})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def mode_spec(entry: ProxyEntry) -> str:
@@ -112,16 +124,16 @@ class Engine:
     def start(self, timeout: float = 15.0) -> None:
         if not _running.acquire(blocking=False):
             raise ConfigError("a sidecar engine already runs in this process: add entries to it with apply()")
-        no_sigpipe()  # the engine's and the metrics server's threads inherit the mask
+        ignore_sigpipe()
         self._thread = threading.Thread(target=self._run, name="keyhold-sidecar", daemon=True)
-        self._thread.start()
+        with sigpipe_blocked():  # the engine's thread and those it starts inherit the mask
+            self._thread.start()
         if not self._ready.wait(timeout):
             raise ConfigError("the proxy did not start in time")
         self._check_listening(self.entries, timeout)
         self._apply_side_services(self.entries)
 
     def _run(self) -> None:
-        no_sigpipe()  # also when start() was called from another thread than main
         asyncio.set_event_loop(self._loop)
         self._loop.run_until_complete(self._main())
 
@@ -240,7 +252,8 @@ class Engine:
         for addr in wanted - set(self._metrics_servers):
             host, _, port = addr.rpartition(":")
             try:
-                server, _thread = start_http_server(int(port), host, registry=self.metrics.registry)
+                with sigpipe_blocked():  # its serving threads write to sockets too
+                    server, _thread = start_http_server(int(port), host, registry=self.metrics.registry)
             except OSError as e:
                 raise ConfigError(f"cannot serve metrics on {addr}: {e.strerror}") from None
             self._metrics_servers[addr] = server
