@@ -14,7 +14,7 @@ import time
 from mitmproxy import http
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from sidecar.addons.routing import DETAIL, state_of
+from sidecar.addons.routing import DETAIL, ERROR_HEADER, state_of
 
 access_log = logging.getLogger("keyhold.sidecar.access")
 log = logging.getLogger("keyhold.sidecar")
@@ -75,7 +75,12 @@ class Metrics:
             self.active -= 1
             self.in_flight.dec()
         st = state_of(flow)
-        if st is None or st.done:
+        if st is None:
+            if flow.response is not None and ERROR_HEADER in flow.response.headers:
+                log.warning("refused request=%s proxy=- rule=- method=%s status=%s reason=%s", flow.id,
+                            flow.request.method, flow.response.status_code, flow.response.headers[ERROR_HEADER])
+            return
+        if st.done:
             return
         st.done = True
         elapsed = time.monotonic() - st.started

@@ -157,6 +157,9 @@ def test_curl_piped_into_head_does_not_kill_kms_up(kms, upstream, rude, stored, 
                                  capture_output=True, timeout=60).stdout
             assert out == stored[:1000]
         assert serving(up, f"http://127.0.0.1:{port}"), up.log
+        r = httpx.post(f"http://127.0.0.1:{port}/fields", content=b"not json", timeout=30)
+        assert r.status_code == 422
+        assert "rule=fields" in up.wait_for(f"refused request={r.headers['x-keyhold-request-id']}")
     finally:
         assert up.stop() == 0, up.log
 
