@@ -8,18 +8,20 @@ JSON error, with `X-Keyhold-Error`, that every other refusal gets, and no banner
 the proxy software. mitmproxy has no hook for these pages, so `install()` swaps the two
 module-level functions that build them (HTTP/1 `make_error_response`, and the HTML body
 of the HTTP/2 page, whose header list is fixed inside mitmproxy: an HTTP/2 client still
-sees `content-type: text/html` there, with a JSON body). `installed()` lets a test fail
-when a mitmproxy upgrade moves them.
+sees `content-type: text/html` there, with a JSON body). The hostile-transport tests
+fail if a mitmproxy upgrade moves them.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 
 from mitmproxy import http
 from mitmproxy.net.http import http1
 from mitmproxy.proxy.layers.http import _http1, _http2
 
+log = logging.getLogger("keyhold.sidecar")
 ERROR_HEADER = "X-Keyhold-Error"
 BANNER = "keyhold-sidecar"
 
@@ -68,12 +70,14 @@ class _Version:
     MITMPROXY = BANNER
 
 
+_REPLACED = ((_http1, "make_error_response", make_error_response), (_http2, "format_error", error_body),
+             (_http2, "version", _Version))
+
+
 def install() -> None:
-    """Put the sidecar's error pages in place of mitmproxy's (idempotent)."""
-    _http1.make_error_response = make_error_response
-    _http2.format_error = error_body
-    _http2.version = _Version
-
-
-def installed() -> bool:
-    return _http1.make_error_response is make_error_response and _http2.format_error is error_body
+    """Put the sidecar's error pages in place of mitmproxy's (idempotent). A mitmproxy
+    that no longer has one of them gets a warning: its own page would be sent there."""
+    for module, name, ours in _REPLACED:
+        if not hasattr(module, name):
+            log.warning("mitmproxy has no %s.%s any more: its own error page may be sent", module.__name__, name)
+        setattr(module, name, ours)

@@ -30,7 +30,8 @@ Framing runs after Transform and Signing:
 - a body the sidecar rewrote keeps no validator of the bytes it replaced: ETag,
   Accept-Ranges, Content-MD5 and Digest go (and Content-Length on a HEAD answer, which
   gave the envelope's size);
-- every error the sidecar sends carries `X-Keyhold-Request-Id`, the id it was logged under.
+- every error a rule or the guard answers carries `X-Keyhold-Request-Id`, the id it
+  was logged under (mitmproxy's own transport errors are built without the flow).
 """
 
 from __future__ import annotations
