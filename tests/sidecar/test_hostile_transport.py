@@ -169,16 +169,20 @@ def test_curl_piped_into_head_does_not_kill_kms_up(kms, upstream, rude, stored, 
     ("/store/cut", "content-length"),  # streamed encrypt
     ("/store/cut", "chunked"),
     ("/fields", "content-length"),  # buffered fields rule
+    ("/sign", "content-length"),  # buffered sign rule
     ("/echo", "content-length"),  # no rule
 ])
 def test_client_gone_mid_request_body(proxy, upstream, path, framing, close):
+    """Nothing that looks like a whole body reaches the upstream (it records only bodies
+    that arrived complete), and the proxy serves on."""
+    path = f"{path}-{framing}-{close.__name__}"
     s = raw(proxy.ports[0])
     head = f"PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
     head += "Transfer-Encoding: chunked\r\n\r\n" if framing == "chunked" else f"Content-Length: {BIG}\r\n\r\n"
     s.sendall(head.encode() + (b"4000\r\n" if framing == "chunked" else b"") + b"{" * 5000)
     close(s)
     assert serving(proxy, proxy.main), proxy.log
-    assert not any(r.path == path and r.length >= BIG for r in upstream.received)
+    assert not any(r.path == path for r in upstream.received)
 
 
 @pytest.mark.parametrize("close", [socket.socket.close, reset], ids=["fin", "rst"])
