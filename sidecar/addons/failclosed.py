@@ -17,7 +17,8 @@ from mitmproxy import http
 from sidecar.addons.routing import DETAIL, error_response, state_of
 
 log = logging.getLogger("keyhold.sidecar")
-HOOKS = ("requestheaders", "request", "responseheaders", "response", "error", "http_connect", "tcp_start")
+HOOKS = ("requestheaders", "request", "responseheaders", "response", "error", "http_connect", "tcp_start",
+         "tcp_message")
 _BEFORE_RESPONSE = ("requestheaders", "request", "http_connect")
 
 

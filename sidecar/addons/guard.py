@@ -48,6 +48,7 @@ from sidecar.errors import SidecarError
 log = logging.getLogger("keyhold.sidecar")
 REQUEST_ID = "X-Keyhold-Request-Id"
 HTTP10_CLIENT = "keyhold.http10"
+RAW_REFUSED = "keyhold.raw_refused"
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 STALE_VALIDATORS = frozenset({b"etag", b"accept-ranges", b"content-md5", b"digest", b"repr-digest"})
 RANGE_HEADERS = frozenset({b"range", b"if-range"})
@@ -119,9 +120,17 @@ class Guard:
             flow.response.stream = _instead(flow.response.content)
 
     def tcp_start(self, flow: tcp.TCPFlow) -> None:
-        """No raw relay: a tunnel whose bytes are not HTTP would pass every rule by."""
-        log.warning("connection %s: refused: raw TCP relay to %s", flow.id, flow.server_conn.address)
-        flow.kill()
+        """No raw relay: a tunnel whose bytes are not HTTP would pass every rule by. (With
+        `rawtcp` off mitmproxy makes none; this holds if an option ever turns one on.)
+        mitmproxy's TCP layer does not look at `flow.kill()`: cut the connection, and
+        `tcp_message` empties whatever was already read."""
+        flow.metadata[RAW_REFUSED] = True
+        log.warning("refused connection=%s reason=raw_tcp: a raw TCP relay to %s", flow.id, flow.server_conn.address)
+        self.rt.abort(flow)
+
+    def tcp_message(self, flow: tcp.TCPFlow) -> None:
+        if flow.metadata.get(RAW_REFUSED) and flow.messages:
+            flow.messages[-1].content = b""
 
     @staticmethod
     def _allows_upgrade(st) -> bool:

@@ -55,3 +55,17 @@ def test_a_failing_hook_after_a_streamed_response_cuts_the_connection():
 def test_only_the_hooks_the_addon_has_are_exposed():
     addon = FailClosed(Broken(), lambda flow: None)
     assert hasattr(addon, "requestheaders") and not hasattr(addon, "request") and not hasattr(addon, "error")
+
+
+def test_a_raw_tcp_relay_is_cut_and_relays_nothing():
+    """mitmproxy makes no TCP flows with rawtcp off; if one appears, Guard cuts it and
+    empties what was read (mitmproxy's TCP layer ignores flow.kill())."""
+    from sidecar.addons.guard import Guard
+    from sidecar.addons.routing import Runtime
+
+    cut = []
+    guard = Guard(Runtime(kms=None, tables={}, abort=cut.append))
+    flow = tflow.ttcpflow()
+    guard.tcp_start(flow)
+    guard.tcp_message(flow)
+    assert cut == [flow] and flow.messages[-1].content == b""
