@@ -443,6 +443,12 @@ def test_upstream_down_is_a_json_error_without_banner(kms, tmp_path):
         assert "mitmproxy" not in r.headers.get("server", "") and b"<html" not in r.content
         line = p.wait_for("reason=upstream")
         assert "request=" in line and "path=/anything" in line
+        # the same over HTTP/2 (TLS to the listener): a JSON body, no mitmproxy banner
+        h2 = subprocess.run(["curl", "-sk", "--http2", "-D", "-", f"https://127.0.0.1:{port}/anything"],
+                            capture_output=True, text=True, timeout=30).stdout
+        head, _, body = h2.partition("\n\n")  # text mode: curl's CRLFs read as LFs
+        assert head.startswith("HTTP/2 502") and "mitmproxy" not in head.lower(), head
+        assert json.loads(body)["error"]["reason"] == "upstream_failed"
     finally:
         p.stop()
 
