@@ -3,6 +3,7 @@
     /die/N     headers announce a large body; N bytes of it follow; then a FIN
     /rst/N     the same, then a TCP RST
     /chunked/N a chunked body cut off after N bytes (no terminator); then a FIN
+    /head      the headers a HEAD gets for a stored envelope (its size, ETag, Accept-Ranges)
     /partial   a 206 with ten bytes
     /dup-cl    two different Content-Length headers
     /te-cl     both Transfer-Encoding: chunked and Content-Length
@@ -39,6 +40,9 @@ def _respond(conn: socket.socket, path: str, ctype: bytes) -> None:
     elif kind == "chunked":
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: " + ctype + b"\r\nTransfer-Encoding: chunked\r\n\r\n")
         conn.sendall(b"%x\r\n" % HUGE + b"x" * n)
+    elif kind == "head":  # an answer to HEAD: the headers of a stored envelope, no body
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: " + ctype + b"\r\nContent-Length: 5000\r\n"
+                     b"ETag: \"cipher\"\r\nAccept-Ranges: bytes\r\nX-Keyhold-Content-Type: text/plain\r\n\r\n")
     elif kind == "partial":
         conn.sendall(b"HTTP/1.1 206 Partial Content\r\nContent-Type: " + ctype
                      + b"\r\nContent-Range: bytes 0-9/100\r\nContent-Length: 10\r\n\r\n0123456789")

@@ -525,3 +525,9 @@ def test_range_request_on_a_decrypt_route_gets_the_whole_plaintext(proxy, upstre
 def test_partial_response_on_a_decrypt_route_is_refused_clearly(proxy):
     r = httpx.get(f"{proxy.rude}/dec/partial", timeout=30)
     assert r.status_code == 502 and r.headers["x-keyhold-error"] == "partial_content"
+
+
+def test_head_on_a_decrypt_route_gives_no_size_or_validator_of_the_envelope(proxy):
+    r = httpx.head(f"{proxy.rude}/dec/head", timeout=30)
+    assert r.status_code == 200 and r.headers["content-type"] == "text/plain"
+    assert "content-length" not in r.headers and "etag" not in r.headers and "accept-ranges" not in r.headers
