@@ -34,7 +34,10 @@ def context_for(path: str) -> dict[str, str]:
 
 
 def encode_value(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    except ValueError:  # NaN, Infinity: Python's json reads them, but they are not JSON
+        raise BadBody("NaN and Infinity are not JSON values") from None
 
 
 def decode_value(data: bytes) -> Any:

@@ -85,6 +85,8 @@ def classify(exc: BaseException) -> tuple[int, str, str]:
         return 422, "bad_ciphertext", str(exc) or "ciphertext failed authentication"
     if isinstance(exc, KmsError):
         return 503, "kms_error", str(exc)
+    if isinstance(exc, RecursionError):  # json.loads of a body nested deeper than Python recurses
+        return 422, "bad_body", "the body is nested too deeply to read"
     return 500, "internal", f"{type(exc).__name__} while applying the rule"
 
 

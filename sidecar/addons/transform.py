@@ -15,7 +15,7 @@ import logging
 from mitmproxy import http
 
 from sidecar import bodies, fields, tokens
-from sidecar.addons.routing import DETAIL, Runtime, classify, fail, state_of
+from sidecar.addons.routing import Runtime, classify, fail, state_of
 from sidecar.errors import BadBody, TooLarge
 from sidecar.rules import Step
 
@@ -132,9 +132,7 @@ class Transform:
         if not text:
             return
         try:
-            doc = json.loads(text, parse_constant=_not_json)
-        except RecursionError:
-            raise BadBody("the JSON body is nested too deeply") from None
+            doc = json.loads(text)
         except (UnicodeDecodeError, ValueError):
             raise BadBody(f"the body is not JSON; rule {step.name} needs JSON fields") from None
         kms = self.rt.kms
@@ -148,11 +146,6 @@ class Transform:
             msg.content = out  # re-encoded with the message's Content-Encoding
         else:
             _set_raw(msg, out)
-
-
-def _not_json(constant: str):
-    """NaN and Infinity: Python's json reads them, but they are not JSON (RFC 8259)."""
-    raise ValueError(f"{constant} is not JSON")
 
 
 def _set_raw(msg: http.Message, data: bytes) -> None:
@@ -198,7 +191,7 @@ def _guarded(flow, direction: str, st, fn, abort):
             failed = True
             status, reason, message = classify(e)
             st.outcome, st.error = "error", reason
-            flow.metadata[DETAIL] = f"{direction} failed mid-stream, connection cut: {message}"  # Metrics logs it
+            log.warning("rule %s (%s) failed mid-stream, connection cut: %s: %s", st.rule, direction, reason, message)
             abort(flow)
             return []
         st.bytes_out += len(out)

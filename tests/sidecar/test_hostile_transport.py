@@ -17,7 +17,7 @@ import time
 import httpx
 import pytest
 from conftest import free_port
-from proxyproc import start_proxy, start_up
+from transport_proc import start_proxy, start_up
 from rude import RudeUpstream
 
 pytest.importorskip("kmscore.envelope", reason="the envelope format (kmscore.envelope) is not installed")
