@@ -131,7 +131,8 @@ class Engine:
         if not self._ready.wait(timeout):
             raise ConfigError("the proxy did not start in time")
         self._check_listening(self.entries, timeout)
-        self._apply_side_services(self.entries)
+        with sigpipe_blocked():  # the metrics server's threads write to sockets too
+            self._apply_side_services(self.entries)
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -215,7 +216,8 @@ class Engine:
                 raise
         self.runtime.tables = new_tables
         self.entries = list(entries)
-        self._apply_side_services(entries)
+        with sigpipe_blocked():
+            self._apply_side_services(entries)
         return changes
 
     def stop(self, drain: float = 30.0) -> None:
@@ -252,8 +254,7 @@ class Engine:
         for addr in wanted - set(self._metrics_servers):
             host, _, port = addr.rpartition(":")
             try:
-                with sigpipe_blocked():  # its serving threads write to sockets too
-                    server, _thread = start_http_server(int(port), host, registry=self.metrics.registry)
+                server, _thread = start_http_server(int(port), host, registry=self.metrics.registry)
             except OSError as e:
                 raise ConfigError(f"cannot serve metrics on {addr}: {e.strerror}") from None
             self._metrics_servers[addr] = server
