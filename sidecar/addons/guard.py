@@ -6,7 +6,8 @@ of the body is forwarded:
 
 - a protocol upgrade (WebSocket, h2c) on a route with a step: after `101` the bytes are
   no longer HTTP messages and no rule could see them. Refused with 403 unless the route
-  sets `allow_upgrade = true` (then they pass as they are, unencrypted);
+  sets `allow_upgrade = true` (then they pass as they are, unencrypted); a 101 the
+  upstream sends unasked on such a route is a 502;
 - HTTP/2 with prior knowledge on a cleartext port (the `PRI * HTTP/2.0` preface):
   mitmproxy cannot proxy it, so the client gets an HTTP/2 GOAWAY `HTTP_1_1_REQUIRED`
   that says so, not a silently closed connection (HTTP/2 over TLS is transformed);
@@ -41,6 +42,7 @@ import struct
 from collections.abc import Callable
 
 from mitmproxy import http, tcp
+from mitmproxy.net.http import http1
 
 from sidecar.addons.routing import DETAIL, ERROR_HEADER, Runtime, fail, state_of
 from sidecar.errors import SidecarError
@@ -111,6 +113,21 @@ class Guard:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         st = state_of(flow)
         if st is None or st.error or flow.response is None:
+            return
+        route = st.route
+        if (flow.response.status_code == 101 and route is not None and (route.request or route.response)
+                and not self._allows_upgrade(st)):
+            # an upstream switching protocols: mitmproxy would then pipe both directions raw
+            fail(flow, "response", Refused(
+                f"the upstream switched protocols (101) on route {route.name}, whose {route.action} rule "
+                "cannot be applied to an upgraded connection", status=502, reason="upgrade_refused"))
+            # after a 101 mitmproxy has made the upstream connection a pipe and would wait on
+            # it for ever: write the answer to an HTTP/1 client directly, and end the flow
+            flow.response.headers[REQUEST_ID] = flow.id
+            if flow.request.http_version.startswith("HTTP/1"):
+                self.send_raw(flow, http1.assemble_response(flow.response))
+            else:
+                flow.kill()
             return
         step = st.step("response")
         if step is not None and step.kind in ("encrypt", "decrypt") and flow.response.status_code == 206:

@@ -3,6 +3,7 @@
     /die/N     headers announce a large body; N bytes of it follow; then a FIN
     /rst/N     the same, then a TCP RST
     /chunked/N a chunked body cut off after N bytes (no terminator); then a FIN
+    /switch    101 Switching Protocols, unasked, then raw bytes
     /head      the headers a HEAD gets for a stored envelope (its size, ETag, Accept-Ranges)
     /partial   a 206 with ten bytes
     /dup-cl    two different Content-Length headers
@@ -40,6 +41,9 @@ def _respond(conn: socket.socket, path: str, ctype: bytes) -> None:
     elif kind == "chunked":
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: " + ctype + b"\r\nTransfer-Encoding: chunked\r\n\r\n")
         conn.sendall(b"%x\r\n" % HUGE + b"x" * n)
+    elif kind == "switch":  # switching protocols although nobody asked
+        conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: anything\r\nConnection: Upgrade\r\n\r\n"
+                     b"raw bytes after the switch")
     elif kind == "head":  # an answer to HEAD: the headers of a stored envelope, no body
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: " + ctype + b"\r\nContent-Length: 5000\r\n"
                      b"ETag: \"cipher\"\r\nAccept-Ranges: bytes\r\nX-Keyhold-Content-Type: text/plain\r\n\r\n")

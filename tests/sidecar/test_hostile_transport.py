@@ -292,6 +292,13 @@ def test_any_upgrade_header_on_a_route_with_a_step_is_refused(proxy, upstream, u
     assert not any(r.path == "/store/up" for r in upstream.received)
 
 
+def test_upstream_switching_protocols_unasked_on_a_route_with_a_step_is_refused(proxy):
+    """mitmproxy pipes a connection raw after any 101: on a route with a rule it must not."""
+    r = httpx.get(f"{proxy.rude}/dec/switch", timeout=30)
+    assert r.status_code == 502 and r.headers["x-keyhold-error"] == "upgrade_refused"
+    assert b"raw bytes" not in r.content
+
+
 def test_http2_prior_knowledge_gets_a_goaway_that_says_why(proxy, upstream):
     upstream.clear()
     s = raw(proxy.ports[0])
