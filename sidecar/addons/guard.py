@@ -151,8 +151,11 @@ class Guard:
 
     @staticmethod
     def _allows_upgrade(st) -> bool:
-        """The `allow_upgrade` of the config route the matched route was compiled from."""
+        """The `allow_upgrade` of the config route the matched route was compiled from
+        (routes compile one to one, in order; if that ever changes, nothing is allowed)."""
         table = st.table
+        if len(table.routes) != len(table.entry.route):
+            return False
         for compiled, configured in zip(table.routes, table.entry.route):
             if compiled is st.route:
                 return bool(getattr(configured, "allow_upgrade", False))
