@@ -148,6 +148,7 @@ def run(args, ctx) -> int:
     else:
         kms = ctx.kms
     checked(entries, kms, f"{args.config}: " if args.config else "")
+    _log_to_stderr()
     engine = Engine(entries, kms)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -165,7 +166,27 @@ def run(args, ctx) -> int:
     finally:
         print("kms proxy: stopping (letting in-flight requests finish)", file=sys.stderr, flush=True)
         engine.stop(args.drain)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            # already stopping: a repeated signal while the interpreter exits (when Python has
+            # put back the default actions) must not turn a clean exit into a kill
+            signal.signal(sig, signal.SIG_IGN)
     return 0
+
+
+def _log_to_stderr() -> None:
+    """Refusals and failures (logger `keyhold.sidecar`) go to stderr, one line each; the
+    per-request access log only where the config asks for it (`access_log`)."""
+    import logging
+
+    keyhold = logging.getLogger("keyhold")
+    if not keyhold.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s kms proxy: %(message)s", "%Y-%m-%dT%H:%M:%S"))
+        keyhold.addHandler(handler)
+        keyhold.setLevel(logging.INFO)
+    access = logging.getLogger("keyhold.sidecar.access")
+    if access.level == logging.NOTSET:
+        access.setLevel(logging.WARNING)
 
 
 def _chain(first, second):

@@ -111,6 +111,9 @@ class Route(_Model):
     match: Match = Match()
     request: Action | None = None
     response: Action | None = None
+    allow_upgrade: bool = False
+    """Let WebSocket / h2c upgrades through although the route has a step: the upgraded
+    connection's bytes then pass unencrypted (sidecar.addons.guard refuses them otherwise)."""
 
 
 class Limits(_Model):

@@ -11,7 +11,9 @@ rather than a closed client connection.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
 import sys
 import threading
 import time
@@ -22,7 +24,10 @@ from mitmproxy import options
 from mitmproxy.addons import next_layer, proxyserver, tlsconfig
 from mitmproxy.master import Master
 
+from sidecar import wire_errors
 from sidecar.addons import Metrics, Routing, Runtime, Signing, Transform
+from sidecar.addons.failclosed import FailClosed
+from sidecar.addons.guard import Framing, Guard
 from sidecar.config import ProxyEntry
 from sidecar.errors import ConfigError
 from sidecar.rules import RouteTable, compile_entry
@@ -31,6 +36,33 @@ log = logging.getLogger("keyhold.sidecar")
 _running = threading.Lock()
 """mitmproxy keeps its master and options in module globals (`mitmproxy.ctx`), so one
 process runs one Engine; more proxies are more entries of the same Engine."""
+
+
+def ignore_sigpipe() -> None:
+    """Never let a peer's closed socket kill the process.
+
+    `kms` restores the default SIGPIPE action (so that `kms list-keys | head` ends
+    quietly); in a server that default means: a client that reads part of a response and
+    closes (`curl URL | head -c 1000`) kills the proxy, and `kms up` with it. From the
+    main thread, SIGPIPE is ignored process-wide (child processes get the default back:
+    subprocess restores it). From any other thread only `sigpipe_blocked` is possible. A
+    write to a closed socket then fails with EPIPE, which mitmproxy handles as a
+    disconnect.
+    """
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+
+
+@contextlib.contextmanager
+def sigpipe_blocked():
+    """SIGPIPE blocked in this thread while the block runs, so the threads it starts
+    (which inherit the mask) never get one, whichever thread started the engine. The
+    caller's mask is put back after: a process it later spawns must not inherit it."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGPIPE})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def mode_spec(entry: ProxyEntry) -> str:
@@ -51,6 +83,16 @@ def _abort(ps: proxyserver.Proxyserver, flow) -> None:
             if io.writer is not None:
                 io.writer.close()  # nothing more is written, not even a chunked terminator
             handler.close_connection(conn)
+
+
+def _send_raw(ps: proxyserver.Proxyserver, flow, data: bytes) -> None:
+    """Write `data` to a flow's client as it is, then close the flow (an HTTP/2 GOAWAY to
+    a client that is not speaking HTTP/1, where no HTTP/1 error response would be read)."""
+    handler = ps.connections.get(flow.client_conn.id)
+    io = handler.transports.get(flow.client_conn) if handler is not None else None
+    if io is not None and io.writer is not None:
+        io.writer.write(data)
+    flow.kill()
 
 
 class Engine:
@@ -82,12 +124,15 @@ class Engine:
     def start(self, timeout: float = 15.0) -> None:
         if not _running.acquire(blocking=False):
             raise ConfigError("a sidecar engine already runs in this process: add entries to it with apply()")
+        ignore_sigpipe()
         self._thread = threading.Thread(target=self._run, name="keyhold-sidecar", daemon=True)
-        self._thread.start()
+        with sigpipe_blocked():  # the engine's thread and those it starts inherit the mask
+            self._thread.start()
         if not self._ready.wait(timeout):
             raise ConfigError("the proxy did not start in time")
         self._check_listening(self.entries, timeout)
-        self._apply_side_services(self.entries)
+        with sigpipe_blocked():  # the metrics server's threads write to sockets too
+            self._apply_side_services(self.entries)
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -100,7 +145,13 @@ class Engine:
         master.addons.add(ps, next_layer.NextLayer(), tlsconfig.TlsConfig())
         self.runtime.abort = lambda flow: _abort(ps, flow)
         if not self.plain:
-            master.addons.add(Routing(self.runtime), Transform(self.runtime), Signing(self.runtime), self.metrics)
+            wire_errors.install()  # JSON errors with X-Keyhold-Error, not mitmproxy's HTML page
+            chain = (
+                Routing(self.runtime), Guard(self.runtime, lambda flow, data: _send_raw(ps, flow, data)),
+                Transform(self.runtime), Signing(self.runtime), Framing(self.runtime), self.metrics,
+            )
+            # mitmproxy logs an exception in a hook and goes on with the flow: refuse it instead
+            master.addons.add(*(FailClosed(addon, self.runtime.abort) for addon in chain))
         first = self.entries[0] if self.entries else None
         Path(self.confdir).mkdir(parents=True, exist_ok=True, mode=0o700)
         opts.update(
@@ -111,6 +162,7 @@ class Engine:
             ssl_insecure=bool(first and not first.verify_upstream),
             ssl_verify_upstream_trusted_ca=first.upstream_ca if first else None,
             http2=True,
+            rawtcp=False,  # bytes that are not HTTP get a 400, never a raw relay past the rules
         )
         self._master = master
         self._loop.call_soon(self._ready.set)
@@ -164,7 +216,8 @@ class Engine:
                 raise
         self.runtime.tables = new_tables
         self.entries = list(entries)
-        self._apply_side_services(entries)
+        with sigpipe_blocked():
+            self._apply_side_services(entries)
         return changes
 
     def stop(self, drain: float = 30.0) -> None:

@@ -18,8 +18,9 @@ import json
 from typing import Any
 
 from kmscore.errors import InvalidCiphertext
+from kmscore.specs import MAX_PLAINTEXT
 
-from sidecar.errors import BadBody
+from sidecar.errors import BadBody, TooLarge
 
 PREFIX = "khf"
 VERSION = "1"
@@ -33,7 +34,10 @@ def context_for(path: str) -> dict[str, str]:
 
 
 def encode_value(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    try:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    except ValueError:  # NaN, Infinity: Python's json reads them, but they are not JSON
+        raise BadBody("NaN and Infinity are not JSON values") from None
 
 
 def decode_value(data: bytes) -> Any:
@@ -64,7 +68,12 @@ def is_token(value: Any) -> bool:
 
 
 def seal(kms, key: str, path: str, value: Any) -> str:
-    return wrap(kms.encrypt_data(key, encode_value(value), context_for(path)))
+    """A token for `value`; a value over the KMS's limit for one encryption is the
+    client's mistake (413), not a KMS failure."""
+    plain = encode_value(value)
+    if len(plain) > MAX_PLAINTEXT:
+        raise TooLarge(f"field {path} holds {len(plain)} bytes of JSON; a field token holds at most {MAX_PLAINTEXT}")
+    return wrap(kms.encrypt_data(key, plain, context_for(path)))
 
 
 def open_(kms, path: str, token: Any, key: str | None = None) -> Any:

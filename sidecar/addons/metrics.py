@@ -14,9 +14,10 @@ import time
 from mitmproxy import http
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from sidecar.addons.routing import state_of
+from sidecar.addons.routing import DETAIL, ERROR_HEADER, state_of
 
 access_log = logging.getLogger("keyhold.sidecar.access")
+log = logging.getLogger("keyhold.sidecar")
 _COUNTED = "keyhold.in_flight"
 
 
@@ -65,6 +66,8 @@ class Metrics:
         if st is not None and st.outcome == "ok":
             st.outcome = "upstream_error"
             st.error = "upstream"
+        if flow.error is not None:
+            flow.metadata.setdefault(DETAIL, flow.error.msg)
         self._finish(flow)
 
     def _finish(self, flow: http.HTTPFlow) -> None:
@@ -72,7 +75,12 @@ class Metrics:
             self.active -= 1
             self.in_flight.dec()
         st = state_of(flow)
-        if st is None or st.done:
+        if st is None:
+            if flow.response is not None and ERROR_HEADER in flow.response.headers:
+                log.warning("refused request=%s proxy=- rule=- method=%s status=%s reason=%s", flow.id,
+                            flow.request.method, flow.response.status_code, flow.response.headers[ERROR_HEADER])
+            return
+        if st.done:
             return
         st.done = True
         elapsed = time.monotonic() - st.started
@@ -84,6 +92,8 @@ class Metrics:
         if flow.response is not None and not flow.response.stream:
             resp_bytes.inc(len(flow.response.raw_content or b""))
         latency.observe(elapsed)
+        if st.outcome != "ok":
+            log_refusal(flow, st)
         if access_log.isEnabledFor(logging.INFO):
             access_log.info(json.dumps({
                 "ts": round(time.time(), 3),
@@ -96,6 +106,20 @@ class Metrics:
                 "response_action": resp_step.name if resp_step else None,
                 "keys": sorted(st.key_ids),
                 "outcome": st.outcome,
+                "request_id": flow.id,
                 "error": st.error,
                 "latency_ms": round(elapsed * 1000, 3),
             }))
+
+
+def log_refusal(flow: http.HTTPFlow, st) -> None:
+    """One line per refused or failed request: its id (also sent to the client in
+    X-Keyhold-Request-Id), proxy, route, reason and the one-line message. Never a body,
+    a header value, a query string, a token or a key: the messages are built without them."""
+    status = flow.response.status_code if flow.response is not None else "-"
+    detail = " ".join(str(flow.metadata.get(DETAIL, "")).split())[:300]
+    log.warning(
+        "%s request=%s proxy=%s rule=%s method=%s path=%s status=%s reason=%s%s",
+        "refused" if st.outcome == "denied" else "failed", flow.id, st.proxy, st.rule, flow.request.method,
+        flow.request.path.split("?", 1)[0][:200], status, st.error or st.outcome, f": {detail}" if detail else "",
+    )

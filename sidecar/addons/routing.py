@@ -32,6 +32,7 @@ from sidecar.rules import Decision, Route, RouteTable, Step
 log = logging.getLogger("keyhold.sidecar")
 METADATA = "keyhold"
 ERROR_HEADER = "X-Keyhold-Error"
+DETAIL = "keyhold.detail"
 
 
 @dataclass
@@ -98,6 +99,8 @@ def classify(exc: BaseException) -> tuple[int, str, str]:
         return 422, "bad_ciphertext", str(exc) or "ciphertext failed authentication"
     if isinstance(exc, KmsError):
         return 503, "kms_error", str(exc)
+    if isinstance(exc, RecursionError):  # json.loads of a body nested deeper than Python recurses
+        return 422, "bad_body", "the body is nested too deeply to read"
     return 500, "internal", f"{type(exc).__name__} while applying the rule"
 
 
@@ -111,8 +114,9 @@ def fail(flow: http.HTTPFlow, direction: str, exc: BaseException) -> None:
     if st:
         st.outcome = "denied" if status < 500 else "error"
         st.error = reason
-    level = logging.ERROR if reason == "internal" else logging.WARNING
-    log.log(level, "rule %s (%s) failed: %s: %s", rule, direction, reason, message, exc_info=reason == "internal")
+    flow.metadata[DETAIL] = message  # logged once, with the request id, when the flow ends (Metrics)
+    if reason == "internal":
+        log.error("request %s: rule %s (%s) failed: %s", flow.id, rule, direction, message, exc_info=True)
     flow.response = error_response(status, reason, rule, direction, message)
 
 
