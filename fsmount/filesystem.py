@@ -47,7 +47,7 @@ class KeyholdFS(FileOps, TreeOps, AttrOps):
         if config is not None:
             config.use_ino = 1  # report backing inode numbers
             config.readdir_ino = 1
-            config.hard_remove = 1  # no .fuse_hidden files: open handles keep their fd
+            config.hard_remove = 0  # unlinked open files keep a (hidden) name: see unlinked.py
             config.nullpath_ok = 1
             config.attr_timeout = c.attr_timeout
             config.entry_timeout = c.entry_timeout
@@ -62,6 +62,7 @@ class KeyholdFS(FileOps, TreeOps, AttrOps):
         if hasattr(self, "watch"):
             self.watch.stop()
         self.handles.close_all()
+        self.backing.close()
 
 
 def _path(fuse: "KeyholdFUSE", path: bytes | None) -> str | None:

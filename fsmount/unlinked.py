@@ -1,0 +1,87 @@
+"""Open files whose last name is gone: where they wait for their last close.
+
+POSIX lets a program go on using a file it has open after the file was unlinked:
+`fstat` gives a link count of 0, `fchmod` works, reads and writes work. High-level
+libfuse names every file by its path, and a path-less file cannot be asked about
+(`fstat` and `fchmod` reach the file system by path, not by handle): with libfuse's
+`hard_remove` they fail with ESTALE. So the mount runs without it, and libfuse renames
+an open file that is being unlinked (or renamed over) to `.fuse_hiddenXXXXXXXXYYYYYYYY`
+in the same directory, and unlinks that name at the last close.
+
+Such a name would show in `ls` and keep its directory from being removed. Here every
+name beginning with `.fuse_hidden`, in whichever directory, maps to one flat backing
+directory at the top of the cipher directory, `.keyhold-unlinked/`, which the mount
+hides. libfuse's names are unique within a mount (node id and counter), so the flat
+directory holds no clashes; a mount empties it at start (files left by a crash).
+
+A name in it is not a name of the file: the link count the mount shows is the backing
+one minus the file's names in `.keyhold-unlinked/`.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import threading
+
+from fsmount.dirfd import Backing
+from fsmount.handles import Inode
+
+log = logging.getLogger("fsmount")
+
+HIDDEN_PREFIX = ".fuse_hidden"  # libfuse's names for open files being removed
+TRASH = ".keyhold-unlinked"
+
+
+def is_hidden(path: str) -> bool:
+    return path.rpartition("/")[2].startswith(HIDDEN_PREFIX)
+
+
+def trash_path(path: str) -> str:
+    """The backing (mount-relative) path of libfuse's hidden name `path`."""
+    return f"/{TRASH}/{path.rpartition('/')[2]}"
+
+
+class Unlinked:
+    """Which inodes have names in the trash directory, and how many (for st_nlink)."""
+
+    def __init__(self, backing: Backing) -> None:
+        self._count: collections.Counter[Inode] = collections.Counter()
+        self._lock = threading.Lock()
+        self._prepare(backing)
+
+    @staticmethod
+    def _prepare(backing: Backing) -> None:
+        """Create the trash directory, or empty it of what a crashed mount left."""
+        try:
+            os.mkdir(TRASH, 0o700, dir_fd=backing.fd)
+            return
+        except FileExistsError:
+            pass
+        fd = os.open(TRASH, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=backing.fd)
+        try:
+            left = [e.name for e in os.scandir(fd)]
+            for name in left:
+                try:
+                    os.unlink(name, dir_fd=fd)
+                except IsADirectoryError:
+                    pass  # only libfuse puts files here; leave anything else alone
+            if left:
+                log.info("removed %d unlinked file(s) a previous mount left open", len(left))
+        finally:
+            os.close(fd)
+
+    def added(self, inode: Inode) -> None:
+        with self._lock:
+            self._count[inode] += 1
+
+    def removed(self, inode: Inode) -> None:
+        with self._lock:
+            if self._count[inode] <= 1:
+                self._count.pop(inode, None)
+            else:
+                self._count[inode] -= 1
+
+    def hidden_links(self, inode: Inode) -> int:
+        return self._count.get(inode, 0) if self._count else 0
