@@ -114,4 +114,7 @@ class FileOps(FsBase):
         self.handles.get(fh).fsync(bool(datasync))
 
     def release(self, path: str | None, fh: int) -> None:
+        inode = self.handles.inode(fh)
         self.handles.release(fh)
+        if inode is not None and self.unlinked.hidden_links(inode) and self.handles.by_inode(inode) is None:
+            self.unlinked.closed(inode)

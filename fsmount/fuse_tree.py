@@ -75,7 +75,7 @@ class TreeOps(FsBase):
             os.unlink(name, dir_fd=d)
         inode = inode_of(st)
         if is_hidden(path):
-            self.unlinked.removed(inode)  # libfuse: the last close of an unlinked file
+            self.unlinked.removed(inode, path)  # libfuse: the last close of an unlinked file
         self.forget_inode(st)
         if st.st_nlink > 1:
             self.links.changed(inode, gone=path)
@@ -105,17 +105,17 @@ class TreeOps(FsBase):
         if replaced is not None:
             self.forget_inode(replaced)
             if is_hidden(new):
-                self.unlinked.removed(inode_of(replaced))
+                self.unlinked.removed(inode_of(replaced), new)
             if replaced.st_nlink > 1:
                 self.links.changed(inode_of(replaced), gone=new)
 
     def _account_hidden(self, old: str, new: str, inode) -> None:
         """Names moving into or out of the trash directory change the shown link count."""
         into, out_of = is_hidden(new), is_hidden(old)
-        if into and not out_of:
-            self.unlinked.added(inode)
-        elif out_of and not into:
-            self.unlinked.removed(inode)
+        if into:
+            self.unlinked.added(inode, new)
+        if out_of:
+            self.unlinked.removed(inode, old)
 
     def link(self, target: str, source: str) -> None:
         """Hard link: the new name `target` for the existing `source` (shares one envelope)."""

@@ -20,7 +20,6 @@ one minus the file's names in `.keyhold-unlinked/`.
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import threading
@@ -44,11 +43,12 @@ def trash_path(path: str) -> str:
 
 
 class Unlinked:
-    """Which inodes have names in the trash directory, and how many (for st_nlink)."""
+    """Which inodes have names in the trash directory (for st_nlink and the last close)."""
 
     def __init__(self, backing: Backing) -> None:
-        self._count: collections.Counter[Inode] = collections.Counter()
+        self._names: dict[Inode, set[str]] = {}
         self._lock = threading.Lock()
+        self._backing = backing
         self._prepare(backing)
 
     @staticmethod
@@ -72,16 +72,32 @@ class Unlinked:
         finally:
             os.close(fd)
 
-    def added(self, inode: Inode) -> None:
+    def added(self, inode: Inode, path: str) -> None:
         with self._lock:
-            self._count[inode] += 1
+            self._names.setdefault(inode, set()).add(trash_path(path))
 
-    def removed(self, inode: Inode) -> None:
+    def removed(self, inode: Inode, path: str) -> None:
         with self._lock:
-            if self._count[inode] <= 1:
-                self._count.pop(inode, None)
-            else:
-                self._count[inode] -= 1
+            names = self._names.get(inode)
+            if names is not None:
+                names.discard(trash_path(path))
+                if not names:
+                    del self._names[inode]
 
     def hidden_links(self, inode: Inode) -> int:
-        return self._count.get(inode, 0) if self._count else 0
+        names = self._names.get(inode) if self._names else None
+        return len(names) if names else 0
+
+    def closed(self, inode: Inode) -> None:
+        """The inode's last handle is closed: remove its trash names.
+
+        libfuse does that itself, by the hidden name, unless it lost the name's path
+        (its directory was removed meanwhile); then this is the only removal.
+        """
+        with self._lock:
+            names = self._names.pop(inode, None)
+        for bpath in names or ():
+            try:
+                os.unlink(bpath.lstrip("/"), dir_fd=self._backing.fd)
+            except FileNotFoundError:
+                pass
