@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from fsmount.fuse_attrs import UTIME_NOW, UTIME_OMIT, AttrOps
 from fsmount.fuse_files import FileOps
 from fsmount.fuse_tree import TreeOps
+from fsmount.fuse_xattrs import XattrOps
 from fsmount.libfuse import mfusepy
 from fsmount.revocation import RevocationWatch
 
@@ -33,7 +34,7 @@ class CacheOptions:
     max_background: int = 64  # async read-ahead requests in flight
 
 
-class KeyholdFS(FileOps, TreeOps, AttrOps):
+class KeyholdFS(FileOps, TreeOps, AttrOps, XattrOps):
     """All FUSE operations of one mount."""
 
     cache = CacheOptions()
