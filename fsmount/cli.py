@@ -131,7 +131,7 @@ def run_fsck(args: argparse.Namespace, ctx: CliContext) -> int:
 
 def run_rewrap(args: argparse.Namespace, ctx: CliContext) -> int:
     report = tools.rewrap(ctx.kms, args.cipher_dir, args.to_key, tools.terminal_progress("rewrap"))
-    ctx.emit({"files": report.files, "rewrapped": report.rewrapped, "already_current": report.current,
+    ctx.emit({"files": report.files, "rewrapped": report.rewrapped, "already_current": report.current, "xattrs": report.xattrs,
               "failed": len(report.failed)})
     for f, why in report.failed:
         print(f"{f}: {why}", file=sys.stderr)

@@ -136,3 +136,32 @@ def test_xattrs_of_an_unlinked_open_file(d):
         assert os.getxattr(fd, "user.late") == b"after unlink"
     finally:
         os.close(fd)
+
+
+def test_rewrap_to_another_key_rewraps_the_values_too(mount):
+    import json
+    import subprocess
+    import sys
+
+    from kmscore import Kms
+    from kmscore.blob import peek_key
+
+    f = mount.path("f")
+    f.write_bytes(b"")
+    os.setxattr(f, "user.keep", SECRET)
+    os.setxattr(mount.point, "user.top", b"top")
+    mount.stop()
+    with Kms(mount.home, caller="test") as k:
+        other = k.create_key("app/other").key_id
+    done = subprocess.run(
+        [sys.executable, "-m", "kmscore.cli.main", "--home", str(mount.home), "fs", "rewrap", str(mount.cipher),
+         "--to-key", "app/other", "--json"], capture_output=True, text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["xattrs"] == 2
+    for p, name in ((mount.backing("f"), "user.keep"), (mount.cipher, "user.top")):
+        stored = os.getxattr(p, name)
+        assert peek_key(stored[30 : 30 + int.from_bytes(stored[28:30], "big")])[0] == other
+    mount.start()
+    assert os.getxattr(f, "user.keep") == SECRET
+    assert os.getxattr(mount.point, "user.top") == b"top"
