@@ -59,14 +59,21 @@ class Unlinked:
             return
         except FileExistsError:
             pass
-        fd = os.open(TRASH, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=backing.fd)
+        except OSError as e:  # a read-only cipher dir: nothing can be unlinked anyway
+            log.debug("no %s in the cipher directory: %s", TRASH, e.strerror)
+            return
+        try:
+            fd = os.open(TRASH, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=backing.fd)
+        except OSError as e:
+            log.warning("cannot open %s in the cipher directory: %s", TRASH, e.strerror)
+            return
         try:
             left = [e.name for e in os.scandir(fd)]
             for name in left:
                 try:
                     os.unlink(name, dir_fd=fd)
-                except IsADirectoryError:
-                    pass  # only libfuse puts files here; leave anything else alone
+                except OSError:
+                    pass  # only libfuse puts files here: leave anything else alone
             if left:
                 log.info("removed %d unlinked file(s) a previous mount left open", len(left))
         finally:
