@@ -1,8 +1,13 @@
 """FUSE operations on attributes: getattr, chmod, chown, utimens, statfs.
 
-Attributes are the backing file's, with two exceptions: st_size is the plaintext size,
-and st_ino is the backing inode number (the mount runs with use_ino), so inode numbers
-and link counts stay right across link, rename and unlink.
+Attributes are the backing file's, with three exceptions: st_size is the plaintext
+size, st_ino is the backing inode number (the mount runs with use_ino), so inode numbers
+and link counts stay right across link, rename and unlink, and st_nlink does not count
+the names unlinked open files keep in the cipher dir (fsmount.unlinked).
+
+High-level libfuse gives each *name* a kernel inode of its own, so a change through
+one name of a hard-linked file leaves the others' cached attributes stale: chmod,
+chown and utimens tell the kernel to forget them (fsmount.kernel_cache).
 """
 
 from __future__ import annotations
