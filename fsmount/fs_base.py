@@ -24,7 +24,7 @@ from fsmount.keys import FileKeys
 from fsmount.layout import Layout
 from fsmount.libfuse import mfusepy
 from fsmount.openfile import fs_error
-from fsmount.unlinked import TRASH, Unlinked, is_hidden, trash_path
+from fsmount.unlinked import TRASH, Unlinked, is_hidden
 
 log = logging.getLogger("fsmount")
 
@@ -72,7 +72,10 @@ class FsBase:
         if top in HIDDEN_TOP:
             raise fs_error(errno.EPERM)
         if is_hidden(path):
-            return trash_path(path)
+            found = self.unlinked.lookup(path)
+            if found is None:
+                raise fs_error(errno.ENOENT)  # also libfuse's probe for a free hidden name
+            return found
         return path
 
     # -- ownership -----------------------------------------------------------------------

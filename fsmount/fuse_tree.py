@@ -17,7 +17,7 @@ from typing import Any
 
 from fsmount.fs_base import HIDDEN_TOP, FsBase, inode_of
 from fsmount.openfile import fs_error
-from fsmount.unlinked import is_hidden
+from fsmount.unlinked import is_hidden, trash_path
 
 RENAME_NOREPLACE = 1 << 0
 RENAME_EXCHANGE = 1 << 1
@@ -83,7 +83,8 @@ class TreeOps(FsBase):
     def rename(self, old: str, new: str, flags: int = 0) -> None:
         if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or flags == RENAME_NOREPLACE | RENAME_EXCHANGE:
             raise fs_error(errno.EINVAL)  # RENAME_WHITEOUT and nonsense combinations
-        old_b, new_b = self.backing_path(old), self.backing_path(new)
+        old_b = self.backing_path(old)
+        new_b = trash_path(new) if is_hidden(new) else self.backing_path(new)  # libfuse hides an open file
         with self.backing.at(old_b) as (od, on), self.backing.at(new_b) as (nd, nn):
             moved = os.stat(on, dir_fd=od, follow_symlinks=False)
             try:
@@ -96,16 +97,17 @@ class TreeOps(FsBase):
                 os.rename(on, nn, src_dir_fd=od, dst_dir_fd=nd)
         if replaced is not None and os.path.samestat(moved, replaced):
             return  # rename onto another name of the same file: POSIX says do nothing
+        if replaced is not None and is_hidden(new):
+            self.unlinked.removed(inode_of(replaced), new)
         self._account_hidden(old, new, inode_of(moved))
         if not flags & RENAME_EXCHANGE:
             self.links.renamed(old, new)
             self.handles.renamed(old, new)
+            self.unlinked.renamed(old, new)
         if is_hidden(new) and moved.st_nlink > 1:
             self.links.changed(inode_of(moved), gone=old)  # libfuse hid one name of several
         if replaced is not None:
             self.forget_inode(replaced)
-            if is_hidden(new):
-                self.unlinked.removed(inode_of(replaced), new)
             if replaced.st_nlink > 1:
                 self.links.changed(inode_of(replaced), gone=new)
 

@@ -14,8 +14,10 @@ directory at the top of the cipher directory, `.keyhold-unlinked/`, which the mo
 hides. libfuse's names are unique within a mount (node id and counter), so the flat
 directory holds no clashes; a mount empties it at start (files left by a crash).
 
-A name in it is not a name of the file: the link count the mount shows is the backing
-one minus the file's names in `.keyhold-unlinked/`.
+A hidden name is found only at the path libfuse made it (not in every directory), so
+an unlinked file stays out of reach of whoever could not reach it before. A name in
+the trash is not a name of the file: the link count the mount shows is the backing one
+minus the file's names in `.keyhold-unlinked/`.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class Unlinked:
 
     def __init__(self, backing: Backing) -> None:
         self._names: dict[Inode, set[str]] = {}
+        self._where: dict[str, str] = {}  # hidden mount path -> its trash name
         self._lock = threading.Lock()
         self._backing = backing
         self._prepare(backing)
@@ -79,17 +82,36 @@ class Unlinked:
         finally:
             os.close(fd)
 
+    def lookup(self, path: str) -> str | None:
+        """The trash name of hidden mount path `path`, if libfuse made it there.
+
+        Only there: the flat trash directory must not make an unlinked file reachable
+        through another directory than the one it was unlinked from.
+        """
+        return self._where.get(path)
+
     def added(self, inode: Inode, path: str) -> None:
         with self._lock:
             self._names.setdefault(inode, set()).add(trash_path(path))
+            self._where[path] = trash_path(path)
 
     def removed(self, inode: Inode, path: str) -> None:
         with self._lock:
+            self._where.pop(path, None)
             names = self._names.get(inode)
             if names is not None:
                 names.discard(trash_path(path))
                 if not names:
                     del self._names[inode]
+
+    def renamed(self, old: str, new: str) -> None:
+        """Directory `old` is `new` now: the hidden names below it moved with it."""
+        if not self._where:
+            return
+        below = old + "/"
+        with self._lock:
+            for path in [p for p in self._where if p.startswith(below)]:
+                self._where[new + path[len(old):]] = self._where.pop(path)
 
     def hidden_links(self, inode: Inode) -> int:
         names = self._names.get(inode) if self._names else None
@@ -103,6 +125,8 @@ class Unlinked:
         """
         with self._lock:
             names = self._names.pop(inode, None)
+            for path in [p for p, t in self._where.items() if t in (names or ())]:
+                del self._where[path]
         for bpath in names or ():
             try:
                 os.unlink(bpath.lstrip("/"), dir_fd=self._backing.fd)

@@ -189,3 +189,22 @@ def test_files_left_unlinked_by_a_killed_mount_are_removed_at_the_next_mount(mou
     mount.start()
     assert list((mount.cipher / ".keyhold-unlinked").iterdir()) == []
     assert os.listdir(mount.point) == []
+
+
+def test_an_unlinked_file_is_not_reachable_through_another_directory(d, shared_mount):
+    (d / "private").mkdir(mode=0o700)
+    (d / "public").mkdir()
+    p = d / "private" / "f"
+    p.write_bytes(b"private data")
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        os.unlink(p)
+        hidden = [n for n in os.listdir(shared_mount.cipher / ".keyhold-unlinked")]
+        assert len(hidden) == 1
+        with pytest.raises(FileNotFoundError):
+            os.stat(d / "public" / hidden[0])
+        with pytest.raises(FileNotFoundError):
+            (d / "public" / hidden[0]).read_bytes()
+        assert os.pread(fd, 100, 0) == b"private data"
+    finally:
+        os.close(fd)
