@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from fsmount.fuse_attrs import UTIME_NOW, UTIME_OMIT, AttrOps
 from fsmount.fuse_files import FileOps
 from fsmount.fuse_tree import TreeOps
-from fsmount.fuse_xattrs import XattrOps
+from fsmount.fuse_xattrs import ENOATTR, XattrOps
 from fsmount.libfuse import mfusepy
 from fsmount.revocation import RevocationWatch
 
@@ -109,6 +109,13 @@ class KeyholdFUSE(mfusepy.FUSE):
         """Hand the kernel's buffer over as a memoryview, not a copy (valid for this call only:
         OpenFile copies what it keeps)."""
         return self.operations.write(None, _view(buf, size), offset, fip.contents.fh)
+
+    def getxattr(self, path, name: bytes, value, size: int, *args) -> int:
+        """Answer reads outside user.* before any decoding: the kernel asks a file system
+        with xattrs for security.capability before every write(2)."""
+        if not name.startswith(b"user."):
+            return -ENOATTR
+        return super().getxattr(path, name, value, size, *args)
 
     def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
         return self.operations.rename(_path(self, old), _path(self, new), flags)
