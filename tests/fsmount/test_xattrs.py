@@ -165,3 +165,17 @@ def test_rewrap_to_another_key_rewraps_the_values_too(mount):
     mount.start()
     assert os.getxattr(f, "user.keep") == SECRET
     assert os.getxattr(mount.point, "user.top") == b"top"
+
+
+def test_a_mount_without_xattrs_refuses_them_and_the_kernel_stops_asking(mount_with):
+    m = mount_with("--no-xattrs", "--debug")
+    f = m.path("f")
+    f.write_bytes(b"")
+    with pytest.raises(OSError) as e:
+        os.setxattr(f, "user.a", b"1")
+    assert e.value.errno == errno.EOPNOTSUPP
+    with open(f, "ab") as out:
+        for _ in range(5):
+            out.write(b"x")
+            out.flush()
+    assert m.log.read_text().count("GETXATTR") <= 1  # at most the first ask, then none
