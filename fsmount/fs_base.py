@@ -78,6 +78,13 @@ class FsBase:
             return found
         return path
 
+    def new_name(self, path: str) -> str:
+        """The backing path for a name being created; libfuse's hidden names are only
+        ever made by rename, so creating one is refused."""
+        if is_hidden(path):
+            raise fs_error(errno.EPERM)
+        return self.backing_path(path)
+
     # -- ownership -----------------------------------------------------------------------
     def own(self, bpath: str, fd: int | None = None, mode: int | None = None) -> None:
         """Give a new file to the calling user, as ext4 would (setgid dirs pass their gid).

@@ -20,7 +20,7 @@ _ACCESS = os.O_ACCMODE | os.O_APPEND | os.O_TRUNC | os.O_CREAT | os.O_EXCL
 
 class FileOps(FsBase):
     def create(self, path: str, mode: int, flags: int) -> int:
-        bpath = self.new_name(path)  # type: ignore[attr-defined]
+        bpath = self.new_name(path)
         try:
             fd = self.backing.open(bpath, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode & 0o7777)
         except FileExistsError:  # raced with another creator: open what is there

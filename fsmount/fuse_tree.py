@@ -61,13 +61,6 @@ class TreeOps(FsBase):
         os.close(fh)
 
     # -- names ---------------------------------------------------------------------------
-    def new_name(self, path: str) -> str:
-        """The backing path for a name being created; libfuse's hidden names are only
-        ever made by rename, so creating one is refused."""
-        if is_hidden(path):
-            raise fs_error(errno.EPERM)
-        return self.backing_path(path)
-
     def unlink(self, path: str) -> None:
         bpath = self.backing_path(path)
         with self.backing.at(bpath) as (d, name):
