@@ -97,8 +97,9 @@ class TreeOps(FsBase):
             self.links.renamed(old, new)
             self.handles.renamed(old, new)
             self.unlinked.renamed(old, new)
-        if is_hidden(new) and moved.st_nlink > 1:
-            self.links.changed(inode_of(moved), gone=old)  # libfuse hid one name of several
+        if moved.st_nlink > 1 and not stat.S_ISDIR(moved.st_mode):
+            # the other names' cached ctime (and, when libfuse hid this one, link count)
+            self.links.changed(inode_of(moved), gone=old if is_hidden(new) else None)
         if replaced is not None:
             self.forget_inode(replaced)
             if replaced.st_nlink > 1:
