@@ -16,13 +16,27 @@ makes its backing calls through it.
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Iterator
 
 PATH_MAX = 4096
 _SHORT = (PATH_MAX - 1) // 4  # characters that are surely < PATH_MAX bytes in UTF-8
 _WALK = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class _At:
+    """A (dir_fd, name) pair as a context manager that closes a dir fd it opened."""
+
+    __slots__ = ("dir_fd", "name", "owned")
+
+    def __init__(self, dir_fd: int, name: str, owned: bool) -> None:
+        self.dir_fd, self.name, self.owned = dir_fd, name, owned
+
+    def __enter__(self) -> tuple[int, str]:
+        return self.dir_fd, self.name
+
+    def __exit__(self, *exc: object) -> None:
+        if self.owned:
+            os.close(self.dir_fd)
 
 
 class Backing:
@@ -37,22 +51,15 @@ class Backing:
             os.close(self.fd)
             self.fd = -1
 
-    @contextlib.contextmanager
-    def at(self, path: str) -> Iterator[tuple[int, str]]:
-        """`(dir_fd, name)` naming mount path `path` ("/a/b") in the cipher directory.
-
-        The fd is valid inside the `with` block only; `name` is "." for the root.
+    def at(self, path: str) -> _At:
+        """`with backing.at(path) as (dir_fd, name)`: mount path `path` ("/a/b") in the
+        cipher directory. The fd is valid inside the block only; `name` is "." for the root.
         """
         rel = path.lstrip("/") or "."
         if len(rel) <= _SHORT or len(os.fsencode(rel)) < PATH_MAX:
-            yield self.fd, rel
-            return
+            return _At(self.fd, rel, False)
         parent, _, name = rel.rpartition("/")
-        fd = self.open_dir(parent)
-        try:
-            yield fd, name
-        finally:
-            os.close(fd)
+        return _At(self.open_dir(parent), name, True)
 
     def open_dir(self, rel: str) -> int:
         """An O_PATH fd of directory `rel` (relative, any length); the caller closes it.
@@ -87,11 +94,18 @@ class Backing:
         return new
 
     # -- the calls more than one module makes ------------------------------------------
+    # (stat and open skip the context manager for short paths: they are the hot calls)
     def lstat(self, path: str) -> os.stat_result:
+        rel = path.lstrip("/") or "."
+        if len(rel) <= _SHORT:
+            return os.stat(rel, dir_fd=self.fd, follow_symlinks=False)
         with self.at(path) as (d, name):
             return os.stat(name, dir_fd=d, follow_symlinks=False)
 
     def open(self, path: str, flags: int, mode: int = 0o777) -> int:
+        rel = path.lstrip("/") or "."
+        if len(rel) <= _SHORT:
+            return os.open(rel, flags | os.O_CLOEXEC, mode, dir_fd=self.fd)
         with self.at(path) as (d, name):
             return os.open(name, flags | os.O_CLOEXEC, mode, dir_fd=d)
 
