@@ -58,7 +58,9 @@ setup
 case "${1:-}" in
     run)  say "starting the example deployment (Ctrl-C stops it)"
           exec "$VENV/bin/kms" up config/example.toml ;;
-    test) exec "$VENV/bin/python" -m pytest -q ;;
+    test) # pjdfstest (tests/fsmount/test_pjdfstest.py) is built from source and run by prove
+          apt_install autoconf automake gcc make perl
+          exec "$VENV/bin/python" -m pytest -q ;;
     "")   say "ready: $VENV/bin/kms --help" ;;
     *)    echo "usage: $0 [run|test]" >&2; exit 2 ;;
 esac

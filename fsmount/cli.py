@@ -40,6 +40,9 @@ def add_mount_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--allow-other", action=argparse.BooleanOptionalAction, default=None, help="let other users in (default: when run by root)")
     p.add_argument("--revocation-bound", type=float, default=5.0, metavar="SECONDS",
                    help="a revoked CMK stops reads and writes within this time, also of open files (default 5)")
+    p.add_argument("--xattrs", action=argparse.BooleanOptionalAction, default=True,
+                   help="user.* extended attributes, values sealed (default on; off: ENOTSUP, and small "
+                        "writes are faster: the kernel stops asking for security.capability before each)")
     p.add_argument("--debug", action="store_true", help="log every FUSE request (libfuse -d)")
     p.set_defaults(run=run_mount)
 
@@ -83,6 +86,7 @@ def run_mount(args: argparse.Namespace, ctx: CliContext) -> int:
     opts = mounting.MountOptions(
         key=args.key, force_key=args.force_key, frame_size=args.frame_size or mounting.DEFAULT_FRAME_SIZE,
         allow_other=args.allow_other, debug=args.debug, revocation_bound=args.revocation_bound,
+        xattrs=args.xattrs,
     )
     if problem := mounting.check_paths(args.cipher_dir, args.mount_point):
         raise mounting.MountError(problem)
@@ -99,6 +103,8 @@ def run_mount(args: argparse.Namespace, ctx: CliContext) -> int:
                  "--log", log_file, "--revocation-bound", str(args.revocation_bound)]
         if args.allow_other is not None:
             argv.append("--allow-other" if args.allow_other else "--no-allow-other")
+        if not args.xattrs:
+            argv.append("--no-xattrs")
         pid = mounting.start_background(argv, args.mount_point, log_file).pid
         ctx.info(f"mounted {args.cipher_dir} on {args.mount_point} (pid {pid}; log {log_file})")
         return 0
@@ -133,7 +139,7 @@ def run_fsck(args: argparse.Namespace, ctx: CliContext) -> int:
 
 def run_rewrap(args: argparse.Namespace, ctx: CliContext) -> int:
     report = tools.rewrap(ctx.kms, args.cipher_dir, args.to_key, tools.terminal_progress("rewrap"))
-    ctx.emit({"files": report.files, "rewrapped": report.rewrapped, "already_current": report.current,
+    ctx.emit({"files": report.files, "rewrapped": report.rewrapped, "already_current": report.current, "xattrs": report.xattrs,
               "failed": len(report.failed)})
     for f, why in report.failed:
         print(f"{f}: {why}", file=sys.stderr)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from fsmount.fuse_attrs import UTIME_NOW, UTIME_OMIT, AttrOps
 from fsmount.fuse_files import FileOps
 from fsmount.fuse_tree import TreeOps
+from fsmount.fuse_xattrs import ENOATTR, XattrOps
 from fsmount.libfuse import mfusepy
 from fsmount.revocation import RevocationWatch
 
@@ -33,7 +34,7 @@ class CacheOptions:
     max_background: int = 64  # async read-ahead requests in flight
 
 
-class KeyholdFS(FileOps, TreeOps, AttrOps):
+class KeyholdFS(FileOps, TreeOps, AttrOps, XattrOps):
     """All FUSE operations of one mount."""
 
     cache = CacheOptions()
@@ -47,7 +48,7 @@ class KeyholdFS(FileOps, TreeOps, AttrOps):
         if config is not None:
             config.use_ino = 1  # report backing inode numbers
             config.readdir_ino = 1
-            config.hard_remove = 1  # no .fuse_hidden files: open handles keep their fd
+            config.hard_remove = 0  # unlinked open files keep a (hidden) name: see unlinked.py
             config.nullpath_ok = 1
             config.attr_timeout = c.attr_timeout
             config.entry_timeout = c.entry_timeout
@@ -62,6 +63,7 @@ class KeyholdFS(FileOps, TreeOps, AttrOps):
         if hasattr(self, "watch"):
             self.watch.stop()
         self.handles.close_all()
+        self.backing.close()
 
 
 def _path(fuse: "KeyholdFUSE", path: bytes | None) -> str | None:
@@ -107,6 +109,13 @@ class KeyholdFUSE(mfusepy.FUSE):
         """Hand the kernel's buffer over as a memoryview, not a copy (valid for this call only:
         OpenFile copies what it keeps)."""
         return self.operations.write(None, _view(buf, size), offset, fip.contents.fh)
+
+    def getxattr(self, path, name: bytes, value, size: int, *args) -> int:
+        """Answer reads outside user.* before any decoding: the kernel asks a file system
+        with xattrs for security.capability before every write(2)."""
+        if not name.startswith(b"user."):
+            return -ENOATTR
+        return super().getxattr(path, name, value, size, *args)
 
     def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
         return self.operations.rename(_path(self, old), _path(self, new), flags)

@@ -1,8 +1,9 @@
 """What every group of FUSE operations shares: path mapping, ownership, attributes.
 
 Names stay plain in this version: the file `/a/b` of the mount is the backing file
-CIPHERDIR/a/b. All name handling goes through `real()`, the one place encrypted names
-will plug in (see docs/formats/fsmount.md).
+CIPHERDIR/a/b. All name handling goes through `backing_path()`, the one place encrypted
+names will plug in (see docs/formats/fsmount.md), and every backing call is made
+through `self.backing` (fsmount.dirfd), relative to directory fds, so depth is no limit.
 """
 
 from __future__ import annotations
@@ -16,17 +17,20 @@ from typing import Any
 from kmscore.envelope import EnvelopeError, Header
 
 from fsmount.cipherdir import CONFIG_NAME
+from fsmount.dirfd import Backing
 from fsmount.handles import Handles, Inode
 from fsmount.kernel_cache import HardLinks, KernelCache
 from fsmount.keys import FileKeys
 from fsmount.layout import Layout
 from fsmount.libfuse import mfusepy
 from fsmount.openfile import fs_error
+from fsmount.unlinked import TRASH, Unlinked, is_hidden
 
 log = logging.getLogger("fsmount")
 
 HEADER_PROBE = 4096  # bytes read to decode a header (the wrapped DEK is ~100 bytes)
 GEOMETRY_CACHE = 100_000  # inodes whose header size and frame size we remember
+HIDDEN_TOP = frozenset((CONFIG_NAME, TRASH))  # backing names at the top the mount never shows
 
 
 def inode_of(st: os.stat_result) -> Inode:
@@ -46,6 +50,8 @@ class FsBase:
 
     def __init__(self, root: str, keys: FileKeys) -> None:
         self.root = os.path.abspath(root)
+        self.backing = Backing(self.root)
+        self.unlinked = Unlinked(self.backing)
         self.keys = keys
         self.handles = Handles()
         self.kernel = KernelCache()
@@ -56,14 +62,31 @@ class FsBase:
         self._geometry: dict[Inode, Layout] = {}
 
     # -- names ---------------------------------------------------------------------------
-    def real(self, path: str) -> str:
-        """The backing path of a mount path; the cipher dir's config file is not reachable."""
-        if path == "/" + CONFIG_NAME:
+    def backing_path(self, path: str) -> str:
+        """The backing path (relative to the cipher dir) of a mount path.
+
+        The config file and the directory of unlinked open files are not reachable;
+        libfuse's hidden names of unlinked open files map into that directory.
+        """
+        top = path[1:].partition("/")[0]
+        if top in HIDDEN_TOP:
             raise fs_error(errno.EPERM)
-        return self.root + path
+        if is_hidden(path):
+            found = self.unlinked.lookup(path)
+            if found is None:
+                raise fs_error(errno.ENOENT)  # also libfuse's probe for a free hidden name
+            return found
+        return path
+
+    def new_name(self, path: str) -> str:
+        """The backing path for a name being created; libfuse's hidden names are only
+        ever made by rename, so creating one is refused."""
+        if is_hidden(path):
+            raise fs_error(errno.EPERM)
+        return self.backing_path(path)
 
     # -- ownership -----------------------------------------------------------------------
-    def own(self, real: str, fd: int | None = None, mode: int | None = None) -> None:
+    def own(self, bpath: str, fd: int | None = None, mode: int | None = None) -> None:
         """Give a new file to the calling user, as ext4 would (setgid dirs pass their gid).
 
         Only a root mount can; for a user's mount everything belongs to that user anyway.
@@ -73,20 +96,22 @@ class FsBase:
         uid, gid, _pid = mfusepy.fuse_get_context()
         if uid == 0 and gid == 0:
             return  # root's own files: the backing file system already did it right
-        parent = os.stat(os.path.dirname(real))
+        parent = self.backing.parent_stat(bpath)
         if parent.st_mode & stat.S_ISGID:
             gid = parent.st_gid
+        suid = mode is not None and mode & (stat.S_ISUID | stat.S_ISGID)
         if fd is not None:
             os.fchown(fd, uid, gid)
-            if mode is not None and mode & (stat.S_ISUID | stat.S_ISGID):
+            if suid:
                 os.fchmod(fd, mode)  # chown cleared them
-        else:
-            os.lchown(real, uid, gid)
-            if mode is not None and mode & (stat.S_ISUID | stat.S_ISGID):
-                os.chmod(real, mode)
+            return
+        with self.backing.at(bpath) as (d, name):
+            os.chown(name, uid, gid, dir_fd=d, follow_symlinks=False)
+            if suid:
+                os.chmod(name, mode, dir_fd=d)  # type: ignore[arg-type]
 
     # -- attributes ----------------------------------------------------------------------
-    def plaintext_size(self, real: str, st: os.stat_result) -> int:
+    def plaintext_size(self, bpath: str, st: os.stat_result) -> int:
         """st_size as the mount shows it: the plaintext size of a regular file."""
         if not stat.S_ISREG(st.st_mode):
             return st.st_size
@@ -96,7 +121,7 @@ class FsBase:
             return f.size
         layout = self._geometry.get(inode)
         if layout is None:
-            layout = self._read_geometry(real)
+            layout = self._read_geometry(bpath)
             if layout is None:
                 return 0  # damaged files still list (and can be deleted); reading them fails
             if len(self._geometry) >= GEOMETRY_CACHE:
@@ -105,10 +130,9 @@ class FsBase:
         size = layout.plaintext_size(st.st_size)
         return 0 if size is None else size
 
-    @staticmethod
-    def _read_geometry(real: str) -> Layout | None:
+    def _read_geometry(self, bpath: str) -> Layout | None:
         try:
-            fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW)
+            fd = self.backing.open(bpath, os.O_RDONLY | os.O_NOFOLLOW)
         except OSError:
             return None
         try:
@@ -124,12 +148,13 @@ class FsBase:
         if st.st_nlink <= 1:
             self._geometry.pop(inode_of(st), None)
 
-    @staticmethod
-    def attrs(st: os.stat_result, size: int) -> dict[str, Any]:
+    def attrs(self, st: os.stat_result, size: int) -> dict[str, Any]:
+        """FUSE attributes: the backing file's, with the plaintext size, and without the
+        names that unlinked open files have in the trash directory in the link count."""
         return {
             "st_mode": st.st_mode,
             "st_ino": st.st_ino,
-            "st_nlink": st.st_nlink,
+            "st_nlink": st.st_nlink - self.unlinked.hidden_links(inode_of(st)),
             "st_uid": st.st_uid,
             "st_gid": st.st_gid,
             "st_rdev": st.st_rdev,

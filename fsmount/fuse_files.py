@@ -20,30 +20,31 @@ _ACCESS = os.O_ACCMODE | os.O_APPEND | os.O_TRUNC | os.O_CREAT | os.O_EXCL
 
 class FileOps(FsBase):
     def create(self, path: str, mode: int, flags: int) -> int:
-        real = self.real(path)
+        bpath = self.new_name(path)
         try:
-            fd = os.open(real, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode & 0o7777)
+            fd = self.backing.open(bpath, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode & 0o7777)
         except FileExistsError:  # raced with another creator: open what is there
             return self.open(path, flags & ~(os.O_CREAT | os.O_EXCL))
         try:
-            self.own(real, fd, mode & 0o7777)
+            self.own(bpath, fd, mode & 0o7777)
             header, cipher = self.keys.new(path)
             check = self.keys.checker(header, path)
             f = OpenFile(fd, header, cipher, 0, path, check)
             os.pwrite(fd, header.encode() + cipher.seal(0, b"", True), 0)  # a valid empty envelope
         except BaseException:
             os.close(fd)
-            os.unlink(real)
+            with self.backing.at(bpath) as (d, name):
+                os.unlink(name, dir_fd=d)
             raise
         fh, _ = self.handles.acquire(inode_of(os.fstat(fd)), lambda: f)
         return fh
 
     def open(self, path: str, flags: int) -> int:
-        real = self.real(path)
+        bpath = self.backing_path(path)
         try:
-            fd = os.open(real, os.O_RDWR | os.O_NOFOLLOW)
+            fd = self.backing.open(bpath, os.O_RDWR | os.O_NOFOLLOW)
         except PermissionError:  # a read-only backing file (user mount): reads still work
-            fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW)
+            fd = self.backing.open(bpath, os.O_RDONLY | os.O_NOFOLLOW)
         try:
             st = os.fstat(fd)
             inode = inode_of(st)
@@ -87,18 +88,21 @@ class FileOps(FsBase):
     def truncate(self, path: str | None, length: int, fh: int | None = None) -> None:
         if fh is not None:
             self.handles.get(fh).truncate(length)
-            return
-        real = self.real(path)
-        st = os.lstat(real)
-        f = self.handles.by_inode(inode_of(st))
-        if f is not None:
-            f.truncate(length)
-            return
-        fh = self.open(path, os.O_WRONLY)
-        try:
-            self.handles.get(fh).truncate(length)
-        finally:
-            self.handles.release(fh)
+            inode = self.handles.inode(fh)
+        else:
+            st = self.backing.lstat(self.backing_path(path))
+            inode = inode_of(st)
+            f = self.handles.by_inode(inode)
+            if f is not None:
+                f.truncate(length)
+            else:
+                fh = self.open(path, os.O_WRONLY)
+                try:
+                    self.handles.get(fh).truncate(length)
+                finally:
+                    self.handles.release(fh)
+        if inode is not None and self.links.is_linked(inode):
+            self.links.changed(inode)  # other names' cached size and times are stale
 
     def flush(self, path: str | None, fh: int) -> None:
         self.handles.get(fh).flush()
@@ -110,4 +114,7 @@ class FileOps(FsBase):
         self.handles.get(fh).fsync(bool(datasync))
 
     def release(self, path: str | None, fh: int) -> None:
+        inode = self.handles.inode(fh)
         self.handles.release(fh)
+        if inode is not None and self.unlinked.hidden_links(inode) and self.handles.by_inode(inode) is None:
+            self.unlinked.closed(inode)

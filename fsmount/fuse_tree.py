@@ -1,8 +1,10 @@
 """FUSE operations on names: directories, unlink, rename (with renameat2 flags), links.
 
-These are passthroughs to the backing directory, except that the cipher directory's
-config file is hidden and protected, and `rename` honours RENAME_NOREPLACE and
-RENAME_EXCHANGE atomically (via renameat2) instead of silently dropping them.
+These are passthroughs to the backing directory (relative to directory fds, see
+fsmount.dirfd), except that the cipher directory's config file and its directory of
+unlinked open files are hidden and protected, libfuse's hidden names map into that
+directory (fsmount.unlinked), and `rename` honours RENAME_NOREPLACE and RENAME_EXCHANGE
+atomically (via renameat2) instead of silently dropping them.
 """
 
 from __future__ import annotations
@@ -13,43 +15,44 @@ import os
 import stat
 from typing import Any
 
-from fsmount.cipherdir import CONFIG_NAME
-from fsmount.fs_base import FsBase, inode_of
+from fsmount.fs_base import HIDDEN_TOP, FsBase, inode_of
 from fsmount.openfile import fs_error
+from fsmount.unlinked import is_hidden, trash_path
 
 RENAME_NOREPLACE = 1 << 0
 RENAME_EXCHANGE = 1 << 1
-_AT_FDCWD = -100
 _libc = ctypes.CDLL(None, use_errno=True)
 _renameat2 = getattr(_libc, "renameat2", None)
 
 
-def renameat2(old: str, new: str, flags: int) -> None:
+def renameat2(old_dir: int, old: str, new_dir: int, new: str, flags: int) -> None:
     if _renameat2 is None:
         raise fs_error(errno.EINVAL)
-    if _renameat2(_AT_FDCWD, os.fsencode(old), _AT_FDCWD, os.fsencode(new), flags) != 0:
+    if _renameat2(old_dir, os.fsencode(old), new_dir, os.fsencode(new), flags) != 0:
         raise fs_error(ctypes.get_errno())
 
 
 class TreeOps(FsBase):
     # -- directories ---------------------------------------------------------------------
     def mkdir(self, path: str, mode: int) -> None:
-        real = self.real(path)
-        os.mkdir(real, mode & 0o7777)
-        self.own(real, mode=mode & 0o7777)
+        bpath = self.new_name(path)
+        with self.backing.at(bpath) as (d, name):
+            os.mkdir(name, mode & 0o7777, dir_fd=d)
+        self.own(bpath, mode=mode & 0o7777)
 
     def rmdir(self, path: str) -> None:
-        os.rmdir(self.real(path))
+        with self.backing.at(self.backing_path(path)) as (d, name):
+            os.rmdir(name, dir_fd=d)
 
     def opendir(self, path: str) -> int:
-        return os.open(self.real(path), os.O_RDONLY | os.O_DIRECTORY)
+        return self.backing.open(self.backing_path(path), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
 
     def readdir(self, path: str | None, fh: int) -> list[Any]:
         entries: list[Any] = [(".", None, 0), ("..", None, 0)]
-        top = os.fstat(fh).st_ino == os.stat(self.root).st_ino
+        top = os.path.samestat(os.fstat(fh), os.fstat(self.backing.fd))
         with os.scandir(fh) as it:
             for e in it:
-                if top and e.name == CONFIG_NAME:
+                if top and e.name in HIDDEN_TOP:
                     continue
                 entries.append((e.name, {"st_mode": _kind(e), "st_ino": e.inode()}, 0))
         return entries
@@ -59,60 +62,92 @@ class TreeOps(FsBase):
 
     # -- names ---------------------------------------------------------------------------
     def unlink(self, path: str) -> None:
-        real = self.real(path)
-        st = os.lstat(real)
-        os.unlink(real)
+        bpath = self.backing_path(path)
+        with self.backing.at(bpath) as (d, name):
+            st = os.stat(name, dir_fd=d, follow_symlinks=False)
+            os.unlink(name, dir_fd=d)
+        inode = inode_of(st)
+        if is_hidden(path):
+            self.unlinked.removed(inode, path)  # libfuse: the last close of an unlinked file
         self.forget_inode(st)
         if st.st_nlink > 1:
-            self.links.changed(inode_of(st), gone=path)
+            self.links.changed(inode, gone=path)
 
     def rename(self, old: str, new: str, flags: int = 0) -> None:
         if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or flags == RENAME_NOREPLACE | RENAME_EXCHANGE:
             raise fs_error(errno.EINVAL)  # RENAME_WHITEOUT and nonsense combinations
-        old_real, new_real = self.real(old), self.real(new)
-        try:
-            replaced = None if flags else os.lstat(new_real)
-        except FileNotFoundError:
-            replaced = None
-        if flags:
-            renameat2(old_real, new_real, flags)
-        else:
-            os.rename(old_real, new_real)
+        old_b = self.backing_path(old)
+        new_b = trash_path(new) if is_hidden(new) else self.backing_path(new)  # libfuse hides an open file
+        with self.backing.at(old_b) as (od, on), self.backing.at(new_b) as (nd, nn):
+            moved = os.stat(on, dir_fd=od, follow_symlinks=False)
+            try:
+                replaced = None if flags & RENAME_EXCHANGE else os.stat(nn, dir_fd=nd, follow_symlinks=False)
+            except FileNotFoundError:
+                replaced = None
+            if flags:
+                renameat2(od, on, nd, nn, flags)
+            else:
+                os.rename(on, nn, src_dir_fd=od, dst_dir_fd=nd)
+        if replaced is not None and os.path.samestat(moved, replaced):
+            return  # rename onto another name of the same file: POSIX says do nothing
+        if replaced is not None and is_hidden(new):
+            self.unlinked.removed(inode_of(replaced), new)
+        self._account_hidden(old, new, inode_of(moved))
         if not flags & RENAME_EXCHANGE:
             self.links.renamed(old, new)
             self.handles.renamed(old, new)
+            self.unlinked.renamed(old, new)
+        if moved.st_nlink > 1 and not stat.S_ISDIR(moved.st_mode):
+            # the other names' cached ctime (and, when libfuse hid this one, link count)
+            self.links.changed(inode_of(moved), gone=old if is_hidden(new) else None)
         if replaced is not None:
             self.forget_inode(replaced)
-        if replaced is not None and replaced.st_nlink > 1:
-            self.links.changed(inode_of(replaced), gone=new)
+            if replaced.st_nlink > 1:
+                self.links.changed(inode_of(replaced), gone=new)
+
+    def _account_hidden(self, old: str, new: str, inode) -> None:
+        """Names moving into or out of the trash directory change the shown link count."""
+        into, out_of = is_hidden(new), is_hidden(old)
+        if into:
+            self.unlinked.added(inode, new)
+        if out_of:
+            self.unlinked.removed(inode, old)
 
     def link(self, target: str, source: str) -> None:
         """Hard link: the new name `target` for the existing `source` (shares one envelope)."""
-        real = self.real(source)
-        os.link(real, self.real(target), follow_symlinks=False)
-        inode = inode_of(os.lstat(real))
+        src_b, dst_b = self.backing_path(source), self.new_name(target)
+        with self.backing.at(src_b) as (sd, sn), self.backing.at(dst_b) as (dd, dn):
+            os.link(sn, dn, src_dir_fd=sd, dst_dir_fd=dd, follow_symlinks=False)
+            inode = inode_of(os.stat(sn, dir_fd=sd, follow_symlinks=False))
         self.links.add(inode, source, target)
         self.links.changed(inode)  # the other names' cached link count is stale now
 
     def symlink(self, target: str, source: str) -> None:
         """Create the symlink `target` pointing at `source` (stored as is: names are plain)."""
-        real = self.real(target)
-        os.symlink(source, real)
-        self.own(real)
+        bpath = self.new_name(target)
+        with self.backing.at(bpath) as (d, name):
+            os.symlink(source, name, dir_fd=d)
+        self.own(bpath)
 
     def readlink(self, path: str) -> str:
-        return os.readlink(self.real(path))
+        with self.backing.at(self.backing_path(path)) as (d, name):
+            return os.readlink(name, dir_fd=d)
 
     def mknod(self, path: str, mode: int, dev: int) -> None:
-        """Regular files (an empty envelope), FIFOs and sockets; device nodes are refused."""
+        """Regular files (an empty envelope), FIFOs, sockets and, on a root mount, devices.
+
+        Device nodes are stored as they are (as gocryptfs does): they are inert on a
+        mount with `nodev`, which libfuse sets unless root asks for `-o dev`.
+        """
         if stat.S_ISREG(mode):
             self.release(None, self.create(path, mode, os.O_WRONLY))  # type: ignore[attr-defined]
             return
-        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
-            raise fs_error(errno.EPERM)
-        real = self.real(path)
-        os.mknod(real, mode, dev)
-        self.own(real, mode=mode & 0o7777)
+        if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode)):
+            raise fs_error(errno.EINVAL)
+        bpath = self.new_name(path)
+        with self.backing.at(bpath) as (d, name):
+            os.mknod(name, mode, dev, dir_fd=d)
+        self.own(bpath, mode=mode & 0o7777)
 
 
 def _kind(e: os.DirEntry) -> int:

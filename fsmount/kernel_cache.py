@@ -74,8 +74,13 @@ class HardLinks:
             self._kernel.forget(path)
 
     def renamed(self, old: str, new: str) -> None:
+        """`old` (a file, or a directory with linked files below it) is `new` now."""
+        if not self._names:
+            return
+        below = old + "/"
         with self._lock:
             for names in self._names.values():
-                if old in names:
-                    names.discard(old)
-                    names.add(new)
+                moved = [n for n in names if n == old or n.startswith(below)]
+                for n in moved:
+                    names.discard(n)
+                    names.add(new + n[len(old):])

@@ -40,10 +40,11 @@ class FileKeys:
         self._revoked: set[str] = set()
         self._lock = threading.Lock()
 
-    def new(self, name: str) -> tuple[Header, FrameCipher]:
-        """A fresh envelope (own DEK, wrapped under the mount's CMK) for a new file."""
+    def new(self, name: str, frame_size: int | None = None) -> tuple[Header, FrameCipher]:
+        """A fresh envelope (own DEK, wrapped under the mount's CMK) for a new file
+        (or, with its own frame size, for an extended attribute's value)."""
         with _translated(name, self.key):
-            return new_envelope(self.cache, self.key, self.frame_size)
+            return new_envelope(self.cache, self.key, frame_size or self.frame_size)
 
     def open(self, header: Header, name: str) -> FrameCipher:
         with _translated(name, key_of(header)):

@@ -41,6 +41,7 @@ class MountOptions:
     frame_size: int = DEFAULT_FRAME_SIZE
     allow_other: bool | None = None  # default: when mounted by root
     revocation_bound: float = 5.0
+    xattrs: bool = True  # user.* extended attributes (fsmount.fuse_xattrs)
     debug: bool = False
     extra: dict = field(default_factory=dict)  # more -o options for libfuse
 
@@ -181,6 +182,8 @@ def run(kms: Kms, cipher_dir: str, mount_point: str, opts: MountOptions) -> None
     check_mount_point(mount_point)
     keys = FileKeys(kms, config.key_id, config.frame_size, opts.revocation_bound)
     ops = KeyholdFS(cipher_dir, keys)
+    if not opts.xattrs:
+        ops.without_xattrs()
     allow_other = os.geteuid() == 0 if opts.allow_other is None else opts.allow_other
     fuse_opts = {
         "fsname": f"keyhold:{os.path.abspath(cipher_dir)}".replace(",", "_"),

@@ -43,6 +43,7 @@ class MountEntry(BaseModel):
     force_key: bool = False
     frame_size: int = Field(default=32 * 1024, ge=4096, le=1 << 20, multiple_of=4096)
     allow_other: bool | None = None
+    xattrs: bool = True  # user.* extended attributes (kms-mount --no-xattrs when false)
     log: str | None = None
 
     @field_validator("cipher_dir", "mount_point")
@@ -219,6 +220,8 @@ class MountService:
             argv.append("--force-key")
         if e.allow_other is not None:
             argv.append("--allow-other" if e.allow_other else "--no-allow-other")
+        if not e.xattrs:
+            argv.append("--no-xattrs")
         return argv
 
     def _down(self, m: _Mount, code: int | None, now: float) -> None:

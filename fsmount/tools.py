@@ -19,7 +19,7 @@ from kmscore.envelope import EnvelopeError, FrameAuthError, FrameCipher, Header,
 from kmscore.errors import KmsError
 from kmscore.facade import Kms
 
-from fsmount import cipherdir
+from fsmount import cipherdir, xattr_rewrap
 from fsmount.errors import CipherDirError, DamagedFile, MountError
 from fsmount.fs_base import read_header
 from fsmount.layout import Layout
@@ -170,6 +170,7 @@ class RewrapReport:
     rewrapped: int = 0
     current: int = 0  # already under the target key's newest version
     failed: list[tuple[str, str]] = field(default_factory=list)
+    xattrs: int = 0  # sealed extended attribute values re-wrapped (fsmount.xattr_rewrap)
 
 
 def rewrap(
@@ -210,6 +211,8 @@ def rewrap(
             report.failed.append((rel, str(e) if isinstance(e, KmsError) else e.strerror or str(e)))
         if progress:
             progress(n + 1, len(paths))
+    report.xattrs, failed = xattr_rewrap.rewrap_values(kms, cipher_dir, target.key_id, target.current_version)
+    report.failed.extend(failed)
     if to_key and not report.failed and target.key_id != config.key_id:
         cipherdir.switch_key(kms, cipher_dir, config, target.key_id)
     return report

@@ -168,3 +168,20 @@ def mount_existing(tmp_path: Path):
     finally:
         for m in made:
             m.stop()
+
+
+@pytest.fixture
+def mount_at():
+    """mount_at(home, cipher, point, log, *options): a mount of given folders, stopped at teardown."""
+    made: list[Mount] = []
+
+    def make(home: Path, cipher: Path, point: Path, log: Path, *extra: str) -> Mount:
+        m = Mount(home, cipher, point, log).start(*extra)
+        made.append(m)
+        return m
+
+    try:
+        yield make
+    finally:
+        for m in made:
+            m.stop()
