@@ -1,4 +1,5 @@
-"""FUSE operations on file contents: create, open, read, write, truncate, flush, fsync.
+"""FUSE operations on file contents: create, open, read, write, truncate, flush, fsync,
+fallocate; and the times of open files.
 
 Each call translates into `OpenFile` (frame math and crypto live there and in
 `layout`); this module only opens backing files and keeps handles.
@@ -67,12 +68,11 @@ class FileOps(FsBase):
         except EnvelopeError as e:
             log.error("integrity: %s: not a valid envelope: %s", path, e)
             raise fs_error(errno.EIO) from None
-        size = Layout(header.size, header.frame_size).plaintext_size(backing_length)
-        if size is None:
+        if Layout(header.size, header.frame_size).plaintext_size(backing_length) is None:
             log.error("integrity: %s: backing file length %d fits no envelope (truncated)", path, backing_length)
             raise fs_error(errno.EIO)
         cipher = self.keys.open(header, path)
-        return OpenFile(fd, header, cipher, size, path, self.keys.checker(header, path))
+        return OpenFile.opened(fd, header, cipher, backing_length, path, self.keys.checker(header, path))
 
     def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes:
         return self.handles.get(fh).read(offset, size)
@@ -111,3 +111,13 @@ class FileOps(FsBase):
 
     def release(self, path: str | None, fh: int) -> None:
         self.handles.release(fh)
+
+    def fallocate(self, path: str | None, mode: int, offset: int, length: int, fh: int) -> None:
+        self.handles.get(fh).fallocate(mode, offset, length)
+
+    def utimens(self, path: str | None, times, fh: int | None = None) -> None:
+        """Set times (AttrOps); on an open file they must outlive the write of its tail."""
+        super().utimens(path, times, fh)  # type: ignore[misc]  # AttrOps, next in KeyholdFS's MRO
+        f = self.handles.get(fh) if fh is not None else self.handles.by_inode(inode_of(os.lstat(self.real(path))))
+        if f is not None:
+            f.keep_times()

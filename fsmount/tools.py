@@ -19,7 +19,7 @@ from kmscore.envelope import EnvelopeError, FrameAuthError, FrameCipher, Header,
 from kmscore.errors import KmsError
 from kmscore.facade import Kms
 
-from fsmount import cipherdir
+from fsmount import cipherdir, slots
 from fsmount.errors import CipherDirError, DamagedFile, MountError
 from fsmount.fs_base import read_header
 from fsmount.layout import Layout
@@ -67,21 +67,29 @@ def info(kms: Kms, path: str | os.PathLike) -> dict[str, Any]:
 def frames(fd: int, header: Header, cipher: FrameCipher, length: int) -> Iterator[tuple[int, bytes | None]]:
     """Every frame's plaintext in order, or None for a frame that fails authentication.
 
+    Holes read as zeros; an end marker (slots) is checked and yielded as an empty frame.
     A file cut short has no trustworthy final frame: its frames are all yielded as
     non-final, so the last one fails, and the caller also sees `plaintext_size` None.
     """
     lay = Layout(header.size, header.frame_size)
-    size = lay.plaintext_size(length)
-    count = lay.frame_count(size) if size is not None else max(0, (length - header.size) // lay.stride)
+    end = slots.ending(lay, length)
+    count = lay.frame_count(end.size) if end is not None else max(0, (length - header.size) // lay.stride)
+    final_index = count - 1 if end is not None and end.marker is None else None
     for start in range(0, count, BATCH):
         stop = min(count, start + BATCH)
         chunk = memoryview(os.pread(fd, (stop - start) * lay.stride, lay.frame_offset(start)))
         for i in range(start, stop):
             frame = chunk[(i - start) * lay.stride : (i - start + 1) * lay.stride]
             try:
-                yield i, cipher.open(i, frame, size is not None and i == count - 1)
+                yield i, slots.open_slot(cipher, i, frame, i == final_index)
             except FrameAuthError:
                 yield i, None
+    if end is not None and end.marker is not None:
+        try:
+            slots.open_marker(cipher, end.marker, os.pread(fd, lay.stride, lay.frame_offset(end.marker)))
+            yield end.marker, b""
+        except FrameAuthError:
+            yield end.marker, None
 
 
 def decrypt(kms: Kms, src: str | os.PathLike, dst: str | os.PathLike) -> int:

@@ -1,0 +1,125 @@
+"""kill -9 of the mount process while files grow: every fsynced byte reads back, no EIO.
+
+The mount keeps a growing file's last frame in memory; the disk must hold a whole,
+authenticated envelope at every moment (docs/formats/fsmount.md, "Crashes").
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from fsmount import tools
+from kmscore import Kms
+
+
+def close_quietly(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass  # the mount is gone: ENOTCONN
+
+
+def fsck_clean(mount) -> None:
+    with Kms(mount.home, caller="test") as kms:
+        report = tools.fsck(kms, mount.cipher)
+    assert report.clean, report.damage
+
+
+@pytest.mark.parametrize("synced_len", [100_000, 32768 * 3])  # mid-frame, on a frame boundary
+def test_kill_9_during_appends_after_fsync_keeps_fsynced_bytes(mount, synced_len):
+    synced = os.urandom(synced_len)
+    appended = [os.urandom(n) for n in (50_000, 70_000, 1, 32768, 90_000)]  # crosses frames
+    fd = os.open(mount.path("log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.write(fd, synced)
+    os.fsync(fd)
+    for chunk in appended:
+        os.write(fd, chunk)
+    mount.kill9()
+    close_quietly(fd)
+
+    fsck_clean(mount)  # offline check of the crashed directory: a whole envelope
+    mount.start()
+    data = mount.path("log").read_bytes()  # no EIO
+    assert data[:synced_len] == synced
+    assert (synced + b"".join(appended)).startswith(data)  # what is there is what was written
+    with open(mount.path("log"), "ab") as f:  # and it appends
+        f.write(b"after the crash")
+    assert mount.path("log").read_bytes() == data + b"after the crash"
+    mount.stop()
+    fsck_clean(mount)
+
+
+def test_kill_9_after_a_write_past_the_end_and_an_overwrite(mount):
+    fd = os.open(mount.path("f"), os.O_RDWR | os.O_CREAT, 0o644)
+    os.write(fd, b"a" * 40_000)
+    os.fsync(fd)
+    os.pwrite(fd, b"b" * 10, 300_000)  # leaves a hole, then a tail in memory
+    os.pwrite(fd, b"c" * 5, 10)  # inside the fsynced part
+    mount.kill9()
+    close_quietly(fd)
+    mount.start()
+    data = mount.path("f").read_bytes()
+    assert data[:10] == b"a" * 10 and data[15:40_000] == b"a" * (40_000 - 15)
+    assert set(data[40_000:]) <= {0}  # the hole: zeros, never garbage
+    with open(mount.path("f"), "r+b") as f:
+        f.seek(0, os.SEEK_END)
+        f.write(b"more")
+
+
+APPENDER = textwrap.dedent(
+    """
+    import os, random, sys
+    path, report = sys.argv[1], sys.argv[2]
+    rng = random.Random(7)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    done = 0
+    with open(report, "w") as out:
+        while True:
+            for _ in range(rng.randrange(1, 6)):
+                chunk = rng.randbytes(rng.randrange(1, 70_000))
+                os.write(fd, chunk)
+                done += len(chunk)
+            os.fsync(fd)
+            out.write(f"{done}\\n")
+            out.flush()
+    """
+)
+
+
+def expected_stream(length: int) -> bytes:
+    rng, out = random.Random(7), bytearray()
+    while len(out) < length:
+        for _ in range(rng.randrange(1, 6)):
+            out += rng.randbytes(rng.randrange(1, 70_000))
+    return bytes(out)
+
+
+def test_kill_9_while_another_process_appends_and_fsyncs(mount, tmp_path):
+    """A real appender (own process, random chunk sizes, fsync now and then) is cut off
+    by kill -9 of the mount at whatever point it has reached."""
+    report = tmp_path / "synced"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", APPENDER, str(mount.path("log")), str(report)], stderr=subprocess.DEVNULL
+    )
+    try:
+        while len(report.read_text().split()) < 20 if report.exists() else True:
+            if writer.poll() is not None:
+                pytest.fail("the appender stopped early")
+        mount.kill9()
+    finally:
+        writer.kill()
+        writer.wait()
+    durable = max(map(int, report.read_text().split()))
+    mount.start()
+    data = mount.path("log").read_bytes()
+    assert len(data) >= durable
+    assert data == expected_stream(len(data))[: len(data)]
+    with open(mount.path("log"), "ab") as f:
+        f.write(b"x")
+    assert len(mount.path("log").read_bytes()) == len(data) + 1
