@@ -43,6 +43,9 @@ FALLOCATE_MODES = frozenset({  # the rest (collapse, insert, unshare) is EOPNOTS
 })
 
 
+MAX_BACKING_LENGTH = (1 << 63) - 1  # off_t
+
+
 def fs_error(code: int) -> OSError:
     return OSError(code, os.strerror(code))
 
@@ -194,6 +197,8 @@ class OpenFile:
             if not data:
                 return 0
             self._times = None  # new data: the write's own mtime wins over a set one
+            if self.layout.backing_length(offset + len(data)) > MAX_BACKING_LENGTH:
+                raise fs_error(errno.EFBIG)
             if offset > self.size:
                 self._extend(offset)
             self._write(offset, memoryview(data))
@@ -305,6 +310,8 @@ class OpenFile:
     def _extend(self, size: int) -> None:
         """Grow the file to `size` with zeros; frames wholly in the hole stay unwritten."""
         lay = self.layout
+        if lay.backing_length(size) > MAX_BACKING_LENGTH:
+            raise fs_error(errno.EFBIG)
         old_last, new_last = lay.last_index(self.size), lay.last_index(size)
         tail = self._load_tail()
         if new_last == old_last:

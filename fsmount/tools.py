@@ -65,25 +65,30 @@ def info(kms: Kms, path: str | os.PathLike) -> dict[str, Any]:
 
 
 def frames(fd: int, header: Header, cipher: FrameCipher, length: int) -> Iterator[tuple[int, bytes | None]]:
-    """Every frame's plaintext in order, or None for a frame that fails authentication.
+    """Every stored frame's plaintext in order, or None for a frame that fails authentication.
 
-    Holes read as zeros; an end marker (slots) is checked and yielded as an empty frame.
-    A file cut short has no trustworthy final frame: its frames are all yielded as
-    non-final, so the last one fails, and the caller also sees `plaintext_size` None.
+    Holes are skipped (the indexes jump; runs the backing file system keeps sparse are
+    found with SEEK_DATA, so a 1 PiB sparse file takes no time); an end marker (slots)
+    is checked and yielded as an empty frame. A file cut short has no trustworthy final
+    frame: its frames are all yielded as non-final, so the last one fails, and the
+    caller also sees `plaintext_size` None.
     """
     lay = Layout(header.size, header.frame_size)
     end = slots.ending(lay, length)
     count = lay.frame_count(end.size) if end is not None else max(0, (length - header.size) // lay.stride)
     final_index = count - 1 if end is not None and end.marker is None else None
-    for start in range(0, count, BATCH):
+    start = 0
+    while start < count:
+        start = max(start, _next_data(fd, lay, start, count))
         stop = min(count, start + BATCH)
         chunk = memoryview(os.pread(fd, (stop - start) * lay.stride, lay.frame_offset(start)))
         for i in range(start, stop):
             frame = chunk[(i - start) * lay.stride : (i - start + 1) * lay.stride]
             try:
-                yield i, slots.open_slot(cipher, i, frame, i == final_index)
+                yield i, cipher.open(i, frame, i == final_index)
             except FrameAuthError:
-                yield i, None
+                yield i, None if i == final_index or not slots.is_hole(frame) else b""
+        start = stop
     if end is not None and end.marker is not None:
         try:
             slots.open_marker(cipher, end.marker, os.pread(fd, lay.stride, lay.frame_offset(end.marker)))
@@ -92,14 +97,23 @@ def frames(fd: int, header: Header, cipher: FrameCipher, length: int) -> Iterato
             yield end.marker, None
 
 
+def _next_data(fd: int, lay: Layout, index: int, count: int) -> int:
+    """The first slot at or after `index` that holds data (count - 1 at most)."""
+    try:
+        data = os.lseek(fd, lay.frame_offset(index), os.SEEK_DATA)
+    except OSError:  # ENXIO: only holes up to the end; or no SEEK_DATA here
+        return index
+    return min(count - 1, max(index, (data - lay.header_size) // lay.stride))
+
+
 def decrypt(kms: Kms, src: str | os.PathLike, dst: str | os.PathLike) -> int:
     """Recover the plaintext of one backing file into `dst`; refuse on any damage."""
     tmp = Path(dst).with_name(f".{Path(dst).name}.kms-tmp-{os.getpid()}")
-    written = 0
     with open(src, "rb") as f:
         header = _header(f.fileno(), src)
         length = os.fstat(f.fileno()).st_size
-        if Layout(header.size, header.frame_size).plaintext_size(length) is None:
+        size = Layout(header.size, header.frame_size).plaintext_size(length)
+        if size is None:
             raise DamagedFile(f"{src}: the file is cut short (length {length} fits no envelope)")
         cipher = open_envelope(kms, header)
         try:
@@ -107,12 +121,14 @@ def decrypt(kms: Kms, src: str | os.PathLike, dst: str | os.PathLike) -> int:
                 for index, plain in frames(f.fileno(), header, cipher, length):
                     if plain is None:
                         raise DamagedFile(f"{src}: frame {index} failed authentication; nothing was written")
-                    out.write(plain)
-                    written += len(plain)
+                    if plain:
+                        out.seek(index * header.frame_size)  # holes stay holes in the copy
+                        out.write(plain)
+                out.truncate(size)
             os.replace(tmp, dst)
         finally:
             tmp.unlink(missing_ok=True)
-    return written
+    return size
 
 
 # -- whole trees ---------------------------------------------------------------------------
