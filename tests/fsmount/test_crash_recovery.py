@@ -81,7 +81,7 @@ APPENDER = textwrap.dedent(
     done = 0
     with open(report, "w") as out:
         while True:
-            for _ in range(rng.randrange(1, 6)):
+            for _ in range(rng.randrange(2, 12)):
                 chunk = rng.randbytes(rng.randrange(1, 70_000))
                 os.write(fd, chunk)
                 done += len(chunk)
@@ -95,27 +95,36 @@ APPENDER = textwrap.dedent(
 def expected_stream(length: int) -> bytes:
     rng, out = random.Random(7), bytearray()
     while len(out) < length:
-        for _ in range(rng.randrange(1, 6)):
+        for _ in range(rng.randrange(2, 12)):
             out += rng.randbytes(rng.randrange(1, 70_000))
     return bytes(out)
 
 
-def test_kill_9_while_another_process_appends_and_fsyncs(mount, tmp_path):
+def synced_lengths(report) -> list[int]:
+    return [int(n) for n in report.read_text().split()] if report.exists() else []
+
+
+@pytest.mark.parametrize("round_", [1, 2])
+def test_kill_9_while_another_process_appends_and_fsyncs(mount, tmp_path, round_):
     """A real appender (own process, random chunk sizes, fsync now and then) is cut off
-    by kill -9 of the mount at whatever point it has reached."""
+    by kill -9 of the mount just after it grew the file past an fsync."""
     report = tmp_path / "synced"
     writer = subprocess.Popen(
         [sys.executable, "-c", APPENDER, str(mount.path("log")), str(report)], stderr=subprocess.DEVNULL
     )
     try:
-        while len(report.read_text().split()) < 20 if report.exists() else True:
+        while len(synced_lengths(report)) < 10 * round_:
+            if writer.poll() is not None:
+                pytest.fail("the appender stopped early")
+        seen = mount.backing("log").stat().st_size
+        while mount.backing("log").stat().st_size == seen:  # frames written since that fsync
             if writer.poll() is not None:
                 pytest.fail("the appender stopped early")
         mount.kill9()
     finally:
         writer.kill()
         writer.wait()
-    durable = max(map(int, report.read_text().split()))
+    durable = max(synced_lengths(report))
     mount.start()
     data = mount.path("log").read_bytes()
     assert len(data) >= durable
