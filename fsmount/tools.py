@@ -23,6 +23,7 @@ from fsmount import cipherdir, slots
 from fsmount.errors import CipherDirError, DamagedFile, MountError
 from fsmount.fs_base import read_header
 from fsmount.layout import Layout
+from fsmount.repair import repair_file
 
 BATCH = 64  # frames read per pread
 Progress = Callable[[int, int], None]  # (files done, files total)
@@ -152,40 +153,76 @@ class FsckReport:
     files: int = 0
     frames: int = 0
     damage: list[tuple[str, int | None, str]] = field(default_factory=list)  # (file, frame, what)
+    repaired: list[tuple[str, str]] = field(default_factory=list)  # (file, what was done)
 
     @property
     def clean(self) -> bool:
         return not self.damage
 
 
-def fsck(kms: Kms, cipher_dir: str | os.PathLike, progress: Progress | None = None) -> FsckReport:
-    """Authenticate every frame of every file; report damage by file and frame."""
+def fsck(
+    kms: Kms, cipher_dir: str | os.PathLike, progress: Progress | None = None, repair: bool = False
+) -> FsckReport:
+    """Authenticate every frame of every file; report damage by file and frame.
+
+    With `repair`, a file whose end is broken (see `repair`) is cut back to its longest
+    authentic start and sealed again; the directory must not be mounted.
+    """
     _loaded_config(kms, cipher_dir)
+    if repair and mounted_cipher_dir(cipher_dir):
+        raise MountError(f"{cipher_dir} is mounted; unmount it before repairing")
     report = FsckReport()
     paths = backing_files(cipher_dir)
     for n, path in enumerate(paths):
         rel = str(path.relative_to(cipher_dir))
         report.files += 1
-        try:
-            with open(path, "rb") as f:
-                header = _header(f.fileno(), rel)
-                length = os.fstat(f.fileno()).st_size
-                if Layout(header.size, header.frame_size).plaintext_size(length) is None:
-                    report.damage.append((rel, None, f"cut short (length {length} fits no envelope)"))
-                cipher = open_envelope(kms, header)
-                for index, plain in frames(f.fileno(), header, cipher, length):
-                    report.frames += 1
-                    if plain is None:
-                        report.damage.append((rel, index, "failed authentication"))
-        except DamagedFile as e:
-            report.damage.append((rel, None, str(e).split(": ", 1)[-1]))
-        except KmsError as e:
-            report.damage.append((rel, None, f"data key does not open: {e}"))
-        except OSError as e:
-            report.damage.append((rel, None, f"unreadable: {e.strerror}"))
+        count, damage = _check_file(kms, path, rel)
+        if damage and repair:
+            try:
+                done = repair_file(kms, path)
+            except DamagedFile as e:
+                damage.append((rel, None, str(e)))
+            except (KmsError, EnvelopeError, OSError):
+                pass  # already reported by the check
+            else:
+                if done is not None:
+                    count, damage = _check_file(kms, path, rel)
+                    report.repaired.append((rel, _repaired_text(path, done)))
+        report.frames += count
+        report.damage.extend(damage)
         if progress:
             progress(n + 1, len(paths))
     return report
+
+
+def _check_file(kms: Kms, path: Path, rel: str) -> tuple[int, list[tuple[str, int | None, str]]]:
+    damage: list[tuple[str, int | None, str]] = []
+    count = 0
+    try:
+        with open(path, "rb") as f:
+            header = _header(f.fileno(), rel)
+            length = os.fstat(f.fileno()).st_size
+            if Layout(header.size, header.frame_size).plaintext_size(length) is None:
+                damage.append((rel, None, f"cut short (length {length} fits no envelope)"))
+            cipher = open_envelope(kms, header)
+            for index, plain in frames(f.fileno(), header, cipher, length):
+                count += 1
+                if plain is None:
+                    damage.append((rel, index, "failed authentication"))
+    except DamagedFile as e:
+        damage.append((rel, None, str(e).split(": ", 1)[-1]))
+    except KmsError as e:
+        damage.append((rel, None, f"data key does not open: {e}"))
+    except OSError as e:
+        damage.append((rel, None, f"unreadable: {e.strerror}"))
+    return count, damage
+
+
+def _repaired_text(path: Path, done) -> str:
+    with open(path, "rb") as f:
+        header = read_header(f.fileno())
+        size = Layout(header.size, header.frame_size).plaintext_size(os.fstat(f.fileno()).st_size)
+    return f"end repaired: {size} bytes kept, {done.cut} backing bytes after them dropped"
 
 
 @dataclass

@@ -132,3 +132,66 @@ def test_kill_9_while_another_process_appends_and_fsyncs(mount, tmp_path, round_
     with open(mount.path("log"), "ab") as f:
         f.write(b"x")
     assert len(mount.path("log").read_bytes()) == len(data) + 1
+
+
+# -- cipher directories crashed by keyhold before the end marker: `kms fs fsck --repair` --
+def kms_cli(home, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "kmscore.cli.main", "--home", str(home), *args], capture_output=True, text=True
+    )
+
+
+def old_crash_state(mount, name: str, frames: list[bytes], torn: bytes = b"") -> None:
+    """What kill -9 left before the end marker: full frames sealed non-final, no final
+    frame (and, for a torn write, a piece of a frame after them)."""
+    from fsmount.fs_base import read_header
+    from kmscore.envelope import open_envelope
+
+    mount.path(name).write_bytes(b"placeholder")
+    mount.stop()
+    path = mount.backing(name)
+    with Kms(mount.home, caller="test") as kms, open(path, "r+b") as f:
+        header = read_header(f.fileno())
+        cipher = open_envelope(kms, header)
+        f.truncate(header.size)
+        f.seek(header.size)
+        for i, plain in enumerate(frames):
+            f.write(cipher.seal(i, plain, False))
+        f.write(torn)
+
+
+@pytest.mark.parametrize("torn", [b"", os.urandom(1000)], ids=["whole frames", "torn last write"])
+def test_fsck_repair_gives_an_old_crashed_file_its_end_back(mount, torn):
+    frames = [os.urandom(32768) for _ in range(3)]
+    old_crash_state(mount, "log", frames, torn)
+    done = kms_cli(mount.home, "fs", "fsck", str(mount.cipher))
+    assert done.returncode == 1 and "log: frame" in done.stdout  # found, not changed
+    done = kms_cli(mount.home, "fs", "fsck", "--repair", str(mount.cipher))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"log: end repaired: {3 * 32768} bytes kept" in done.stdout
+    assert "Traceback" not in done.stderr
+    mount.start()
+    assert mount.path("log").read_bytes() == b"".join(frames)
+    with open(mount.path("log"), "ab") as f:
+        f.write(b"appended")
+    assert mount.path("log").read_bytes() == b"".join(frames) + b"appended"
+    mount.stop()
+    assert kms_cli(mount.home, "fs", "fsck", str(mount.cipher)).returncode == 0
+
+
+def test_fsck_repair_leaves_damage_inside_a_file_alone(mount):
+    frames = [os.urandom(32768) for _ in range(4)]
+    old_crash_state(mount, "log", frames)
+    with open(mount.backing("log"), "r+b") as f:
+        f.seek(-32768 * 2, os.SEEK_END)  # inside frame 2 of 4
+        f.write(b"tampered")
+    before = mount.backing("log").read_bytes()
+    done = kms_cli(mount.home, "fs", "fsck", "--repair", str(mount.cipher))
+    assert done.returncode == 1
+    assert "inside the file" in done.stdout and "not repaired" in done.stdout
+    assert mount.backing("log").read_bytes() == before
+
+
+def test_fsck_repair_refuses_a_mounted_directory(mount):
+    done = kms_cli(mount.home, "fs", "fsck", "--repair", str(mount.cipher))
+    assert done.returncode != 0 and "is mounted" in done.stderr and "Traceback" not in done.stderr
