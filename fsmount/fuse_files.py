@@ -30,8 +30,7 @@ class FileOps(FsBase):
             self.own(real, fd, mode & 0o7777)
             header, cipher = self.keys.new(path)
             check = self.keys.checker(header, path)
-            f = OpenFile(fd, header, cipher, 0, path, check)
-            os.pwrite(fd, header.encode() + cipher.seal(0, b"", True), 0)  # a valid empty envelope
+            f = OpenFile.created(fd, header, cipher, path, check)
         except BaseException:
             os.close(fd)
             os.unlink(real)

@@ -100,6 +100,16 @@ class OpenFile:
                 raise _damaged(name, f"end marker {end.marker} failed authentication (tampered or truncated)") from None
         return cls(fd, header, cipher, end.size, name, check, end.marker)
 
+    @classmethod
+    def created(
+        cls, fd: int, header: Header, cipher: FrameCipher, name: str, check: Callable[[], None]
+    ) -> OpenFile:
+        """A new, empty file: writes a valid empty envelope (header, one empty final frame)."""
+        os.pwrite(fd, header.encode() + cipher.seal(0, b"", True), 0)
+        f = cls(fd, header, cipher, 0, name, check)
+        f._tail = bytearray()  # known: no need to read and open the frame just written
+        return f
+
     # -- frames ------------------------------------------------------------------------
     def _open_frame(self, index: int, frame: bytes | memoryview, final: bool) -> bytes:
         try:
