@@ -108,6 +108,13 @@ class KeyholdFUSE(mfusepy.FUSE):
         OpenFile copies what it keeps)."""
         return self.operations.write(None, _view(buf, size), offset, fip.contents.fh)
 
+    def create(self, path: bytes, mode: int, fip) -> int:
+        """mfusepy's create, without its inspect.signature() of our create on every
+        call (~35 µs a file, measured)."""
+        fi = fip.contents
+        fi.fh = self.operations.create(_path(self, path), mode, fi.flags)
+        return 0
+
     def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
         return self.operations.rename(_path(self, old), _path(self, new), flags)
 
