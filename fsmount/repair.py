@@ -5,8 +5,8 @@ end comes from a cipher directory written by keyhold before the end marker (kill
 while a file grew), from a write torn by the crash inside one syscall, or from
 someone cutting the backing file. The repair cannot tell these apart, which is why
 it is an explicit command and not done at open: it keeps the longest run of frames
-from the start that authenticate (holes included), drops what follows, and seals the
-last kept frame as final again. Damage before that run's end (a frame inside the
+from the start that authenticate (holes inside it included), up to its last sealed
+frame, drops what follows, and seals that frame as final again. Damage before that run's end (a frame inside the
 file that fails) is not repaired: that is tampering or a torn overwrite, and cutting
 there would throw away good data after it.
 
@@ -60,19 +60,21 @@ def plan(cipher: FrameCipher, lay: Layout, length: int, read: Callable[[int, int
     if _end_is_valid(cipher, lay, length, read):
         return None
     whole = max(0, (length - lay.header_size) // lay.stride)
-    keep, last_plain = 0, b""
+    keep, last_plain, bad = 0, b"", whole  # keep: up to the last sealed frame (holes after it go)
     for index in range(whole):
+        frame = read(lay.frame_offset(index), lay.stride)
         try:
-            plain = slots.open_slot(cipher, index, read(lay.frame_offset(index), lay.stride), False)
+            last_plain, keep = cipher.open(index, frame, False), index + 1
         except FrameAuthError:
-            break
-        keep, last_plain = index + 1, plain
-    for index in range(keep + 1, whole):  # anything good after a bad frame: not a broken end
+            if not slots.is_hole(frame):
+                bad = index
+                break
+    for index in range(bad + 1, whole):  # a sealed frame after a bad one: not a broken end
         try:
-            slots.open_slot(cipher, index, read(lay.frame_offset(index), lay.stride), False)
+            cipher.open(index, read(lay.frame_offset(index), lay.stride), False)
         except FrameAuthError:
             continue
-        raise DamagedFile(f"frame {keep} failed authentication inside the file (tampered or torn); not repaired")
+        raise DamagedFile(f"frame {bad} failed authentication inside the file (tampered or torn); not repaired")
     return Plan(keep, last_plain, length - lay.frame_offset(keep))
 
 
