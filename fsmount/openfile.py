@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import logging
 import os
 import threading
@@ -274,12 +275,25 @@ class OpenFile:
     def close(self) -> None:
         with self.lock:
             try:
+                if self._marker is not None and not self._tail_dirty:
+                    self._settle_marker()
                 self._flush_tail()
             finally:
                 os.close(self.fd)
                 self.fd = -1
 
     # -- internals (lock held) ------------------------------------------------------------
+    def _settle_marker(self) -> None:
+        """A file a crash left ending in a marker gets its usual end at the first close
+        that can write it (so keyhold versions before the marker read it too)."""
+        if fcntl.fcntl(self.fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+            return
+        try:
+            self._load_tail()
+        except OSError:
+            return  # damaged: leave it as it is for fsck
+        self._tail_dirty = True
+
     def _write(self, offset: int, data: memoryview) -> None:
         """Write within or right after the current end (offset <= size)."""
         lay = self.layout

@@ -195,3 +195,26 @@ def test_fsck_repair_leaves_damage_inside_a_file_alone(mount):
 def test_fsck_repair_refuses_a_mounted_directory(mount):
     done = kms_cli(mount.home, "fs", "fsck", "--repair", str(mount.cipher))
     assert done.returncode != 0 and "is mounted" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_first_close_after_a_crash_gives_the_file_its_usual_end(mount):
+    fd = os.open(mount.path("f"), os.O_WRONLY | os.O_CREAT, 0o644)
+    os.write(fd, os.urandom(3 * 32768))  # three full frames: the last one stays in memory
+    os.write(fd, b"x")
+    mount.kill9()
+    close_quietly(fd)
+    with open(mount.backing("f"), "rb") as f:
+        from fsmount.fs_base import read_header
+        from fsmount.layout import Layout
+
+        h = read_header(f.fileno())
+        lay = Layout(h.size, h.frame_size)
+        length = os.fstat(f.fileno()).st_size
+    assert length == lay.frame_offset(3) + 28  # three frames, then the end marker
+    mount.start()
+    data = mount.path("f").read_bytes()
+    assert len(data) == 3 * 32768
+    with open(mount.path("f"), "r+b"):
+        pass
+    assert mount.backing("f").stat().st_size == lay.backing_length(3 * 32768)
+    assert mount.path("f").read_bytes() == data
