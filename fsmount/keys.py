@@ -56,6 +56,9 @@ class DataKeyPool:
     def __repr__(self) -> str:  # never a key
         return f"<DataKeyPool of {self.key}: {len(self._keys)} keys>"
 
+    def __reduce__(self):
+        raise TypeError("a DataKeyPool holds data keys and cannot be pickled")
+
     def take(self) -> tuple[bytes, bytes, bytes] | None:
         now = self._clock()
         with self._lock:

@@ -178,3 +178,23 @@ def test_repair_plan_refuses_damage_inside_the_file():
     data[lay.frame_offset(1) + 50] ^= 1
     with pytest.raises(DamagedFile):
         plan_of(c, bytes(data))
+
+
+def test_the_data_key_pool_gives_one_fresh_key_per_file_and_never_shows_one(tmp_path):
+    import pickle
+
+    from kmscore import Kms
+
+    from fsmount.keys import FileKeys
+
+    with Kms(tmp_path / "home", caller="test") as kms:
+        kms.create_key("app/files")
+        keys = FileKeys(kms, kms.describe_key("app/files").key_id)
+        made = [keys.new(f"/f{i}") for i in range(200)]
+        assert len({h.message_id for h, _ in made}) == 200
+        assert len({h.wrapped_dek for h, _ in made}) == 200
+        for header, cipher in made[::37]:  # the header's wrapped DEK is the cipher's DEK
+            assert keys.open(header, "/f").open(0, cipher.seal(0, b"x", True), True) == b"x"
+        assert "key" in repr(keys.pool) and "bytes" not in repr(keys.pool)
+        with pytest.raises(TypeError):
+            pickle.dumps(keys.pool)
