@@ -260,6 +260,8 @@ class OpenFile:
         it; writing the buffered tail at close would otherwise reset it to now.
         """
         with self.lock:
+            if self.fd < 0:
+                return  # closed meanwhile (its last handle was released): nothing to keep
             st = os.fstat(self.fd)
             self._times = (st.st_atime_ns, st.st_mtime_ns)
 
