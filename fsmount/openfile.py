@@ -305,8 +305,10 @@ class OpenFile:
         new_last = lay.last_index(new_size)
         frames = lay.frames(offset, len(data))
         first = frames[0]
-        if new_last > old_last and first > old_last:
-            first = old_last  # the old tail stops being final: re-seal it
+        if new_last > old_last:
+            self._load_tail()  # kept in memory until the grown end is on disk (_restore_end)
+            if first > old_last:
+                first = old_last  # the old tail stops being final: re-seal it
         sealed: list[bytes] = []
         new_tail = None
         for index in range(first, frames[-1] + 1):
@@ -324,7 +326,12 @@ class OpenFile:
         if new_last > old_last:  # the new tail stays in memory; the disk ends with a marker
             sealed.append(self.cipher.seal(new_last, b"", True))
         if sealed:
-            _pwrite_all(self.fd, sealed, lay.frame_offset(first))
+            try:
+                _pwrite_all(self.fd, sealed, lay.frame_offset(first))
+            except OSError:
+                if new_last > old_last:
+                    self._restore_end()
+                raise
         if new_tail is not None:
             self._tail, self._tail_dirty = new_tail, True
         elif new_last != old_last:  # cannot happen: the new last frame is always written
@@ -347,22 +354,32 @@ class OpenFile:
         padded = bytes(tail) + bytes(lay.frame_size - len(tail))
         old = self.cipher.seal(old_last, padded, False)
         marker = self.cipher.seal(new_last, b"", True)
-        if new_last == old_last + 1:
-            _pwrite_all(self.fd, [old, marker], lay.frame_offset(old_last))
-        else:
-            if self._marker == old_last + 1:  # the old marker's slot becomes a hole
-                old += bytes(len(marker))
-            length = os.fstat(self.fd).st_size
-            # the far marker first: a size the backing file system cannot hold (EFBIG)
-            # or has no room for fails here, before anything changed
-            os.pwrite(self.fd, marker, lay.frame_offset(new_last))
-            try:
-                os.pwrite(self.fd, old, lay.frame_offset(old_last))
-            except BaseException:
-                os.ftruncate(self.fd, length)
-                raise
+        try:
+            if new_last == old_last + 1:
+                _pwrite_all(self.fd, [old, marker], lay.frame_offset(old_last))
+            else:
+                if self._marker == old_last + 1:  # the old marker's slot becomes a hole
+                    old += bytes(len(marker))
+                # the far marker first: a size the backing file system cannot hold
+                # (EFBIG) fails here, before anything changed
+                _pwrite_all(self.fd, [marker], lay.frame_offset(new_last))
+                _pwrite_all(self.fd, [old], lay.frame_offset(old_last))
+        except OSError:
+            self._restore_end()
+            raise
         self._tail = bytearray(size - lay.frame_start(new_last))
         self._tail_dirty, self.size, self._marker = True, size, new_last
+
+    def _restore_end(self) -> None:
+        """A write that grew the file failed (disk full, EFBIG): cut what it added, then
+        seal the last frame as memory has it, so the disk is the file's envelope again."""
+        try:
+            os.ftruncate(self.fd, self.layout.backing_length(self.size))  # frees room first
+            self._tail_dirty = True
+            self._flush_tail(force=True)
+        except OSError as e:
+            log.error("%s: the end of the file could not be restored after a failed write (%s);"
+                      " run kms fs fsck --repair", self.name, e.strerror)
 
     def _zero(self, offset: int, end: int) -> None:
         """Zeros in plaintext [offset, end) (end <= size): whole frames become holes."""

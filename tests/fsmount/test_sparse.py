@@ -158,3 +158,31 @@ def test_a_sealed_frame_zeroed_on_disk_reads_as_zeros_the_documented_cost(mount)
         f.write(bytes(lay.stride))
     mount.start()
     assert mount.path("f").read_bytes() == data[:32768] + bytes(32768) + data[65536:]
+
+
+def test_disk_full_while_growing_is_enospc_and_loses_nothing(home, small_tmpfs, mount_existing):
+    cipher = small_tmpfs / "cipher"
+    cipher.mkdir()
+    m = mount_existing(home, cipher)
+    kept = os.urandom(100_000)
+    m.path("f").write_bytes(kept)
+    fd = os.open(m.path("f"), os.O_WRONLY | os.O_APPEND)
+    try:
+        with pytest.raises(OSError) as e:
+            while True:
+                os.write(fd, os.urandom(1 << 20))
+        assert e.value.errno in (errno.ENOSPC, errno.EFBIG)
+    finally:
+        try:
+            os.close(fd)
+        except OSError:
+            pass  # flush on a full disk may fail too; the data written before is what counts
+    (small_tmpfs / "ballast").unlink(missing_ok=True)
+    data = m.path("f").read_bytes()  # no EIO
+    assert data[: len(kept)] == kept
+    os.truncate(m.path("f"), 50_000)  # room again: the file works as before
+    with open(m.path("f"), "ab") as f:
+        f.write(b"more")
+    assert m.path("f").read_bytes() == kept[:50_000] + b"more"
+    m.stop()
+    fsck_clean(m)
