@@ -47,7 +47,9 @@ class FileOps(FsBase):
         try:
             st = os.fstat(fd)
             inode = inode_of(st)
-            fh, f = self.handles.acquire(inode, lambda: self._load(fd, path, st.st_size))
+            # the length is read under the handles' lock, in make(): a release of the last
+            # handle may be writing the tail (or settling an end marker) right now
+            fh, f = self.handles.acquire(inode, lambda: self._load(fd, path, os.fstat(fd).st_size))
         except BaseException:
             os.close(fd)
             raise

@@ -267,6 +267,8 @@ class OpenFile:
 
     def flush(self) -> None:
         with self.lock:
+            if self._marker is not None and not self._tail_dirty:
+                self._settle_marker()  # at flush, which close(2) waits for (release it does not)
             self._flush_tail()
 
     def fsync(self, datasync: bool) -> None:

@@ -221,3 +221,4 @@ def test_the_first_close_after_a_crash_gives_the_file_its_usual_end(mount):
         pass
     assert mount.backing("f").stat().st_size == lay.backing_length(3 * 32768)
     assert mount.path("f").read_bytes() == data
+
