@@ -72,6 +72,8 @@ def register_cli(sub: argparse._SubParsersAction, ctx: CliContext) -> None:
     p = fs.add_parser("fsck", help="authenticate every frame of every file")
     p.add_argument("cipher_dir", metavar="CIPHERDIR")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--repair", action="store_true",
+                   help="cut files whose end a crash broke back to their longest authentic start (unmounted only)")
     p.set_defaults(run=run_fsck)
 
     p = fs.add_parser("rewrap", help="re-wrap every data key under the newest CMK version or another CMK")
@@ -125,11 +127,14 @@ def run_decrypt(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 def run_fsck(args: argparse.Namespace, ctx: CliContext) -> int:
-    report = tools.fsck(ctx.kms, args.cipher_dir, tools.terminal_progress("fsck"))
+    report = tools.fsck(ctx.kms, args.cipher_dir, tools.terminal_progress("fsck"), repair=args.repair)
     if args.json:
         ctx.emit({"files": report.files, "frames": report.frames, "clean": report.clean,
-                  "damage": [{"file": f, "frame": i, "problem": p} for f, i, p in report.damage]})
+                  "damage": [{"file": f, "frame": i, "problem": p} for f, i, p in report.damage],
+                  "repaired": [{"file": f, "done": what} for f, what in report.repaired]})
     else:
+        for f, what in report.repaired:
+            print(f"{f}: {what}")
         for f, i, p in report.damage:
             print(f"{f}: {'frame ' + str(i) + ': ' if i is not None else ''}{p}")
         print(f"{report.files} files, {report.frames} frames checked: "

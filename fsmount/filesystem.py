@@ -83,11 +83,22 @@ def _timespec(ts) -> int | str:
 
 
 _worker = threading.local()
+_STAT_SIZE = ctypes.sizeof(mfusepy.c_stat)
 
 
 def _view(buf, size: int) -> memoryview:
     """A writable memoryview of a libfuse buffer (valid during the callback only)."""
     return memoryview((ctypes.c_char * size).from_address(ctypes.cast(buf, ctypes.c_void_p).value)).cast("B")
+
+
+def _fill_stat(st, attrs: dict) -> None:
+    """struct stat from FsBase.attrs (times in ns); KeyError if a field is missing."""
+    st.st_mode, st.st_ino, st.st_nlink = attrs["st_mode"], attrs["st_ino"], attrs["st_nlink"]
+    st.st_uid, st.st_gid, st.st_rdev = attrs["st_uid"], attrs["st_gid"], attrs["st_rdev"]
+    st.st_size, st.st_blocks, st.st_blksize = attrs["st_size"], attrs["st_blocks"], attrs["st_blksize"]
+    st.st_atimespec.tv_sec, st.st_atimespec.tv_nsec = divmod(attrs["st_atime"], 10**9)
+    st.st_mtimespec.tv_sec, st.st_mtimespec.tv_nsec = divmod(attrs["st_mtime"], 10**9)
+    st.st_ctimespec.tv_sec, st.st_ctimespec.tv_nsec = divmod(attrs["st_ctime"], 10**9)
 
 
 class KeyholdFUSE(mfusepy.FUSE):
@@ -116,6 +127,25 @@ class KeyholdFUSE(mfusepy.FUSE):
         if not name.startswith(b"user."):
             return -ENOATTR
         return super().getxattr(path, name, value, size, *args)
+
+    def getattr_fuse_3(self, path, buf, fip) -> int:
+        """Fill struct stat field by field: mfusepy's generic set_st_attrs looks every
+        key up by name on the ctypes struct (~10 µs of a ~35 µs getattr, 3 per create)."""
+        attrs = self.operations.getattr(_path(self, path), _fh(fip))
+        ctypes.memset(buf, 0, _STAT_SIZE)
+        st = buf.contents
+        try:
+            _fill_stat(st, attrs)
+        except KeyError:  # not the full set FsBase.attrs gives: the generic way
+            mfusepy.set_st_attrs(st, attrs, use_ns=True)
+        return 0
+
+    def create(self, path: bytes, mode: int, fip) -> int:
+        """mfusepy's create, without its inspect.signature() of our create on every
+        call (~35 µs a file, measured)."""
+        fi = fip.contents
+        fi.fh = self.operations.create(_path(self, path), mode, fi.flags)
+        return 0
 
     def rename_fuse_3(self, old: bytes, new: bytes, flags: int) -> int:
         return self.operations.rename(_path(self, old), _path(self, new), flags)

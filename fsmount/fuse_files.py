@@ -1,4 +1,5 @@
-"""FUSE operations on file contents: create, open, read, write, truncate, flush, fsync.
+"""FUSE operations on file contents: create, open, read, write, truncate, flush, fsync,
+fallocate; and the times of open files.
 
 Each call translates into `OpenFile` (frame math and crypto live there and in
 `layout`); this module only opens backing files and keeps handles.
@@ -29,8 +30,7 @@ class FileOps(FsBase):
             self.own(bpath, fd, mode & 0o7777)
             header, cipher = self.keys.new(path)
             check = self.keys.checker(header, path)
-            f = OpenFile(fd, header, cipher, 0, path, check)
-            os.pwrite(fd, header.encode() + cipher.seal(0, b"", True), 0)  # a valid empty envelope
+            f = OpenFile.created(fd, header, cipher, path, check)
         except BaseException:
             os.close(fd)
             with self.backing.at(bpath) as (d, name):
@@ -48,7 +48,9 @@ class FileOps(FsBase):
         try:
             st = os.fstat(fd)
             inode = inode_of(st)
-            fh, f = self.handles.acquire(inode, lambda: self._load(fd, path, st.st_size))
+            # the length is read under the handles' lock, in make(): a release of the last
+            # handle may be writing the tail (or settling an end marker) right now
+            fh, f = self.handles.acquire(inode, lambda: self._load(fd, path, os.fstat(fd).st_size))
         except BaseException:
             os.close(fd)
             raise
@@ -68,12 +70,11 @@ class FileOps(FsBase):
         except EnvelopeError as e:
             log.error("integrity: %s: not a valid envelope: %s", path, e)
             raise fs_error(errno.EIO) from None
-        size = Layout(header.size, header.frame_size).plaintext_size(backing_length)
-        if size is None:
+        if Layout(header.size, header.frame_size).plaintext_size(backing_length) is None:
             log.error("integrity: %s: backing file length %d fits no envelope (truncated)", path, backing_length)
             raise fs_error(errno.EIO)
         cipher = self.keys.open(header, path)
-        return OpenFile(fd, header, cipher, size, path, self.keys.checker(header, path))
+        return OpenFile.opened(fd, header, cipher, backing_length, path, self.keys.checker(header, path))
 
     def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes:
         return self.handles.get(fh).read(offset, size)
@@ -118,3 +119,13 @@ class FileOps(FsBase):
         self.handles.release(fh)
         if inode is not None and self.unlinked.hidden_links(inode) and self.handles.by_inode(inode) is None:
             self.unlinked.closed(inode)
+
+    def fallocate(self, path: str | None, mode: int, offset: int, length: int, fh: int) -> None:
+        self.handles.get(fh).fallocate(mode, offset, length)
+
+    def utimens(self, path: str | None, times, fh: int | None = None) -> None:
+        """Set times (AttrOps); on an open file they must outlive the write of its tail."""
+        super().utimens(path, times, fh)  # type: ignore[misc]  # AttrOps, next in KeyholdFS's MRO
+        f = self.handles.get(fh) if fh is not None else self.handles.by_inode(inode_of(self.backing.lstat(self.backing_path(path))))
+        if f is not None:
+            f.keep_times()

@@ -5,13 +5,20 @@ that has it open, so all of them see the same size and the same unwritten tail.
 
 The tail (last frame) is kept in memory while it changes: appending to a file would
 otherwise re-seal its last frame, as final, on every write. The tail reaches the disk
-(sealed as final, file cut to length) on flush, fsync and release, and whenever the
-file grows past it; so a closed or fsynced file is always a complete envelope.
+(sealed as final, file cut to length) on flush, fsync and release. Whenever the file
+grows past its last frame, the frames before the new tail are written together with
+an end marker (`slots`), so the backing file is a whole envelope at every moment: a
+kill -9 of the mount loses at most what was written since the last flush or fsync.
+
+Holes are not written: frames wholly inside a hole stay unwritten (sparse) and read as
+zeros; `fallocate` reserves backing space, punches frames out or zeroes ranges.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
+import fcntl
 import logging
 import os
 import threading
@@ -19,22 +26,48 @@ from collections.abc import Callable
 
 from kmscore.envelope import FrameAuthError, FrameCipher, Header
 
+from fsmount import slots
 from fsmount.layout import Layout, splice
 
 log = logging.getLogger("fsmount")
 
-ZERO_FILL_BATCH = 256  # frames sealed per pwrite when filling a hole
+# fallocate(2) modes (linux/falloc.h)
+FALLOC_FL_KEEP_SIZE = 0x01
+FALLOC_FL_PUNCH_HOLE = 0x02
+FALLOC_FL_ZERO_RANGE = 0x10
+FALLOCATE_MODES = frozenset({  # the rest (collapse, insert, unshare) is EOPNOTSUPP
+    0,
+    FALLOC_FL_KEEP_SIZE,
+    FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+    FALLOC_FL_ZERO_RANGE,
+    FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE,
+})
+
+
+MAX_BACKING_LENGTH = (1 << 63) - 1  # off_t
 
 
 def fs_error(code: int) -> OSError:
     return OSError(code, os.strerror(code))
 
 
+def _damaged(name: str, what: str) -> OSError:
+    log.error("integrity: %s: %s", name, what)
+    return fs_error(errno.EIO)
+
+
 class OpenFile:
     """Random-access plaintext view of one envelope file. Thread-safe."""
 
     def __init__(
-        self, fd: int, header: Header, cipher: FrameCipher, size: int, name: str, check: Callable[[], None]
+        self,
+        fd: int,
+        header: Header,
+        cipher: FrameCipher,
+        size: int,
+        name: str,
+        check: Callable[[], None],
+        marker: int | None = None,
     ) -> None:
         self.fd = fd
         self.header = header
@@ -47,21 +80,51 @@ class OpenFile:
         self.refs = 0
         self._tail: bytearray | None = None  # plaintext of the last frame, when loaded
         self._tail_dirty = False
+        # index of the end marker the disk's envelope ends with, or None when it ends
+        # with the last frame sealed final (maybe an older version of it)
+        self._marker = marker
+        self._times: tuple[int, int] | None = None  # (atime, mtime) set while open
+
+    @classmethod
+    def opened(
+        cls, fd: int, header: Header, cipher: FrameCipher, backing_length: int, name: str, check: Callable[[], None]
+    ) -> OpenFile:
+        """The state of an existing backing file; EIO if its length or end marker is wrong."""
+        lay = Layout(header.size, header.frame_size)
+        end = slots.ending(lay, backing_length)
+        if end is None:
+            raise _damaged(name, f"backing file length {backing_length} fits no envelope (truncated)")
+        if end.marker is not None:
+            try:
+                slots.open_marker(cipher, end.marker, os.pread(fd, lay.stride, lay.frame_offset(end.marker)))
+            except FrameAuthError:
+                raise _damaged(name, f"end marker {end.marker} failed authentication (tampered or truncated)") from None
+        return cls(fd, header, cipher, end.size, name, check, end.marker)
+
+    @classmethod
+    def created(
+        cls, fd: int, header: Header, cipher: FrameCipher, name: str, check: Callable[[], None]
+    ) -> OpenFile:
+        """A new, empty file: writes a valid empty envelope (header, one empty final frame)."""
+        os.pwrite(fd, header.encode() + cipher.seal(0, b"", True), 0)
+        f = cls(fd, header, cipher, 0, name, check)
+        f._tail = bytearray()  # known: no need to read and open the frame just written
+        return f
 
     # -- frames ------------------------------------------------------------------------
     def _open_frame(self, index: int, frame: bytes | memoryview, final: bool) -> bytes:
         try:
-            return self.cipher.open(index, frame, final)
+            return slots.open_slot(self.cipher, index, frame, final)
         except FrameAuthError:
-            log.error("integrity: %s: frame %d failed authentication (tampered, swapped or truncated)", self.name, index)
-            raise fs_error(errno.EIO) from None
+            raise _damaged(self.name, f"frame {index} failed authentication (tampered, swapped or truncated)") from None
 
     def _open_frame_into(self, index: int, frame: memoryview, out: memoryview) -> None:
         try:
             self.cipher.open_into(index, frame, False, out)
         except FrameAuthError:
-            log.error("integrity: %s: frame %d failed authentication (tampered, swapped or truncated)", self.name, index)
-            raise fs_error(errno.EIO) from None
+            if not slots.is_hole(frame):
+                raise _damaged(self.name, f"frame {index} failed authentication (tampered, swapped or truncated)") from None
+            out[:] = bytes(len(out))  # a hole (never written): zeros
 
     def _read_frames(self, first: int, last: int) -> list[bytes]:
         """Decrypt full, non-final frames first..last from disk."""
@@ -85,9 +148,9 @@ class OpenFile:
             length = self.size - lay.frame_start(index)
             frame = os.pread(self.fd, length + 28, lay.frame_offset(index))
             if len(frame) != length + 28:
-                log.error("integrity: %s: frame %d is cut short", self.name, index)
-                raise fs_error(errno.EIO)
-            self._tail = bytearray(self._open_frame(index, frame, True))
+                raise _damaged(self.name, f"frame {index} is cut short")
+            # after an end marker, the last frame is a full one stored non-final
+            self._tail = bytearray(self._open_frame(index, frame, self._marker is None))
         return self._tail
 
     def _frame_plaintext(self, index: int) -> bytes | bytearray:
@@ -144,6 +207,9 @@ class OpenFile:
             self.check()
             if not data:
                 return 0
+            self._times = None  # new data: the write's own mtime wins over a set one
+            if self.layout.backing_length(offset + len(data)) > MAX_BACKING_LENGTH:
+                raise fs_error(errno.EFBIG)
             if offset > self.size:
                 self._extend(offset)
             self._write(offset, memoryview(data))
@@ -152,17 +218,57 @@ class OpenFile:
     def truncate(self, size: int) -> None:
         with self.lock:
             self.check()
+            self._times = None
             if size > self.size:
                 self._extend(size)
             elif size < self.size:
                 lay = self.layout
                 index = lay.last_index(size)
-                plain = self._frame_plaintext(index)[: size - lay.frame_start(index)]
+                start = lay.frame_start(index)
+                plain = self._frame_plaintext(index)[: size - start] if size > start else b""
                 self._tail, self._tail_dirty, self.size = bytearray(plain), True, size
             self._flush_tail(force=True)
 
+    def fallocate(self, mode: int, offset: int, length: int) -> None:
+        """fallocate(2): reserve backing space (mode 0, KEEP_SIZE), punch a hole, zero a range.
+
+        Mode 0 and ZERO_RANGE without KEEP_SIZE also grow the file (zeros, sparse).
+        Space is reserved with fallocate on the backing file, KEEP_SIZE, so a
+        reserved range reads as a hole until written; a punched range of whole frames
+        becomes a hole, partly covered frames and the last frame are sealed zeros.
+        """
+        with self.lock:
+            self.check()
+            if mode not in FALLOCATE_MODES:
+                raise fs_error(errno.EOPNOTSUPP)
+            if offset < 0 or length <= 0:
+                raise fs_error(errno.EINVAL)
+            end = offset + length
+            if mode & (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_ZERO_RANGE):
+                self._times = None
+                self._zero(offset, min(end, self.size))
+            if not mode & FALLOC_FL_PUNCH_HOLE:
+                self._reserve(offset, end)
+            if not mode & FALLOC_FL_KEEP_SIZE and end > self.size:
+                self._times = None
+                self._extend(end)
+
+    def keep_times(self) -> None:
+        """The backing file's times were just set: keep them through the next tail write.
+
+        `cp -p`, `tar x` and `rsync -t` set the mtime on the open file before closing
+        it; writing the buffered tail at close would otherwise reset it to now.
+        """
+        with self.lock:
+            if self.fd < 0:
+                return  # closed meanwhile (its last handle was released): nothing to keep
+            st = os.fstat(self.fd)
+            self._times = (st.st_atime_ns, st.st_mtime_ns)
+
     def flush(self) -> None:
         with self.lock:
+            if self._marker is not None and not self._tail_dirty:
+                self._settle_marker()  # at flush, which close(2) waits for (release it does not)
             self._flush_tail()
 
     def fsync(self, datasync: bool) -> None:
@@ -173,12 +279,25 @@ class OpenFile:
     def close(self) -> None:
         with self.lock:
             try:
+                if self._marker is not None and not self._tail_dirty:
+                    self._settle_marker()
                 self._flush_tail()
             finally:
                 os.close(self.fd)
                 self.fd = -1
 
     # -- internals (lock held) ------------------------------------------------------------
+    def _settle_marker(self) -> None:
+        """A file a crash left ending in a marker gets its usual end at the first close
+        that can write it (so keyhold versions before the marker read it too)."""
+        if fcntl.fcntl(self.fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+            return
+        try:
+            self._load_tail()
+        except OSError:
+            return  # damaged: leave it as it is for fsck
+        self._tail_dirty = True
+
     def _write(self, offset: int, data: memoryview) -> None:
         """Write within or right after the current end (offset <= size)."""
         lay = self.layout
@@ -188,8 +307,10 @@ class OpenFile:
         new_last = lay.last_index(new_size)
         frames = lay.frames(offset, len(data))
         first = frames[0]
-        if new_last > old_last and first > old_last:
-            first = old_last  # the old tail stops being final: re-seal it
+        if new_last > old_last:
+            self._load_tail()  # kept in memory until the grown end is on disk (_restore_end)
+            if first > old_last:
+                first = old_last  # the old tail stops being final: re-seal it
         sealed: list[bytes] = []
         new_tail = None
         for index in range(first, frames[-1] + 1):
@@ -204,17 +325,28 @@ class OpenFile:
                 new_tail = bytearray(plain)
             else:
                 sealed.append(self.cipher.seal(index, plain, False))
+        if new_last > old_last:  # the new tail stays in memory; the disk ends with a marker
+            sealed.append(self.cipher.seal(new_last, b"", True))
         if sealed:
-            _pwrite_all(self.fd, sealed, lay.frame_offset(first))
+            try:
+                _pwrite_all(self.fd, sealed, lay.frame_offset(first))
+            except OSError:
+                if new_last > old_last:
+                    self._restore_end()
+                raise
         if new_tail is not None:
             self._tail, self._tail_dirty = new_tail, True
         elif new_last != old_last:  # cannot happen: the new last frame is always written
             raise AssertionError("write did not produce the new tail frame")
+        if new_last > old_last:
+            self._marker = new_last
         self.size = new_size
 
     def _extend(self, size: int) -> None:
-        """Grow the file to `size` with zeros (a hole reads as zeros, stored encrypted)."""
+        """Grow the file to `size` with zeros; frames wholly in the hole stay unwritten."""
         lay = self.layout
+        if lay.backing_length(size) > MAX_BACKING_LENGTH:
+            raise fs_error(errno.EFBIG)
         old_last, new_last = lay.last_index(self.size), lay.last_index(size)
         tail = self._load_tail()
         if new_last == old_last:
@@ -222,13 +354,60 @@ class OpenFile:
             self._tail_dirty, self.size = True, size
             return
         padded = bytes(tail) + bytes(lay.frame_size - len(tail))
-        os.pwrite(self.fd, self.cipher.seal(old_last, padded, False), lay.frame_offset(old_last))
-        zeros = bytes(lay.frame_size)
-        for start in range(old_last + 1, new_last, ZERO_FILL_BATCH):
-            stop = min(new_last, start + ZERO_FILL_BATCH)
-            _pwrite_all(self.fd, [self.cipher.seal(i, zeros, False) for i in range(start, stop)], lay.frame_offset(start))
+        old = self.cipher.seal(old_last, padded, False)
+        marker = self.cipher.seal(new_last, b"", True)
+        try:
+            if new_last == old_last + 1:
+                _pwrite_all(self.fd, [old, marker], lay.frame_offset(old_last))
+            else:
+                if self._marker == old_last + 1:  # the old marker's slot becomes a hole
+                    old += bytes(len(marker))
+                # the far marker first: a size the backing file system cannot hold
+                # (EFBIG) fails here, before anything changed
+                _pwrite_all(self.fd, [marker], lay.frame_offset(new_last))
+                _pwrite_all(self.fd, [old], lay.frame_offset(old_last))
+        except OSError:
+            self._restore_end()
+            raise
         self._tail = bytearray(size - lay.frame_start(new_last))
-        self._tail_dirty, self.size = True, size
+        self._tail_dirty, self.size, self._marker = True, size, new_last
+
+    def _restore_end(self) -> None:
+        """A write that grew the file failed (disk full, EFBIG): cut what it added, then
+        seal the last frame as memory has it, so the disk is the file's envelope again."""
+        try:
+            os.ftruncate(self.fd, self.layout.backing_length(self.size))  # frees room first
+            self._tail_dirty = True
+            self._flush_tail(force=True)
+        except OSError as e:
+            log.error("%s: the end of the file could not be restored after a failed write (%s);"
+                      " run kms fs fsck --repair", self.name, e.strerror)
+
+    def _zero(self, offset: int, end: int) -> None:
+        """Zeros in plaintext [offset, end) (end <= size): whole frames become holes."""
+        if offset >= end:
+            return
+        lay = self.layout
+        first_whole = -(-offset // lay.frame_size)
+        stop_whole = min(end // lay.frame_size, lay.last_index(self.size))  # never the tail
+        if first_whole >= stop_whole:
+            self._write(offset, memoryview(bytes(end - offset)))
+            return
+        _fallocate(
+            self.fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
+            lay.frame_offset(first_whole), (stop_whole - first_whole) * lay.stride,
+        )
+        head_end, tail_start = lay.frame_start(first_whole), lay.frame_start(stop_whole)
+        if offset < head_end:
+            self._write(offset, memoryview(bytes(head_end - offset)))
+        if tail_start < end:
+            self._write(tail_start, memoryview(bytes(end - tail_start)))
+
+    def _reserve(self, offset: int, end: int) -> None:
+        """Reserve backing blocks for plaintext [offset, end); unwritten, they read as holes."""
+        lay = self.layout
+        first, last = offset // lay.frame_size, (end - 1) // lay.frame_size
+        _fallocate(self.fd, FALLOC_FL_KEEP_SIZE, lay.frame_offset(first), (last - first + 1) * lay.stride)
 
     def _flush_tail(self, force: bool = False) -> None:
         if not (self._tail_dirty or force) or self._tail is None:
@@ -236,9 +415,25 @@ class OpenFile:
         lay = self.layout
         index = lay.last_index(self.size)
         os.pwrite(self.fd, self.cipher.seal(index, self._tail, True), lay.frame_offset(index))
-        if force:  # only truncate shrinks a file; writes never leave bytes past the tail
+        # only truncate shrinks a file, and a marker after a full last frame must go;
+        # otherwise the sealed tail covers the marker or the older tail it replaces
+        if force or (self._marker is not None and self._marker != index):
             os.ftruncate(self.fd, lay.backing_length(self.size))
+        self._marker = None
         self._tail_dirty = False
+        if self._times is not None:
+            os.utime(self.fd, ns=self._times)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+
+
+def _fallocate(fd: int, mode: int, offset: int, length: int) -> None:
+    """fallocate(2) on the backing file (os has only posix_fallocate, mode 0)."""
+    if _libc.fallocate(fd, mode, offset, length) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
 
 
 def _pwrite_all(fd: int, buffers: list[bytes], offset: int) -> None:

@@ -19,10 +19,11 @@ from kmscore.envelope import EnvelopeError, FrameAuthError, FrameCipher, Header,
 from kmscore.errors import KmsError
 from kmscore.facade import Kms
 
-from fsmount import cipherdir, xattr_rewrap
+from fsmount import cipherdir, slots, xattr_rewrap
 from fsmount.errors import CipherDirError, DamagedFile, MountError
 from fsmount.fs_base import read_header
 from fsmount.layout import Layout
+from fsmount.repair import repair_file
 
 BATCH = 64  # frames read per pread
 Progress = Callable[[int, int], None]  # (files done, files total)
@@ -65,33 +66,55 @@ def info(kms: Kms, path: str | os.PathLike) -> dict[str, Any]:
 
 
 def frames(fd: int, header: Header, cipher: FrameCipher, length: int) -> Iterator[tuple[int, bytes | None]]:
-    """Every frame's plaintext in order, or None for a frame that fails authentication.
+    """Every stored frame's plaintext in order, or None for a frame that fails authentication.
 
-    A file cut short has no trustworthy final frame: its frames are all yielded as
-    non-final, so the last one fails, and the caller also sees `plaintext_size` None.
+    Holes are skipped (the indexes jump; runs the backing file system keeps sparse are
+    found with SEEK_DATA, so a 1 PiB sparse file takes no time); an end marker (slots)
+    is checked and yielded as an empty frame. A file cut short has no trustworthy final
+    frame: its frames are all yielded as non-final, so the last one fails, and the
+    caller also sees `plaintext_size` None.
     """
     lay = Layout(header.size, header.frame_size)
-    size = lay.plaintext_size(length)
-    count = lay.frame_count(size) if size is not None else max(0, (length - header.size) // lay.stride)
-    for start in range(0, count, BATCH):
+    end = slots.ending(lay, length)
+    count = lay.frame_count(end.size) if end is not None else max(0, (length - header.size) // lay.stride)
+    final_index = count - 1 if end is not None and end.marker is None else None
+    start = 0
+    while start < count:
+        start = max(start, _next_data(fd, lay, start, count))
         stop = min(count, start + BATCH)
         chunk = memoryview(os.pread(fd, (stop - start) * lay.stride, lay.frame_offset(start)))
         for i in range(start, stop):
             frame = chunk[(i - start) * lay.stride : (i - start + 1) * lay.stride]
             try:
-                yield i, cipher.open(i, frame, size is not None and i == count - 1)
+                yield i, cipher.open(i, frame, i == final_index)
             except FrameAuthError:
-                yield i, None
+                yield i, None if i == final_index or not slots.is_hole(frame) else b""
+        start = stop
+    if end is not None and end.marker is not None:
+        try:
+            slots.open_marker(cipher, end.marker, os.pread(fd, lay.stride, lay.frame_offset(end.marker)))
+            yield end.marker, b""
+        except FrameAuthError:
+            yield end.marker, None
+
+
+def _next_data(fd: int, lay: Layout, index: int, count: int) -> int:
+    """The first slot at or after `index` that holds data (count - 1 at most)."""
+    try:
+        data = os.lseek(fd, lay.frame_offset(index), os.SEEK_DATA)
+    except OSError:  # ENXIO: only holes up to the end; or no SEEK_DATA here
+        return index
+    return min(count - 1, max(index, (data - lay.header_size) // lay.stride))
 
 
 def decrypt(kms: Kms, src: str | os.PathLike, dst: str | os.PathLike) -> int:
     """Recover the plaintext of one backing file into `dst`; refuse on any damage."""
     tmp = Path(dst).with_name(f".{Path(dst).name}.kms-tmp-{os.getpid()}")
-    written = 0
     with open(src, "rb") as f:
         header = _header(f.fileno(), src)
         length = os.fstat(f.fileno()).st_size
-        if Layout(header.size, header.frame_size).plaintext_size(length) is None:
+        size = Layout(header.size, header.frame_size).plaintext_size(length)
+        if size is None:
             raise DamagedFile(f"{src}: the file is cut short (length {length} fits no envelope)")
         cipher = open_envelope(kms, header)
         try:
@@ -99,12 +122,14 @@ def decrypt(kms: Kms, src: str | os.PathLike, dst: str | os.PathLike) -> int:
                 for index, plain in frames(f.fileno(), header, cipher, length):
                     if plain is None:
                         raise DamagedFile(f"{src}: frame {index} failed authentication; nothing was written")
-                    out.write(plain)
-                    written += len(plain)
+                    if plain:
+                        out.seek(index * header.frame_size)  # holes stay holes in the copy
+                        out.write(plain)
+                out.truncate(size)
             os.replace(tmp, dst)
         finally:
             tmp.unlink(missing_ok=True)
-    return written
+    return size
 
 
 # -- whole trees ---------------------------------------------------------------------------
@@ -128,40 +153,76 @@ class FsckReport:
     files: int = 0
     frames: int = 0
     damage: list[tuple[str, int | None, str]] = field(default_factory=list)  # (file, frame, what)
+    repaired: list[tuple[str, str]] = field(default_factory=list)  # (file, what was done)
 
     @property
     def clean(self) -> bool:
         return not self.damage
 
 
-def fsck(kms: Kms, cipher_dir: str | os.PathLike, progress: Progress | None = None) -> FsckReport:
-    """Authenticate every frame of every file; report damage by file and frame."""
+def fsck(
+    kms: Kms, cipher_dir: str | os.PathLike, progress: Progress | None = None, repair: bool = False
+) -> FsckReport:
+    """Authenticate every frame of every file; report damage by file and frame.
+
+    With `repair`, a file whose end is broken (see `repair`) is cut back to its longest
+    authentic start and sealed again; the directory must not be mounted.
+    """
     _loaded_config(kms, cipher_dir)
+    if repair and mounted_cipher_dir(cipher_dir):
+        raise MountError(f"{cipher_dir} is mounted; unmount it before repairing")
     report = FsckReport()
     paths = backing_files(cipher_dir)
     for n, path in enumerate(paths):
         rel = str(path.relative_to(cipher_dir))
         report.files += 1
-        try:
-            with open(path, "rb") as f:
-                header = _header(f.fileno(), rel)
-                length = os.fstat(f.fileno()).st_size
-                if Layout(header.size, header.frame_size).plaintext_size(length) is None:
-                    report.damage.append((rel, None, f"cut short (length {length} fits no envelope)"))
-                cipher = open_envelope(kms, header)
-                for index, plain in frames(f.fileno(), header, cipher, length):
-                    report.frames += 1
-                    if plain is None:
-                        report.damage.append((rel, index, "failed authentication"))
-        except DamagedFile as e:
-            report.damage.append((rel, None, str(e).split(": ", 1)[-1]))
-        except KmsError as e:
-            report.damage.append((rel, None, f"data key does not open: {e}"))
-        except OSError as e:
-            report.damage.append((rel, None, f"unreadable: {e.strerror}"))
+        count, damage = _check_file(kms, path, rel)
+        if damage and repair:
+            try:
+                done = repair_file(kms, path)
+            except DamagedFile as e:
+                damage.append((rel, None, str(e)))
+            except (KmsError, EnvelopeError, OSError):
+                pass  # already reported by the check
+            else:
+                if done is not None:
+                    count, damage = _check_file(kms, path, rel)
+                    report.repaired.append((rel, _repaired_text(path, done)))
+        report.frames += count
+        report.damage.extend(damage)
         if progress:
             progress(n + 1, len(paths))
     return report
+
+
+def _check_file(kms: Kms, path: Path, rel: str) -> tuple[int, list[tuple[str, int | None, str]]]:
+    damage: list[tuple[str, int | None, str]] = []
+    count = 0
+    try:
+        with open(path, "rb") as f:
+            header = _header(f.fileno(), rel)
+            length = os.fstat(f.fileno()).st_size
+            if Layout(header.size, header.frame_size).plaintext_size(length) is None:
+                damage.append((rel, None, f"cut short (length {length} fits no envelope)"))
+            cipher = open_envelope(kms, header)
+            for index, plain in frames(f.fileno(), header, cipher, length):
+                count += 1
+                if plain is None:
+                    damage.append((rel, index, "failed authentication"))
+    except DamagedFile as e:
+        damage.append((rel, None, str(e).split(": ", 1)[-1]))
+    except KmsError as e:
+        damage.append((rel, None, f"data key does not open: {e}"))
+    except OSError as e:
+        damage.append((rel, None, f"unreadable: {e.strerror}"))
+    return count, damage
+
+
+def _repaired_text(path: Path, done) -> str:
+    with open(path, "rb") as f:
+        header = read_header(f.fileno())
+        size = Layout(header.size, header.frame_size).plaintext_size(os.fstat(f.fileno()).st_size)
+    return f"end repaired: {size} bytes kept, {done.cut} backing bytes after them dropped"
 
 
 @dataclass
