@@ -4,18 +4,11 @@ An encrypted body is sent with `Content-Type: application/vnd.keyhold.envelope`.
 original Content-Type and Content-Encoding travel *inside* the envelope, as its
 authenticated metadata (envelope format version 2): a store that keeps only the body
 and its type gives them back, and nobody on the path can change them without failing
-every frame. They are also sent as `X-Keyhold-Content-Type` / `-Encoding` hints, which
-decryption trusts only where the envelope cannot speak:
-
-- buffered bodies (and every v2 envelope read whole): the metadata decides; hints are
-  dropped;
-- streamed bodies: the headers leave before the envelope header arrives, so they are
-  taken from the hints (or `application/octet-stream`, no encoding, when there are
-  none); once the envelope header is read, a v2 envelope whose metadata differs from
-  the hints sent cuts the stream (the client never gets a complete body of the wrong
-  type);
-- version-1 envelopes (made before the metadata existed) carry none: the hints are used,
-  as before.
+every frame. They are also sent as `X-Keyhold-Content-Type` / `-Encoding` hints (for
+upstreams that index them), which decryption of a version-2 envelope ignores and drops:
+the metadata decides, buffered or streamed (a streamed decryption is started only once
+the envelope header has been read, see sidecar.bodylimit). Version-1 envelopes (made
+before the metadata existed) carry none: for them the hints are used, as before.
 
 The body bytes are the raw (still content-encoded) bytes, so a gzip body comes back as
 the same gzip body. Streams also ask a revocation check on every chunk (`check`), so a
@@ -39,7 +32,6 @@ except ImportError:  # an install without the envelope format: whole-body rules 
 ENVELOPE_TYPE = "application/vnd.keyhold.envelope"
 ORIG_TYPE = "X-Keyhold-Content-Type"
 ORIG_ENCODING = "X-Keyhold-Content-Encoding"
-UNKNOWN_TYPE = "application/octet-stream"
 META_TYPE, META_ENCODING = "content-type", "content-encoding"
 """Metadata keys in the envelope (docs/FORMAT.md, version 2)."""
 
@@ -60,18 +52,6 @@ def metadata_of(headers) -> dict[str, str]:
     return meta
 
 
-def hints_of(headers) -> dict[str, str] | None:
-    """The X-Keyhold-* hints as metadata, or None when there are none."""
-    meta = {}
-    for name, value in headers.fields:
-        low = name.lower()
-        if low == _XCT:
-            meta[META_TYPE] = value.decode("latin-1")
-        elif low == _XCE:
-            meta[META_ENCODING] = value.decode("latin-1")
-    return meta or None
-
-
 def restore_headers(headers, metadata: dict[str, str] | None) -> None:
     """After decryption: Content-Type/-Encoding exactly as `metadata` says (a v2
     envelope's), or, for None (a v1 envelope), from the hints; hints are dropped."""
@@ -85,12 +65,21 @@ def restore_headers(headers, metadata: dict[str, str] | None) -> None:
     headers.fields = tuple(kept)
 
 
-def open_streamed_headers(headers) -> dict[str, str] | None:
-    """Headers of a streamed decryption, set before the envelope is read: from the hints,
-    else an honest `application/octet-stream`. Returns the hints the stream must match."""
-    hints = hints_of(headers)
-    restore_headers(headers, hints if hints is not None else {META_TYPE: UNKNOWN_TYPE})
-    return hints
+def peek_header(data: bytes):
+    """The envelope header at the start of `data`, or None while it is incomplete;
+    BadBody when the bytes cannot start an envelope."""
+    if envelope is None:
+        raise SidecarError("the envelope format (kmscore.envelope) is not installed", status=503, reason="kms_error")
+    try:
+        need = envelope.header_need(data)
+        return envelope.Header.decode(data[:need]) if len(data) >= need else None
+    except envelope.EnvelopeError as e:
+        raise BadBody(f"malformed envelope: {e}") from None
+
+
+def metadata_of_header(header) -> dict[str, str] | None:
+    """A v2 header's metadata; None for version 1 (whose type travels in the hints)."""
+    return header.metadata if header.version >= envelope.VERSION_METADATA else None
 
 
 def seal_headers(headers) -> None:
@@ -158,10 +147,9 @@ class Opener:
     Only authenticated frames come out; a bad header, a bad frame or a cut-off body
     raises BadBody (the caller answers with an error or cuts the connection)."""
 
-    def __init__(self, kms, dkcache=None, key_id: str | None = None, *, expect: dict[str, str] | None = None,
+    def __init__(self, kms, dkcache=None, key_id: str | None = None, *,
                  check: Callable[[str], None] | None = None) -> None:
-        """`expect`: the hints already sent as headers; a v2 envelope must carry exactly
-        them. `check(key_id)`: raises when the key may no longer be used."""
+        """`check(key_id)`: raises when the key may no longer be used (every chunk)."""
         if envelope is None:
             raise SidecarError("the envelope format (kmscore.envelope) is not installed", status=503, reason="kms_error")
         source = dkcache or kms
@@ -173,10 +161,13 @@ class Opener:
                 raise BadBody("the envelope was not made with this rule's key")
             return envelope.open_envelope(source, header)
 
+        self._opener = opener
         self._dec = envelope.StreamDecryptor(opener)
-        self._expect = expect
         self._check = check
-        self._checked_meta = False
+
+    def open_header(self, header) -> None:
+        """Check now that this envelope opens under the rule's key (raises if not)."""
+        self._opener(header)
 
     @property
     def header(self):
@@ -194,15 +185,8 @@ class Opener:
         except envelope.EnvelopeError as e:
             raise BadBody(f"malformed envelope: {e}") from None
         header = self._dec.header
-        if header is not None:
-            if self._check is not None:
-                self._check(peek_key(header.wrapped_dek)[0])  # before any plaintext leaves
-            if not self._checked_meta:
-                self._checked_meta = True
-                meta = self.metadata
-                if meta is not None and self._expect is not None and meta != self._expect:
-                    raise BadBody("the envelope's authenticated Content-Type/-Encoding differ from the "
-                                  "X-Keyhold-* headers it came with")
+        if header is not None and self._check is not None:
+            self._check(peek_key(header.wrapped_dek)[0])  # before any plaintext leaves
         return out
 
 

@@ -15,6 +15,14 @@ Over the bound, the client gets the sidecar's JSON error at once (413 for a requ
 the rest of a request body is read and dropped, so memory stays at the bound and the
 client still reads the answer (closing with unread data would reset the connection
 and could destroy the answer before the client reads it).
+
+A flow may instead *switch to streaming* part-way (`set_switch`), as mitmproxy's own
+`stream_large_bodies` does: on each buffered chunk a callback sees the bytes so far and
+may return a stream callable; the headers then leave (possibly rewritten by the
+callback) and the buffered bytes go through the callable first. Whole-body rules use
+it so that a chunked body is buffered while it is small (clean errors) and streamed
+once it is large, and so that a streamed decryption knows the envelope's header
+(its authenticated Content-Type) before the response headers leave.
 """
 
 from __future__ import annotations
@@ -29,12 +37,20 @@ from sidecar.addons.routing import fail
 from sidecar.errors import TooLarge
 
 LIMIT_KEY = "keyhold.buffer_limit"
+SWITCH_KEY = "keyhold.stream_switch."
 _original = http_layer.HttpStream.check_body_size
 
 
 def set_limit(flow, limit: int) -> None:
     """Bound the buffered bodies of `flow` (both directions) to `limit` bytes."""
     flow.metadata[LIMIT_KEY] = limit
+
+
+def set_switch(flow, direction: str, switch) -> None:
+    """`switch(buffer) -> stream callable | None`, asked on each buffered chunk of that
+    direction's body (`buffer` supports len() and bytes()); it may raise to refuse the
+    flow (the error is answered as by `fail`)."""
+    flow.metadata[SWITCH_KEY + direction] = switch
 
 
 def _over(stream, request: bool, limit: int) -> int | None:
@@ -52,24 +68,59 @@ def _over(stream, request: bool, limit: int) -> int | None:
 def _check_body_size(self, request: bool):
     f = getattr(self, "flow", None)
     limit = f.metadata.get(LIMIT_KEY) if f is not None else None
-    if limit is not None and (size := _over(self, request, limit)) is not None:
-        yield from _refuse(self, request, limit, size)
+    if limit is None:
+        return (yield from _original(self, request))
+    direction = "request" if request else "response"
+    buf = self.request_body_buf if request else self.response_body_buf
+    switch = f.metadata.get(SWITCH_KEY + direction)
+    if switch is not None and buf:
+        try:
+            fn = switch(buf)
+        except Exception as e:  # noqa: BLE001 - a rule that cannot be applied: refuse, fail closed
+            yield from _refuse(self, request, e)
+            return True
+        if fn is not None:
+            yield from _switch(self, request, fn)
+            return False
+        if len(buf) <= limit:
+            return False  # the switch decides; a declared length alone does not refuse
+    if (size := _over(self, request, limit)) is not None:
+        what = "the request body" if request else "the upstream response body"
+        exc = TooLarge(f"{what} is over the {limit}-byte limit for buffered bodies on this route ({size}+ bytes)")
+        yield from _refuse(self, request, exc)
         return True
     return (yield from _original(self, request))
 
 
-def _refuse(stream, request: bool, limit: int, size: int):
+def _switch(stream, request: bool, fn):
+    """Stream from now on, the bytes buffered so far first (as mitmproxy's Step 3)."""
+    f = stream.flow
+    stream.flow.metadata.pop(SWITCH_KEY + ("request" if request else "response"), None)
+    if request:
+        f.request.stream = fn
+        data = bytes(stream.request_body_buf)
+        stream.request_body_buf.clear()
+        yield from stream.start_request_stream()
+        yield from stream.handle_event(ev.RequestData(stream.stream_id, data))
+    else:
+        f.response.stream = fn
+        data = bytes(stream.response_body_buf)
+        stream.response_body_buf.clear()
+        yield from stream.start_response_stream()
+        yield from stream.handle_event(ev.ResponseData(stream.stream_id, data))
+
+
+def _refuse(stream, request: bool, exc: Exception):
     f = stream.flow
     direction = "request" if request else "response"
     (stream.request_body_buf if request else stream.response_body_buf).clear()
     if not request or f.response is None:
-        what = "the request body" if request else "the upstream response body"
-        fail(f, direction, TooLarge(f"{what} is over the {limit}-byte limit for buffered bodies on this route"))
+        fail(f, direction, exc)
     resp = f.response
     resp.headers["connection"] = "close"
     resp.headers.pop("transfer-encoding", None)
     resp.headers["content-length"] = str(len(resp.raw_content or b""))
-    f.error = mflow.Error(f"{direction} body over the {limit}-byte buffer limit ({size}+ bytes)")
+    f.error = mflow.Error(f"{direction} body refused while buffering: {exc}")
     yield hooks.HttpErrorHook(f)  # metrics and the access log see the refusal
     yield http_layer.SendHttp(ev.ResponseHeaders(stream.stream_id, resp, end_stream=False), stream.context.client)
     if resp.raw_content:
@@ -77,7 +128,7 @@ def _refuse(stream, request: bool, limit: int, size: int):
     yield http_layer.SendHttp(ev.ResponseEndOfMessage(stream.stream_id), stream.context.client)
     if not request:
         yield http_layer.SendHttp(
-            ev.RequestProtocolError(stream.stream_id, "response too large", ev.ErrorCode.RESPONSE_TOO_LARGE),
+            ev.RequestProtocolError(stream.stream_id, "response refused", ev.ErrorCode.RESPONSE_TOO_LARGE),
             stream.context.server,
         )
     stream.client_state = stream.state_errored  # the rest of the body is read and dropped

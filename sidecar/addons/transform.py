@@ -75,15 +75,23 @@ class Transform:
         if direction == "response" and (flow.request.method == "HEAD" or flow.response.status_code in (204, 304)):
             return  # no body follows, whatever Content-Length says
         step = st.step(direction)
-        if step is None:
-            msg.stream = _passthrough(st)  # nothing to apply: never buffer it
-            return
         size = _declared_size(msg)
+        if step is None:
+            if size is None or size > limit:
+                msg.stream = _passthrough(st)  # nothing to apply: never buffer a large body
+            return
         if size is not None and size <= limit:
             return  # buffered: handled in request()/response()
         if step.kind in ("encrypt", "decrypt") and not step.fields:
             try:
-                msg.stream = self._streamer(flow, direction, st, step, msg)
+                if step.kind == "encrypt" and size is not None:
+                    msg.stream = self._streamer(flow, direction, st, step, msg)  # known to be large
+                else:
+                    # chunked: buffered while small, streamed once over the limit; decrypt:
+                    # streamed once the envelope header (its authenticated type) is read
+                    if step.kind == "decrypt":
+                        bodies.check_envelope_headers(msg.headers)
+                    bodylimit.set_switch(flow, direction, self._switcher(flow, direction, st, step, msg, limit))
             except Exception as e:  # noqa: BLE001 - every failure must fail closed
                 self._fail_early(flow, direction, e, size, limit)
             else:
@@ -104,15 +112,29 @@ class Transform:
             # rest is read and dropped, never buffered
             bodylimit.set_limit(flow, min(limit, REFUSED_BODY_LIMIT))
 
-    def _streamer(self, flow, direction: str, st, step: Step, msg: http.Message):
+    def _switcher(self, flow, direction: str, st, step: Step, msg: http.Message, limit: int):
+        """When to stop buffering a whole-body message and stream it (sidecar.bodylimit)."""
+
+        def switch(buf):
+            if step.kind == "encrypt":
+                return self._streamer(flow, direction, st, step, msg) if len(buf) > limit else None
+            header = bodies.peek_header(bytes(buf))
+            return None if header is None else self._streamer(flow, direction, st, step, msg, header)
+
+        return switch
+
+    def _streamer(self, flow, direction: str, st, step: Step, msg: http.Message, header=None):
+        """The stream callable of a whole-body rule; for decryption, `header` is the
+        envelope's (read from the first bytes), so its key and metadata are checked and
+        its Content-Type restored before any header leaves."""
         frame = st.table.entry.frame_size
         if step.kind == "encrypt":
             fn = bodies.Sealer(self.rt.kms, step.key, frame, bodies.metadata_of(msg.headers), check=self._key_check)
             bodies.seal_headers(msg.headers)
         else:
-            bodies.check_envelope_headers(msg.headers)
-            hints = bodies.open_streamed_headers(msg.headers)
-            fn = bodies.Opener(self.rt.kms, self.rt.dkcache, step.key_id, expect=hints, check=self._key_check)
+            fn = bodies.Opener(self.rt.kms, self.rt.dkcache, step.key_id, check=self._key_check)
+            fn.open_header(header)  # a wrong key or a revoked one: a clean error, nothing sent yet
+            bodies.restore_headers(msg.headers, bodies.metadata_of_header(header))
         msg.headers.pop("content-length", None)
         if msg.http_version == "HTTP/1.1":
             msg.headers["transfer-encoding"] = "chunked"

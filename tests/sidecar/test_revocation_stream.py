@@ -129,7 +129,8 @@ def setup(kms, tmp_path_factory):
             kms.create_key(alias, "AES_256")
     up = Endless()
     listen = f"127.0.0.1:{free_port()}"
-    cfg = write_config(tmp_path_factory.mktemp("revocation") / "deploy.toml", listen, up.url, routes())
+    cfg = write_config(tmp_path_factory.mktemp("revocation") / "deploy.toml", listen, up.url, routes(),
+                       limits="limits = { max_buffered_body = 1048576 }")
     proxy = ProxyProcess(kms.home, cfg)
     proxy.url = f"http://{listen}"
     yield kms, up, proxy
@@ -195,20 +196,22 @@ def test_streamed_decrypt_stops_when_imported_material_expires(setup):
 
 
 def paced_upload(url: str, source, revoke, upstream_count) -> tuple[int, bool]:
-    """POST an endless paced body; after 4 MiB call `revoke()`. Returns (bytes the upstream
-    received after the revocation, cut?)."""
+    """POST an endless paced body; once 4 MiB reached the upstream call `revoke()`.
+    Returns (bytes the upstream received after the revocation, cut?)."""
     state = {"sent": 0, "mark": None, "capped": False}
 
     def gen():
         for data in source:
             yield data
             state["sent"] += len(data)
-            if state["mark"] is None and state["sent"] >= 4 * MiB:
+            if state["mark"] is None and upstream_count() >= 4 * MiB:  # it streams: now revoke
                 revoke()
-                state["mark"] = upstream_count()
+                state["mark"], state["sent_at_mark"] = upstream_count(), state["sent"]
             if state["mark"] is not None and upstream_count() - state["mark"] > CAP:
                 state["capped"] = True  # still flowing at CAP: not cut, whatever happens next
                 return
+            if state["sent"] > 4 * CAP:
+                return  # the proxy stopped forwarding long ago and only drains what we send
             time.sleep(PACE)
 
     try:
