@@ -68,12 +68,13 @@ def _over(stream, request: bool, limit: int) -> int | None:
 def _check_body_size(self, request: bool):
     f = getattr(self, "flow", None)
     limit = f.metadata.get(LIMIT_KEY) if f is not None else None
-    if limit is None:
+    buf = self.request_body_buf if request else self.response_body_buf
+    if limit is None or not buf:
+        # before the body: the headers hooks have not decided yet whether it streams
         return (yield from _original(self, request))
     direction = "request" if request else "response"
-    buf = self.request_body_buf if request else self.response_body_buf
     switch = f.metadata.get(SWITCH_KEY + direction)
-    if switch is not None and buf:
+    if switch is not None:
         try:
             fn = switch(buf)
         except Exception as e:  # noqa: BLE001 - a rule that cannot be applied: refuse, fail closed

@@ -46,6 +46,11 @@ match = {{ path = "/reply/fields" }}
 response = {{ action = "decrypt", key = "app/data", fields = {FIELDS} }}
 
 [[proxy.route]]
+name = "reply-body"
+match = {{ path = "/reply/body" }}
+response = {{ action = "decrypt", key = "app/data" }}
+
+[[proxy.route]]
 name = "sign"
 match = {{ path = "/sign/*" }}
 request = {{ action = "sign", key = "app/mac" }}
@@ -250,3 +255,22 @@ def test_small_bodies_on_the_same_routes_still_work(proxy, upstream, check_memor
             yield b'{"ssn":"078-05-1120"}}'
         r = c.post("/fields/chunked", content=gen(), headers={"content-type": "application/json"})
         assert r.status_code == 200 and json.loads(upstream.last().body)["user"]["ssn"].startswith("khf1.")
+
+
+def test_large_responses_with_a_content_length_still_stream(proxy, upstream, check_memory, kms):
+    """A declared length over the limit refuses only bodies that must be buffered: a
+    pass-through download and a whole-body decryption of 48 MiB go through."""
+    from sidecar import bodies
+
+    data = os.urandom(48 * MiB)
+    try:
+        upstream.reply = (data, "application/octet-stream", {})
+        with httpx.Client(base_url=proxy.url, timeout=120) as c:
+            r = c.get("/reply/raw")
+            assert r.status_code == 200 and r.content == data
+            upstream.reply = (bodies.seal_all(kms, "app/data", data, 65536, {"content-type": "video/mp4"}),
+                              "application/vnd.keyhold.envelope", {})
+            r = c.get("/reply/body")
+            assert r.status_code == 200 and r.headers["content-type"] == "video/mp4" and r.content == data
+    finally:
+        upstream.reply = (b'{"ok":true}', "application/json", {})
