@@ -87,8 +87,9 @@ class Transform:
                 if step.kind == "encrypt" and size is not None:
                     msg.stream = self._streamer(flow, direction, st, step, msg)  # known to be large
                 else:
-                    # chunked: buffered while small, streamed once over the limit; decrypt:
-                    # streamed once the envelope header (its authenticated type) is read
+                    # chunked, or a large envelope: buffered while small, streamed once over
+                    # the limit (for decryption, the envelope header and its authenticated
+                    # type are known by then, before any response header leaves)
                     if step.kind == "decrypt":
                         bodies.check_envelope_headers(msg.headers)
                     bodylimit.set_switch(flow, direction, self._switcher(flow, direction, st, step, msg, limit))
@@ -116,9 +117,11 @@ class Transform:
         """When to stop buffering a whole-body message and stream it (sidecar.bodylimit)."""
 
         def switch(buf):
+            if len(buf) <= limit:
+                return None  # small enough to transform whole, with clean errors
             if step.kind == "encrypt":
-                return self._streamer(flow, direction, st, step, msg) if len(buf) > limit else None
-            header = bodies.peek_header(bytes(buf))
+                return self._streamer(flow, direction, st, step, msg)
+            header = bodies.peek_header(bytes(buf))  # long since complete: a header is < 9 KiB
             return None if header is None else self._streamer(flow, direction, st, step, msg, header)
 
         return switch
