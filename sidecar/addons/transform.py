@@ -30,6 +30,10 @@ from sidecar.rules import Step
 log = logging.getLogger("keyhold.sidecar")
 REFUSED_BODY_LIMIT = 64 * 1024
 """A request already answered (no route, reloading) buffers no more than this of its body."""
+STREAM_AFTER = 1 << 20
+"""A whole-body message of unknown length is buffered up to this (or the limit, if lower)
+and then streamed: small ones keep clean JSON errors; large ones cost no more memory
+than this, whatever the limit (copies of a 16 MiB buffer would cost ~60 MiB)."""
 MAX_JSON_VALUES = 1_000_000
 """JSON bodies parse into Python objects of ~30..230 bytes per value: past this many
 values (an estimate counted from `,` and `:`), a fields body is refused with 413."""
@@ -116,9 +120,11 @@ class Transform:
     def _switcher(self, flow, direction: str, st, step: Step, msg: http.Message, limit: int):
         """When to stop buffering a whole-body message and stream it (sidecar.bodylimit)."""
 
+        threshold = min(limit, STREAM_AFTER)
+
         def switch(buf):
-            if len(buf) <= limit:
-                return None  # small enough to transform whole, with clean errors
+            if len(buf) <= threshold:
+                return None  # may still end small: transformed whole, with clean errors
             if step.kind == "encrypt":
                 return self._streamer(flow, direction, st, step, msg)
             header = bodies.peek_header(bytes(buf))  # long since complete: a header is < 9 KiB
