@@ -15,6 +15,16 @@ server in its own process) and runs in its own process:
 
 Prints requests/s and p50/p99 latency at N connections and at 1 connection, and the
 ratios to plain mitmproxy. Timings are printed, never asserted.
+
+    --compare-with DIR   also run the sidecar setups from another checkout (e.g. main,
+                         `git archive main | tar -x -C DIR`) in the same run, named
+                         `encrypt@DIR` etc., so old and new are measured side by side
+    --hostile / --no-hostile
+                         after the throughput runs (default on): the proxy's peak RSS
+                         (VmHWM) per route kind under hostile bodies, each in a fresh
+                         `kms-proxy`-like process: a 2 GiB chunked body to a fields, sign
+                         and verify route, a gzip bomb (1 GiB of zeros, ~1 MB) to a fields
+                         route, and a 2 GiB streamed decrypt of an envelope response
 """
 
 from __future__ import annotations
@@ -159,7 +169,11 @@ def main() -> int:
     ap.add_argument("--duration", type=int, default=5)
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--serve", choices=["upstream", "mitmdump", "plain", "sidecar"], help=argparse.SUPPRESS)
+    ap.add_argument("--compare-with", metavar="DIR", help="another checkout whose sidecar runs alongside")
+    ap.add_argument("--hostile", action=argparse.BooleanOptionalAction, default=True,
+                    help="measure peak RSS under hostile bodies (default: on)")
+    ap.add_argument("--hostile-only", action="store_true", help="skip the throughput runs")
+    ap.add_argument("--serve", choices=["upstream", "mitmdump", "plain", "sidecar", "hostile"], help=argparse.SUPPRESS)
     ap.add_argument("--home", help=argparse.SUPPRESS)
     ap.add_argument("--upstream", help=argparse.SUPPRESS)
     ap.add_argument("--ports", help=argparse.SUPPRESS)
@@ -170,8 +184,22 @@ def main() -> int:
     if args.serve == "mitmdump":
         _serve_dump(args.upstream, json.loads(args.ports)["mitmdump"])
         return 0
+    if args.serve == "hostile":
+        from hostile_bodies import serve_hostile
+
+        serve_hostile(args.home, args.upstream, json.loads(args.ports))
+        return 0
     if args.serve:
         _serve_proxy(args.serve, args.home, args.upstream, json.loads(args.ports))
+        return 0
+    if args.hostile_only:
+        from hostile_bodies import run_hostile
+
+        tmp = Path(tempfile.mkdtemp(prefix="keyhold-bench-"))
+        try:
+            run_hostile(tmp / "kms-hostile")
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
         return 0
     if not shutil.which("wrk"):
         print("wrk is not installed (apt-get install wrk)", file=sys.stderr)
@@ -186,18 +214,29 @@ def main() -> int:
     up_port = free_port()
     ports = {"mitmdump": {"mitmdump": free_port()}, "plain": {"mitmproxy": free_port()},
              "sidecar": {"encrypt": free_port(), "fields": free_port(), "sign": free_port()}}
+    other = Path(args.compare_with).resolve() if args.compare_with else None
+    if other:
+        tag = other.name
+        ports["sidecar-other"] = {f"encrypt@{tag}": free_port(), f"fields@{tag}": free_port(), f"sign@{tag}": free_port()}
     me = [sys.executable, os.path.abspath(__file__)]
     procs = [subprocess.Popen([*me, "--serve", "upstream", "--ports", str(up_port)])]
     upstream = f"http://127.0.0.1:{up_port}"
+    pids = {"direct": procs[0].pid}
     try:
-        for kind in ("mitmdump", "plain", "sidecar"):
-            p = subprocess.Popen([*me, "--serve", kind, "--home", str(tmp / "kms"), "--upstream", upstream,
-                                  "--ports", json.dumps(ports[kind])], stdout=subprocess.PIPE, text=True)
+        for kind in ports:
+            cmd, env = [*me, "--serve", kind], None
+            if kind == "sidecar-other":  # the other checkout's own code, its own KMS home
+                cmd = [sys.executable, str(other / "bench" / "sidecar_http.py"), "--serve", "sidecar"]
+                env = {**os.environ, "PYTHONPATH": str(other)}
+            port_map = {n.split("@")[0]: p for n, p in ports[kind].items()}
+            p = subprocess.Popen([*cmd, "--home", str(tmp / f"kms-{kind}"), "--upstream", upstream,
+                                  "--ports", json.dumps(port_map)], stdout=subprocess.PIPE, text=True, env=env)
             procs.append(p)
             assert p.stdout.readline().strip() == "ready", f"{kind} proxy did not start"
-        targets = {"direct": up_port, **ports["mitmdump"], **ports["plain"], **ports["sidecar"]}
-        pids = {"direct": procs[0].pid, "mitmdump": procs[1].pid, "mitmproxy": procs[2].pid,
-                **{n: procs[3].pid for n in ports["sidecar"]}}
+            pids.update({n: p.pid for n in ports[kind]})
+        targets = {"direct": up_port}
+        for kind in ports:
+            targets.update(ports[kind])
         runs: dict[str, dict[int, list[dict]]] = {}
         for name, port in targets.items():  # warm-up (and a check that every setup answers)
             run_wrk(f"http://127.0.0.1:{port}/api/users", 4, 1, str(script))
@@ -211,6 +250,12 @@ def main() -> int:
                     runs.setdefault(name, {}).setdefault(conns, []).append(r)
         results = {n: {c: _median(rs) for c, rs in by_conns.items()} for n, by_conns in runs.items()}
         report(results, args.connections, args.duration, args.rounds)
+        for p in reversed(procs):  # the hostile part runs alone, in processes of its own
+            p.send_signal(signal.SIGTERM)
+        if args.hostile:
+            from hostile_bodies import run_hostile
+
+            run_hostile(tmp / "kms-hostile")
     finally:
         for p in reversed(procs):
             p.send_signal(signal.SIGTERM)

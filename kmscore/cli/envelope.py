@@ -181,7 +181,7 @@ def _read_header(f: BinaryIO) -> tuple[envelope.Header, bytes]:
         need = envelope.header_length(buf)
         if need is not None and len(buf) >= need:
             return envelope.Header.decode(bytes(buf[:need])), bytes(buf[need:])
-        more = f.read(need - len(buf) if need else envelope.format.PREFIX_SIZE - len(buf))
+        more = f.read(envelope.header_need(buf) - len(buf))
         if not more:
             if not buf:
                 raise envelope.Truncated("the input is empty, not an envelope")
@@ -270,6 +270,7 @@ def run_info(args: argparse.Namespace, ctx: CliContext) -> int:
     report = {
         "file": args.file,
         "format_version": header.version,
+        "metadata": header.metadata,
         "flags": header.flags,
         "message_id": header.message_id.hex(),
         "key_id": key_id,

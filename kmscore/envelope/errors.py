@@ -21,7 +21,7 @@ class BadMagic(EnvelopeError):
 class UnsupportedVersion(EnvelopeError):
     def __init__(self, version: int) -> None:
         self.version = version
-        super().__init__(f"envelope format version {version} is not supported (this keyhold reads version 1)")
+        super().__init__(f"envelope format version {version} is not supported (this keyhold reads versions 1 and 2)")
 
 
 class Truncated(EnvelopeError):

@@ -1,7 +1,8 @@
 """FrameCipher: seal and open single frames of one envelope (random access).
 
-AAD of frame i = fixed header (28 bytes) || u64 i || u8 final. The fixed header binds
-the message id, the frame size and the flags, so a frame moved to another index,
+AAD of frame i = bound header || u64 i || u8 final. The bound header (the fixed 28 bytes;
+in version 2 also the metadata) binds the message id, the frame size, the flags and the
+metadata, so a frame moved to another index,
 another envelope or past the end fails authentication.
 """
 
@@ -30,7 +31,7 @@ class FrameCipher:
         if len(dek) != DEK_SIZE:
             raise ValueError(f"an envelope DEK is {DEK_SIZE} bytes, not {len(dek)}")
         self._aead = AESGCM(bytes(dek))
-        self._fixed = header.fixed
+        self._fixed = header.bound
         self.frame_size = header.frame_size
         self._random = random  # seam for test vectors
 

@@ -10,10 +10,11 @@ cannot move between them.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from kmscore.blob import peek_key
-from kmscore.envelope.format import FLAG_SHARED_DEK, MESSAGE_ID_SIZE, VERSION, Header
+from kmscore.envelope.format import FLAG_SHARED_DEK, MESSAGE_ID_SIZE, VERSION, VERSION_METADATA, Header
 from kmscore.envelope.frames import DEK_SIZE, FrameCipher
 from kmscore.errors import InvalidCiphertext
 
@@ -32,24 +33,33 @@ def envelope_context(header_or_id: Header | bytes, shared: bool = False) -> dict
 
 
 def new_envelope(
-    kms_or_cache: Any, key: str, frame_size: int = DEFAULT_FRAME_SIZE, *, expected_bytes: int = 0
+    kms_or_cache: Any,
+    key: str,
+    frame_size: int = DEFAULT_FRAME_SIZE,
+    *,
+    expected_bytes: int = 0,
+    metadata: Mapping[str, str] | None = None,
 ) -> tuple[Header, FrameCipher]:
     """A header with a fresh random message id and DEK under CMK `key`, and its cipher.
 
     With a DataKeyCache that has a reuse policy, the DEK may be one shared with other
     recent envelopes (within the policy's limits); `expected_bytes` counts toward them.
+    `metadata` (even empty) makes a version-2 envelope that carries it, authenticated;
+    without it the envelope is version 1 (what fsmount and `kms encrypt-file` write).
     """
+    version = VERSION if metadata is None else VERSION_METADATA
+    meta = dict(metadata or {})
     message_id = os.urandom(MESSAGE_ID_SIZE)
     reuse = getattr(kms_or_cache, "reuse", None)
     if reuse is not None:
         dek, wrapped = kms_or_cache.shared_datakey(key, envelope_context(message_id, True), expected_bytes)
-        header = Header(VERSION, FLAG_SHARED_DEK, frame_size, message_id, wrapped)
+        header = Header(version, FLAG_SHARED_DEK, frame_size, message_id, wrapped, meta)
     else:
         kms = getattr(kms_or_cache, "kms", kms_or_cache)
-        Header(VERSION, 0, frame_size, message_id, b"\0")  # validate the frame size before a KMS call
+        Header(version, 0, frame_size, message_id, b"\0", meta)  # validate before a KMS call
         dk = kms.create_datakey(key, 256, envelope_context(message_id))
         dek, wrapped = dk.plaintext, dk.ciphertext
-        header = Header(VERSION, 0, frame_size, message_id, wrapped)
+        header = Header(version, 0, frame_size, message_id, wrapped, meta)
     return header, FrameCipher(dek, header)
 
 

@@ -76,7 +76,7 @@ def test_header_layout_is_the_documented_one():
     [
         (lambda b: b"KHEW" + b[4:], BadMagic),
         (lambda b: b"%PDF" + b[4:], BadMagic),
-        (lambda b: b[:4] + b"\x02" + b[5:], UnsupportedVersion),
+        (lambda b: b[:4] + b"\x03" + b[5:], UnsupportedVersion),
         (lambda b: b[:4] + b"\x00" + b[5:], UnsupportedVersion),
         (lambda b: b[:5] + b"\x02" + b[6:], EnvelopeError),  # unknown flag bit
         (lambda b: b[:5] + b"\x80" + b[6:], EnvelopeError),

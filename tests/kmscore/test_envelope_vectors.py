@@ -21,7 +21,7 @@ from kmscore.envelope import FrameCipher, Header, StreamDecryptor, StreamEncrypt
 
 VECTORS = Path(__file__).parent / "vectors"
 DOC = Path(__file__).parents[2] / "docs" / "FORMAT.md"
-FROZEN = sorted(VECTORS.glob("envelope-v*.json"))
+FROZEN = sorted(VECTORS.glob("envelope-v1-*.json"))  # version 2: test_envelope_v2.py
 
 
 class ThirdParty:
@@ -123,7 +123,8 @@ def test_the_vectors_in_format_md_are_the_frozen_ones():
     assert {"hello:envelope", "hello:dek", "hello:cmk_material", "hello:wrapped_dek"} <= set(vectors)
     for key, value in vectors.items():
         name, field = key.split(":")
-        assert load(VECTORS / f"envelope-v1-{name}.json")[field] == value, key
+        file = f"envelope-{name}.json" if name.startswith("v2-") else f"envelope-v1-{name}.json"
+        assert load(VECTORS / file)[field] == value, key
     env = bytes.fromhex(vectors["hello:envelope"])
     assert ThirdParty.decrypt(env, cmk=bytes.fromhex(vectors["hello:cmk_material"])) == b"hello, keyhold\n"
 

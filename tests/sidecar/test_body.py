@@ -102,9 +102,10 @@ def test_malformed_envelopes_fail_closed(client, upstream, kms):
     r = client.post("/dec-body", content=good, headers={"content-type": "text/plain"})
     assert r.status_code == 422 and "not a keyhold envelope" in error_of(r)["message"]
     assert upstream.received == []
-    r = client.post("/dec-body", content=good, headers={"content-type": ENV, "x-keyhold-content-type": "text/x"})
+    typed = bodies.seal_all(kms, "app/data", b"secret" * 100, 4096, {"content-type": "text/plain"})
+    r = client.post("/dec-body", content=typed, headers={"content-type": ENV, "x-keyhold-content-type": "text/x"})
     assert r.status_code == 200 and upstream.last().body == b"secret" * 100
-    assert upstream.last().headers["content-type"] == "text/x"
+    assert upstream.last().headers["content-type"] == "text/plain"  # the envelope's (v2), not the hint
 
 
 def test_bad_envelope_from_upstream_is_502(client, upstream):

@@ -1,4 +1,4 @@
-"""Writes the frozen envelope test vectors (envelope-v1-*.json). Run once per format
+"""Writes the frozen envelope test vectors (envelope-v1-*.json, envelope-v2-*.json). Run once per format
 version; never re-run for an existing version: the files are what old data looks like.
 
     python tests/kmscore/vectors/make_vectors.py
@@ -28,16 +28,19 @@ def derive(label: str, n: int) -> bytes:
     return out[:n]
 
 
-def make(name: str, frame_size: int, plaintext: bytes, key_version: int = 1, flags: int = 0) -> dict:
-    cmk = derive(f"{name} cmk", 32)
-    dek = derive(f"{name} dek", 32)
-    message_id = derive(f"{name} message id", 16)
+def make(name: str, frame_size: int, plaintext: bytes, key_version: int = 1, flags: int = 0,
+         metadata: dict[str, str] | None = None) -> dict:
+    version = 1 if metadata is None else 2
+    label = name if version == 1 else f"v2 {name}"
+    cmk = derive(f"{label} cmk", 32)
+    dek = derive(f"{label} dek", 32)
+    message_id = derive(f"{label} message id", 16)
     context = envelope_context(message_id, shared=bool(flags & 1))
     prefix = blob.header(KEY_ID, key_version)
-    blob_nonce = derive(f"{name} blob nonce", 12)
+    blob_nonce = derive(f"{label} blob nonce", 12)
     wrapped = blob.encode(prefix, blob_nonce, AESGCM(cmk).encrypt(blob_nonce, dek, prefix + blob.encode_context(context)))
-    header = Header(1, flags, frame_size, message_id, wrapped)
-    stream = derive(f"{name} frame nonces", 12 * 1000)
+    header = Header(version, flags, frame_size, message_id, wrapped, metadata or {})
+    stream = derive(f"{label} frame nonces", 12 * 1000)
     pos = [0]
 
     def nonces(n: int) -> bytes:
@@ -46,8 +49,11 @@ def make(name: str, frame_size: int, plaintext: bytes, key_version: int = 1, fla
 
     enc = StreamEncryptor(FrameCipher(dek, header, random=nonces))
     envelope = header.encode() + bytes(enc.update(plaintext)) + bytes(enc.finalize())
+    extra = {} if version == 1 else {"metadata": metadata, "encoded_metadata": header.metadata_bytes.hex()}
     return {
-        "description": f"keyhold envelope format version 1: {name}",
+        "description": f"keyhold envelope format version {version}: {name}",
+        "format_version": version,
+        **extra,
         "cmk_material": cmk.hex(),
         "key_id": KEY_ID,
         "key_version": key_version,
@@ -72,7 +78,19 @@ if __name__ == "__main__":
         "empty": make("empty", 4096, b""),
         "shared-dek": make("shared-dek", 2048, derive("shared-dek plaintext", 4096), flags=1),
     }
+    v2 = {
+        "typed": make("typed", 1024, b'{"hello":"keyhold"}\n',
+                      metadata={"content-type": "application/json; charset=utf-8"}),
+        "gzip-two-frames": make("gzip-two-frames", 1024, derive("v2 gzip-two-frames plaintext", 1500),
+                                metadata={"content-encoding": "gzip", "content-type": "text/csv"}),
+        "untyped-empty": make("untyped-empty", 4096, b"", metadata={}),
+    }
     for name, v in vectors.items():
+        v.pop("format_version")  # the v1 files were frozen before this field existed
         path = HERE / f"envelope-v1-{name}.json"
+        if not path.exists():  # frozen: never rewritten
+            path.write_text(json.dumps(v, indent=2) + "\n")
+    for name, v in v2.items():
+        path = HERE / f"envelope-v2-{name}.json"
         if not path.exists():  # frozen: never rewritten
             path.write_text(json.dumps(v, indent=2) + "\n")
