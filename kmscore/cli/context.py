@@ -13,7 +13,12 @@ from typing import Any
 
 from kmscore.errors import InvalidRequest
 from kmscore.facade import Kms
+from kmscore.home import HomeChoice, check_home, choose_home
 from kmscore.rootkey import RootKeySource
+
+DEPLOYMENT_ENV = "KMS_DEPLOYMENT"
+ROOT_KEY_FILE_ENV = "KMS_ROOT_KEY_FILE"
+MAX_STDIN = 64 * 1024  # more than any data command's input (4096 bytes, or its ciphertext blob)
 
 _B64 = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=-_ \r\n\t")
 
@@ -23,14 +28,67 @@ class CliContext:
 
     def __init__(self) -> None:
         self.args: argparse.Namespace | None = None
+        self.parser: argparse.ArgumentParser | None = None
         self._kms: Kms | None = None
+
+    @property
+    def quiet(self) -> bool:
+        return bool(getattr(self.args, "quiet", False))
+
+    def setup_logging(self) -> None:
+        """`--log-level`/`--log-format` (or -v) for this process and its children."""
+        from kmscore.logs import setup_logging
+
+        level = getattr(self.args, "log_level", None) or ("debug" if getattr(self.args, "verbose", False) else None)
+        if self.quiet and not level:
+            level = "warning"
+        try:
+            setup_logging(level, getattr(self.args, "log_format", None))
+        except ValueError as e:  # a bad $KMS_LOG_LEVEL / $KMS_LOG_FORMAT
+            raise InvalidRequest(str(e)) from None
+
+    def home_choice(self) -> HomeChoice:
+        """The home this command uses: --deployment's [kms] home, else --home/$KMS_HOME/default."""
+        args = self.args
+        deployment = getattr(args, "deployment", None) or os.environ.get(DEPLOYMENT_ENV)
+        if deployment:
+            dep = self.deployment(deployment)
+            return choose_home(dep.home, named_by=f"{deployment} [kms] home")
+        return choose_home(getattr(args, "home", None))
+
+    def deployment(self, path: str):
+        from kmscore.config import ConfigError, load_config
+        from kmscore.frontend import load_frontends
+
+        try:
+            return load_config(path, frontends=load_frontends())
+        except ConfigError as e:
+            raise InvalidRequest("\n".join(str(p) for p in e.problems) + f"\n(check it with `kms check {path}`)") from None
+
+    def root_key_source(self) -> RootKeySource | None:
+        args = self.args
+        if getattr(args, "passphrase_fd", None) is not None:
+            return RootKeySource("passphrase-file", f"/dev/fd/{args.passphrase_fd}")
+        if getattr(args, "passphrase_file", None):
+            return RootKeySource("passphrase-file", args.passphrase_file)
+        path = getattr(args, "root_key_file", None) or os.environ.get(ROOT_KEY_FILE_ENV)
+        if path:
+            return RootKeySource("file", str(Path(path).expanduser().absolute()))
+        deployment = getattr(args, "deployment", None) or os.environ.get(DEPLOYMENT_ENV)
+        if deployment:
+            return self.deployment(deployment).root_key
+        return None
 
     @property
     def kms(self) -> Kms:
         if self._kms is None:
             args = self.args
-            source = RootKeySource("file", args.root_key_file) if getattr(args, "root_key_file", None) else None
-            self._kms = Kms(getattr(args, "home", None), root_key=source, caller=f"cli:{args.command}")
+            choice = self.home_choice()
+            create = args.command == "init" or bool(getattr(args, "create_home", False))
+            notice = check_home(choice, may_create=create)
+            if notice:
+                self.info(notice)
+            self._kms = Kms(choice.path, root_key=self.root_key_source(), caller=f"cli:{args.command}")
             for notice in self._kms.notices:
                 self.info(notice)
         return self._kms
@@ -41,7 +99,9 @@ class CliContext:
 
     # -- output ------------------------------------------------------------------------
     def info(self, message: str) -> None:
-        print(f"kms: {message}", file=sys.stderr)
+        """A notice on stderr (never data); `-q` silences it."""
+        if not self.quiet:
+            print(f"kms: {message}", file=sys.stderr)
 
     def emit(self, data: dict[str, Any], text: str | None = None) -> None:
         """Print a report: JSON with --json, else `text` (or key: value lines)."""
@@ -80,7 +140,12 @@ class CliContext:
         else:
             if sys.stdin.isatty():
                 self.info("reading data from standard input (end with Ctrl-D)")
-            data = sys.stdin.buffer.read()
+            data = sys.stdin.buffer.read(MAX_STDIN + 1)  # never the whole stream into memory
+            if len(data) > MAX_STDIN:
+                raise InvalidRequest(
+                    f"standard input is larger than {MAX_STDIN} bytes: data commands take small inputs "
+                    "(4096 bytes of plaintext); use `kms encrypt-file` for files"
+                )
         return maybe_base64(data) if binary_blob else data
 
 
