@@ -5,7 +5,8 @@ errors. This one keeps each body in memory under its path and prints what arrive
 one terminal shows the ciphertext the application receives while curl, through the
 sidecar, shows plaintext. It is a demo, not a server: in memory, bounded, 127.0.0.1.
 
-  PUT|POST /any/path   store the body; answer with the body exactly as it arrived
+  PUT|POST /any/path   store the body; answer with what arrived (JSON as is, anything
+                       else as {"stored", "bytes", "as_received": text or base64:...})
   GET /any/path        the stored body (404 if none)
   GET /                the stored paths, as JSON
   DELETE /any/path     forget it
@@ -71,6 +72,16 @@ def preview(body: bytes) -> str:
     return shown if len(shown) <= PREVIEW else shown[: PREVIEW - 3] + "..."
 
 
+def preview_full(body: bytes) -> str:
+    try:
+        text = body.decode("utf-8")
+        if text.isprintable():
+            return text
+    except UnicodeDecodeError:
+        pass
+    return "base64:" + base64.b64encode(body).decode()
+
+
 def make_handler(store: BodyStore, say: Callable[[str], None]) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         server_version = "keyhold-demo-upstream"
@@ -115,7 +126,10 @@ def make_handler(store: BodyStore, say: Callable[[str], None]) -> type[BaseHTTPR
                 self._report(507, body)
                 return self._error(507, f"the demo keeps at most {store.max_entries} bodies")
             self._report(200, body)
-            self._send(200, body, content_type)  # what the application received, as it arrived
+            if "json" in content_type:  # JSON back as it arrived (a proxy may decrypt fields in it)
+                return self._send(200, body, content_type)
+            summary = {"stored": self._path(), "bytes": len(body), "as_received": preview_full(body)}
+            self._send(200, json.dumps(summary).encode() + b"\n")
 
         do_PUT = do_POST = do_PATCH = _store
 

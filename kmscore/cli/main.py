@@ -184,6 +184,9 @@ def run_command(args: argparse.Namespace, ctx: CliContext, prog: str = "kms") ->
         return e.exit_code
     except KeyboardInterrupt:
         return 130
+    except ModuleNotFoundError as e:  # an optional part that is not installed
+        print(f"{prog}: error: {missing_module_message(e.name)}", file=sys.stderr)
+        return 1
     except OSError as e:
         print(f"{prog}: error: {e.strerror or e}{': ' + str(e.filename) if e.filename else ''}", file=sys.stderr)
         return 1
@@ -195,6 +198,14 @@ def run_command(args: argparse.Namespace, ctx: CliContext, prog: str = "kms") ->
             ctx.close()
         except KmsError:
             pass
+
+
+OPTIONAL_PARTS = {"mitmproxy": "the sidecar needs mitmproxy 12: pip install 'keyhold[sidecar]' (Python >= 3.12)"}
+
+
+def missing_module_message(name: str | None) -> str:
+    top = (name or "").split(".")[0]
+    return f"the Python package {top!r} is not installed; " + OPTIONAL_PARTS.get(top, "reinstall keyhold")
 
 
 def common(parser: argparse.ArgumentParser, *, json: bool = True, io: bool = False) -> argparse.ArgumentParser:
