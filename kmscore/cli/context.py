@@ -11,10 +11,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kmscore.errors import InvalidRequest
+from kmscore.errors import InvalidRequest, StoreError
 from kmscore.facade import Kms
 from kmscore.home import HomeChoice, check_home, choose_home
-from kmscore.rootkey import RootKeySource
+from kmscore.rootkey import KEY_FILE_NAME, PASSPHRASE_ENV, ROOT_KEY_ENV, RootKeySource
 
 DEPLOYMENT_ENV = "KMS_DEPLOYMENT"
 ROOT_KEY_FILE_ENV = "KMS_ROOT_KEY_FILE"
@@ -88,7 +88,10 @@ class CliContext:
             notice = check_home(choice, may_create=create)
             if notice:
                 self.info(notice)
-            self._kms = Kms(choice.path, root_key=self.root_key_source(), caller=f"cli:{args.command}")
+            source = self.root_key_source()
+            if source is None:
+                check_default_root_key(choice)
+            self._kms = Kms(choice.path, root_key=source, caller=f"cli:{args.command}")
             for notice in self._kms.notices:
                 self.info(notice)
         return self._kms
@@ -147,6 +150,20 @@ class CliContext:
                     "(4096 bytes of plaintext); use `kms encrypt-file` for files"
                 )
         return maybe_base64(data) if binary_blob else data
+
+
+def check_default_root_key(choice: HomeChoice) -> None:
+    """A store whose root key file was moved away (e.g. to /etc/keyhold for systemd) must
+    not be answered with "run `kms init`": say how to point at the moved file."""
+    if os.environ.get(ROOT_KEY_ENV) or os.environ.get(PASSPHRASE_ENV):
+        return
+    key_file = choice.path / KEY_FILE_NAME
+    if choice.store.exists() and not key_file.exists():
+        raise StoreError(
+            f"the key store {choice.store} exists but its root key {key_file} does not: if you moved it "
+            f"(e.g. to /etc/keyhold/root.key), pass --root-key-file FILE or set ${ROOT_KEY_FILE_ENV}; "
+            f"a passphrase store needs ${PASSPHRASE_ENV}, --passphrase-file or --passphrase-fd"
+        )
 
 
 def maybe_base64(data: bytes) -> bytes:

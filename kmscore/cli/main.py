@@ -57,7 +57,12 @@ def version() -> str:
 
 
 class KmsArgumentParser(argparse.ArgumentParser):
-    """argparse, but a mistake is one `kms: error:` line, with a close match suggested."""
+    """argparse, but a mistake is one `kms: error:` line, with a close match suggested.
+    No abbreviated options: `--log` must mean `mount --log`, not a guess at `--log-level`."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         root = self.prog.split()[0]
