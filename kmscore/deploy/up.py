@@ -62,6 +62,7 @@ def run(dep: Deployment, kms, frontends: Sequence[Frontend]) -> int:
     deployer = Deployer(dep, kms, frontends)
     watcher = ConfigWatcher(dep.path)
     health = None
+    metrics = kms_metrics(dep, kms)  # before start: the keys it creates are counted too
     try:
         verify_audit(kms, dep)
         source = dep.root_key.describe() if dep.root_key else "default"
@@ -70,7 +71,7 @@ def run(dep: Deployment, kms, frontends: Sequence[Frontend]) -> int:
         deployer.start()
         if not deployer.services:
             log.warning("%s starts no front end: add [[mount]] or [[proxy]] entries", dep.file)
-        health = start_health(dep, kms, deployer)
+        health = start_health(dep, kms, deployer, metrics)
         for line in banner(dep, kms.home, log_format=os.environ.get("KMS_LOG_FORMAT", "text"),
                            metrics=health.address if health else None, pid=os.getpid()):
             log.info("%s", deployer.scrub(line))
@@ -95,14 +96,21 @@ def run(dep: Deployment, kms, frontends: Sequence[Frontend]) -> int:
             signal.signal(s, handler)
 
 
-def start_health(dep: Deployment, kms, deployer: Deployer):
-    """`[kms] metrics`: /metrics (KMS operations, mounts), /healthz, /readyz."""
+def kms_metrics(dep: Deployment, kms):
     if not dep.kms.metrics:
         return None
-    from kmscore.health import HealthServer, KmsMetrics
+    from kmscore.health import KmsMetrics
 
     metrics = KmsMetrics()
     metrics.instrument(kms)
+    return metrics
+
+
+def start_health(dep: Deployment, kms, deployer: Deployer, metrics):
+    """`[kms] metrics`: /metrics (KMS operations, mounts), /healthz, /readyz."""
+    if metrics is None:
+        return None
+    from kmscore.health import HealthServer
 
     def ready() -> list[dict]:
         checks = deployment_status(deployer.current, kms)
