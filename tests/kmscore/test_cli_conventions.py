@@ -316,3 +316,24 @@ def test_proxy_without_the_sidecar_extra_says_how_to_get_it(tmp_path):
     r = kms("proxy", "--home", str(tmp_path / "h"), "--upstream", "http://127.0.0.1:9", "--listen", "127.0.0.1:0")
     assert r.returncode == 1
     assert "keyhold[sidecar]" in r.stderr.decode() and "Traceback" not in r.stderr.decode()
+
+
+# -- item 7: progress on a terminal only ------------------------------------------------
+def test_progress_bar_on_a_terminal_only(tmp_path):
+    home = tmp_path / "h"
+    assert kms("init", "--home", str(home)).returncode == 0
+    assert kms("create-key", "--alias", "big/files", "--home", str(home)).returncode == 0
+    big = tmp_path / "big.bin"
+    with open(big, "wb") as f:
+        f.truncate(48 * 1024 * 1024)
+    code, out = run_in_pty([KMS, "encrypt-file", "big/files", str(big), str(tmp_path / "big.kms"), "--home", str(home)])
+    assert code == 0, out
+    assert "encrypting big.bin" in out and "━" in out and "50.3/50.3 MB" in out
+    code, out = run_in_pty([KMS, "decrypt-file", str(tmp_path / "big.kms"), str(tmp_path / "back"), "--home", str(home)])
+    assert code == 0 and "decrypting big.kms" in out and "━" in out
+    assert (tmp_path / "back").stat().st_size == big.stat().st_size
+    # not a terminal: no bar; -q on a terminal: no bar either
+    piped = kms("encrypt-file", "big/files", str(big), str(tmp_path / "b2.kms"), "--home", str(home))
+    assert piped.returncode == 0 and "━" not in piped.stderr.decode() and "encrypting" not in piped.stderr.decode()
+    code, out = run_in_pty([KMS, "encrypt-file", "big/files", str(big), str(tmp_path / "b3.kms"), "--home", str(home), "-q"])
+    assert code == 0 and "━" not in out
