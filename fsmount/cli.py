@@ -63,7 +63,7 @@ def register_cli(sub: argparse._SubParsersAction, ctx: CliContext) -> None:
 
     p = fs.add_parser("decrypt", help="recover one backing file's plaintext without mounting")
     p.add_argument("file", metavar="CIPHERFILE")
-    p.add_argument("out", metavar="OUT")
+    p.add_argument("out", metavar="OUT", help="where the plaintext goes (mode 0600); - for standard output")
     p.set_defaults(run=run_decrypt)
 
     p = fs.add_parser("fsck", help="authenticate every frame of every file")
@@ -112,7 +112,7 @@ def run_unmount(args: argparse.Namespace, ctx: CliContext) -> int:
 
 def run_decrypt(args: argparse.Namespace, ctx: CliContext) -> int:
     n = tools.decrypt(ctx.kms, args.file, args.out)
-    ctx.info(f"wrote {n} bytes to {args.out}")
+    ctx.info(f"wrote {n} bytes to {'standard output' if args.out == '-' else args.out}")
     return 0
 
 
@@ -140,7 +140,9 @@ def run_rewrap(args: argparse.Namespace, ctx: CliContext) -> int:
 
 def setup_logging(log_file: str | None, debug: bool = False) -> None:
     handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s fsmount %(levelname)s %(message)s"))
+    from kmscore.logs import FORMAT_ENV, formatter  # one log format for every keyhold process
+
+    handler.setFormatter(formatter(os.environ.get(FORMAT_ENV, "text").lower()))
     root = logging.getLogger("fsmount")
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.INFO)

@@ -85,8 +85,11 @@ def frames(fd: int, header: Header, cipher: FrameCipher, length: int) -> Iterato
 
 
 def decrypt(kms: Kms, src: str | os.PathLike, dst: str | os.PathLike) -> int:
-    """Recover the plaintext of one backing file into `dst`; refuse on any damage."""
-    tmp = Path(dst).with_name(f".{Path(dst).name}.kms-tmp-{os.getpid()}")
+    """Recover the plaintext of one backing file into `dst` (0600), or to stdout for "-";
+    refuse on any damage. For stdout every frame is authenticated before the first
+    byte goes out (two passes), so a damaged file prints nothing."""
+    to_stdout = str(dst) == "-"
+    tmp = None if to_stdout else Path(dst).with_name(f".{Path(dst).name}.kms-tmp-{os.getpid()}")
     written = 0
     with open(src, "rb") as f:
         header = _header(f.fileno(), src)
@@ -94,11 +97,25 @@ def decrypt(kms: Kms, src: str | os.PathLike, dst: str | os.PathLike) -> int:
         if Layout(header.size, header.frame_size).plaintext_size(length) is None:
             raise DamagedFile(f"{src}: the file is cut short (length {length} fits no envelope)")
         cipher = open_envelope(kms, header)
+
+        def plaintext():
+            for index, plain in frames(f.fileno(), header, cipher, length):
+                if plain is None:
+                    raise DamagedFile(f"{src}: frame {index} failed authentication; nothing was written")
+                yield plain
+
+        if to_stdout:
+            for _ in plaintext():  # first pass: authenticate only
+                pass
+            out = sys.stdout.buffer
+            for plain in plaintext():
+                out.write(plain)
+                written += len(plain)
+            out.flush()
+            return written
         try:
-            with open(tmp, "wb") as out:
-                for index, plain in frames(f.fileno(), header, cipher, length):
-                    if plain is None:
-                        raise DamagedFile(f"{src}: frame {index} failed authentication; nothing was written")
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
+                for plain in plaintext():
                     out.write(plain)
                     written += len(plain)
             os.replace(tmp, dst)

@@ -130,3 +130,24 @@ def test_readyz_fails_when_a_named_key_is_disabled(deployment):
     finally:
         assert cli("enable-key", "health/app").returncode == 0
     wait_for("readyz 200 again", lambda: get(deployment["health"], "/readyz").status_code == 200)
+
+
+def test_forward_mode_banner_names_the_ca_clients_must_trust(tmp_path):
+    proxy = free_port()
+    (tmp_path / "fwd.toml").write_text(f'[kms]\nhome = "run/kms"\n\n[[proxy]]\nmode = "forward"\n'
+                                       f'listen = "127.0.0.1:{proxy}"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KMS_")}
+    log = tmp_path / "up.log"
+    up = subprocess.Popen([KMS, "up", str(tmp_path / "fwd.toml")], stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                          env=env)
+    try:
+        def started():
+            assert up.poll() is None, log.read_text()
+            return "stop " in log.read_text()
+        wait_for("the banner", started)
+        ca = tmp_path / "run" / "kms" / "sidecar" / "mitmproxy-ca-cert.pem"
+        assert f"HTTPS clients must trust {ca}" in log.read_text()
+        assert ca.is_file()
+    finally:
+        up.send_signal(signal.SIGTERM)
+        up.wait(60)
