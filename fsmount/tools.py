@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -244,16 +243,7 @@ def mounted_cipher_dir(cipher_dir: str | os.PathLike) -> bool:
 
 
 def terminal_progress(label: str) -> Progress | None:
-    """A progress line on stderr, refreshed at most 5 times a second; None off a terminal."""
-    if not sys.stderr.isatty():
-        return None
-    last = [0.0]
+    """A progress bar on stderr (rich, via kmscore.progress); None off a terminal."""
+    from kmscore.progress import count_bar
 
-    def show(done: int, total: int) -> None:
-        now = time.monotonic()
-        if now - last[0] >= 0.2 or done == total:
-            last[0] = now
-            end = "\n" if done == total else ""
-            print(f"\r{label}: {done}/{total} files", end=end, file=sys.stderr, flush=True)
-
-    return show
+    return count_bar(label)

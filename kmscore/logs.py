@@ -4,8 +4,8 @@
     {"ts": "2026-12-01T21:35:43.120Z", "level": "INFO", "logger": "keyhold.up", "msg": "running example.toml"}
 
 Text for people, JSON lines for log shippers (`--log-format json`). A record whose
-message is a dict (an access-log entry) is merged into the JSON object, and printed as
-`key=value` pairs in text, so no line ever holds JSON inside text. The choice travels
+message is a dict or one JSON object (an access-log entry) is merged into the JSON
+object, and printed as `key=value` pairs in text, so no line ever holds JSON inside text. The choice travels
 to child processes (the mounts under `kms up`) through `$KMS_LOG_FORMAT` and
 `$KMS_LOG_LEVEL`, so a whole deployment logs one way.
 """
@@ -31,15 +31,31 @@ def _timestamp(created: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created % 1 * 1000):03d}Z"
 
 
+def structured(record: logging.LogRecord) -> dict[str, Any] | None:
+    """The fields of a structured record: a dict message, or a message that is one JSON
+    object (the sidecar's access log writes those)."""
+    msg = record.msg
+    if isinstance(msg, dict):
+        return msg
+    if isinstance(msg, str) and not record.args and msg.startswith("{") and msg.endswith("}"):
+        try:
+            value = json.loads(msg)
+        except ValueError:
+            return None
+        return value if isinstance(value, dict) else None
+    return None
+
+
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
-    msg = record.msg if isinstance(record.msg, dict) else {"msg": record.getMessage()}
-    return dict(msg)
+    fields = structured(record)
+    return dict(fields) if fields is not None else {"msg": record.getMessage()}
 
 
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        if isinstance(record.msg, dict):
-            body = " ".join(f"{k}={_text(v)}" for k, v in record.msg.items())
+        fields = structured(record)
+        if fields is not None:
+            body = " ".join(f"{k}={_text(v)}" for k, v in fields.items())
         else:
             body = record.getMessage()
         line = f"{_timestamp(record.created)} {record.levelname} {record.name}: {body}"

@@ -45,3 +45,36 @@ def track(chunks: Iterable[bytes], total: int | None, description: str, *, quiet
         for chunk in chunks:
             yield chunk
             bar.advance(task, len(chunk))
+
+
+class CountBar:
+    """`show(done, total)` callbacks (e.g. files of a tree) drawn as a rich bar; the bar
+    starts on the first call and ends when done == total."""
+
+    def __init__(self, label: str, unit: str = "files") -> None:
+        self.label, self.unit = label, unit
+        self._progress = None
+        self._task = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._progress is None:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                      TextColumn(self.unit), TimeRemainingColumn(), console=Console(stderr=True))
+            self._progress.start()
+            self._task = self._progress.add_task(self.label, total=total)
+        self._progress.update(self._task, completed=done, total=total)
+        if done >= total:
+            self.close()
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+
+def count_bar(label: str, *, quiet: bool = False, unit: str = "files") -> CountBar | None:
+    """A CountBar on a terminal; None on a pipe or with -q (the caller then shows nothing)."""
+    return CountBar(label, unit) if not quiet and sys.stderr.isatty() else None

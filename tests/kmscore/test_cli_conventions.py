@@ -337,3 +337,16 @@ def test_progress_bar_on_a_terminal_only(tmp_path):
     assert piped.returncode == 0 and "━" not in piped.stderr.decode() and "encrypting" not in piped.stderr.decode()
     code, out = run_in_pty([KMS, "encrypt-file", "big/files", str(big), str(tmp_path / "b3.kms"), "--home", str(home), "-q"])
     assert code == 0 and "━" not in out
+
+
+def test_fs_fsck_progress_on_a_terminal(tmp_path):
+    sample = ROOT / "tests" / "fsmount" / "data" / "v1"
+    shutil.copytree(sample, tmp_path / "v1")
+    (tmp_path / "v1" / "home" / "root.key").chmod(0o600)
+    (tmp_path / "v1" / "home").chmod(0o700)
+    argv = [KMS, "fs", "fsck", str(tmp_path / "v1" / "cipher"), "--home", str(tmp_path / "v1" / "home")]
+    code, out = run_in_pty(argv)
+    assert code == 0, out
+    assert "fsck" in out and "━" in out and "files" in out
+    piped = kms(*argv[1:])
+    assert piped.returncode == 0 and "━" not in piped.stderr.decode()
