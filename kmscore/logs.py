@@ -42,7 +42,11 @@ def structured(record: logging.LogRecord) -> dict[str, Any] | None:
             value = json.loads(msg)
         except ValueError:
             return None
-        return value if isinstance(value, dict) else None
+        if not isinstance(value, dict):
+            return None
+        if isinstance(value.get("ts"), (int, float)):  # one timestamp style: the record's own
+            value.pop("ts")
+        return value
     return None
 
 

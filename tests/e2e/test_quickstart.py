@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -140,3 +141,13 @@ def test_the_mount_stores_envelopes(quickstart):
     (folder / "run" / "plain" / "hello.txt").write_text("hello\n")
     backing = folder / "run" / "cipher" / "hello.txt"
     assert backing.read_bytes().startswith(b"KHEV") and b"hello" not in backing.read_bytes()
+
+
+def test_access_log_is_in_the_one_text_format(quickstart):
+    curl("-X", "PUT", "--data-binary", "x", f"http://127.0.0.1:{quickstart['proxy']}/store/log")
+    def seen():
+        return [line for line in quickstart["up_log"].read_text().splitlines() if "keyhold.sidecar.access" in line]
+    lines = wait_for("an access-log line", seen)
+    line = next(line for line in lines if "path=/store/log" in line)
+    assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z INFO keyhold\.sidecar\.access: proxy=api rule=store-put ", line), line
+    assert "{" not in line
