@@ -41,6 +41,7 @@ def add_mount_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--revocation-bound", type=float, default=5.0, metavar="SECONDS",
                    help="a revoked CMK stops reads and writes within this time, also of open files (default 5)")
     p.add_argument("--debug", action="store_true", help="log every FUSE request (libfuse -d)")
+    p.add_argument("--json", action="store_true", help="with --background: print the mount's status as JSON")
     p.set_defaults(run=run_mount)
 
 
@@ -98,7 +99,11 @@ def run_mount(args: argparse.Namespace, ctx: CliContext) -> int:
         if args.allow_other is not None:
             argv.append("--allow-other" if args.allow_other else "--no-allow-other")
         pid = mounting.start_background(argv, args.mount_point, log_file)
-        ctx.info(f"mounted {args.cipher_dir} on {args.mount_point} (pid {pid}; log {log_file})")
+        if args.json:
+            ctx.emit({"mounted": True, "cipher_dir": os.path.abspath(args.cipher_dir), "pid": pid, "log": log_file,
+                      "mount_point": os.path.abspath(args.mount_point), "key_id": config.key_id})
+        else:
+            ctx.info(f"mounted {args.cipher_dir} on {args.mount_point} (pid {pid}; log {log_file})")
         return 0
     setup_logging(args.log, args.debug)
     mounting.run(ctx.kms, args.cipher_dir, args.mount_point, opts)

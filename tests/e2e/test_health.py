@@ -151,3 +151,21 @@ def test_forward_mode_banner_names_the_ca_clients_must_trust(tmp_path):
     finally:
         up.send_signal(signal.SIGTERM)
         up.wait(60)
+
+
+def test_mount_status_as_json(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KMS_")}
+    home, c, p = tmp_path / "h", tmp_path / "c", tmp_path / "p"
+    c.mkdir()
+    p.mkdir()
+    run = lambda *a: subprocess.run([KMS, "--home", str(home), *a], capture_output=True, env=env, timeout=60)  # noqa: E731
+    assert run("init").returncode == 0
+    r = run("mount", str(c), str(p), "--background", "--json", "--log", str(tmp_path / "m.log"))
+    try:
+        assert r.returncode == 0, r.stderr
+        status = json.loads(r.stdout)
+        assert status["mounted"] and status["mount_point"] == str(p) and status["cipher_dir"] == str(c)
+        assert isinstance(status["pid"], int) and os.path.ismount(p)
+    finally:
+        run("unmount", str(p))
+    assert not os.path.ismount(p)
