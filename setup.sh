@@ -113,8 +113,14 @@ case "${1:-}" in
 esac
 setup
 case "${1:-}" in
-    run)  say "starting the example deployment (Ctrl-C stops it); in another shell: $VENV/bin/kms demo upstream"
-          exec "$VENV/bin/kms" up config/example.toml ;;
+    run)  config=config/example.toml
+          if ! "$VENV/bin/python" -c 'import mitmproxy' 2>/dev/null; then
+              config=config/example-mount.toml
+              say "no sidecar on $("$VENV/bin/python" -V) (it needs Python >= 3.12): running the mount only ($config)"
+          else
+              say "starting the example deployment (Ctrl-C stops it); in another shell: $VENV/bin/kms demo upstream"
+          fi
+          exec "$VENV/bin/kms" up "$config" ;;
     test) exec "$VENV/bin/python" -m pytest -q ;;
     "")   next_steps ;;
     *)    echo "usage: $0 [run|test|install]" >&2; exit 2 ;;
