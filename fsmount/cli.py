@@ -159,7 +159,9 @@ def _slug(path: str) -> str:
 
 # -- kms-mount ---------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    from kmscore.cli.main import KmsArgumentParser  # one `kms-mount: error:` line per mistake
+
+    p = KmsArgumentParser(
         prog="kms-mount",
         description="Mount a keyhold cipher directory: files written to MOUNTPOINT are stored "
         "envelope-encrypted in CIPHERDIR.",

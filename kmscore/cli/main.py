@@ -80,7 +80,7 @@ def suggest(message: str, parser: argparse.ArgumentParser) -> str:
     if m:
         choices = re.findall(r"'([^']*)'", m["choices"])
         what = "command" if m["arg"] in ("COMMAND", "command") else m["arg"]
-        close = difflib.get_close_matches(m["value"], choices, n=1, cutoff=0.6)
+        close = difflib.get_close_matches(m["value"], choices, n=1, cutoff=0.7)
         if close:
             return f"unknown {what} {m['value']!r}; did you mean {close[0]!r}?"
         if len(choices) > 12:
@@ -90,7 +90,7 @@ def suggest(message: str, parser: argparse.ArgumentParser) -> str:
     if m:
         first = m["args"].split()[0]
         options = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
-        close = difflib.get_close_matches(first.split("=")[0], options, n=1, cutoff=0.6) if first.startswith("-") else []
+        close = difflib.get_close_matches(first.split("=")[0], options, n=1, cutoff=0.7) if first.startswith("-") else []
         hint = f"; did you mean {close[0]!r}?" if close else ""
         return f"unrecognized argument{'s' if ' ' in m['args'] else ''}: {m['args']}{hint}"
     return message

@@ -350,3 +350,20 @@ def test_fs_fsck_progress_on_a_terminal(tmp_path):
     assert "fsck" in out and "━" in out and "files" in out
     piped = kms(*argv[1:])
     assert piped.returncode == 0 and "━" not in piped.stderr.decode()
+
+
+def test_check_reports_as_json(tmp_path):
+    good = tmp_path / "good.toml"
+    good.write_text('[kms]\nhome = "run/kms"\n\n[[keys]]\nalias = "json/one"\n')
+    r = kms("check", str(good), "--json")
+    assert r.returncode == 0, r.stderr
+    report = json.loads(r.stdout)
+    assert report["ok"] is True and report["problems"] == [] and report["keys"] == 1
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[kms]\nhome = "run/kms"\ncolour = 1\n\n[[keys]]\nalias = "x/default"\n')
+    r = kms("check", str(bad), "--json")
+    assert r.returncode == 2
+    report = json.loads(r.stdout)
+    assert report["ok"] is False
+    assert {p["path"] for p in report["problems"]} == {"kms.colour", "keys[0].alias"}
+    assert all(p["file"] == str(bad) and p["message"] for p in report["problems"])
