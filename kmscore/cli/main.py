@@ -79,7 +79,7 @@ def suggest(message: str, parser: argparse.ArgumentParser) -> str:
     m = _INVALID_CHOICE.fullmatch(message)
     if m:
         choices = re.findall(r"'([^']*)'", m["choices"])
-        what = "command" if m["arg"] in ("COMMAND", "command") else m["arg"]
+        what = "command" if m["arg"].isupper() else m["arg"]  # sub-commands have upper-case metavars
         close = difflib.get_close_matches(m["value"], choices, n=1, cutoff=0.7)
         if close:
             return f"unknown {what} {m['value']!r}; did you mean {close[0]!r}?"
