@@ -79,13 +79,13 @@ def suggest(message: str, parser: argparse.ArgumentParser) -> str:
     m = _INVALID_CHOICE.fullmatch(message)
     if m:
         choices = re.findall(r"'([^']*)'", m["choices"])
-        what = "command" if m["arg"].isupper() else m["arg"]  # sub-commands have upper-case metavars
+        what = "unknown command" if m["arg"].isupper() else f"invalid {m['arg']} value"  # sub-commands: upper-case metavars
         close = difflib.get_close_matches(m["value"], choices, n=1, cutoff=0.7)
         if close:
-            return f"unknown {what} {m['value']!r}; did you mean {close[0]!r}?"
+            return f"{what} {m['value']!r}; did you mean {close[0]!r}?"
         if len(choices) > 12:
-            return f"unknown {what} {m['value']!r}"
-        return f"unknown {what} {m['value']!r}; choose from {', '.join(choices)}"
+            return f"{what} {m['value']!r}"
+        return f"{what} {m['value']!r}; choose from {', '.join(choices)}"
     m = _UNRECOGNIZED.fullmatch(message)
     if m:
         first = m["args"].split()[0]
