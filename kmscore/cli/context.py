@@ -47,21 +47,33 @@ class CliContext:
         except ValueError as e:  # a bad $KMS_LOG_LEVEL / $KMS_LOG_FORMAT
             raise InvalidRequest(str(e)) from None
 
+    def deployment_file(self) -> str | None:
+        """--deployment, else $KMS_DEPLOYMENT unless --home names a home explicitly."""
+        args = self.args
+        flag, home = getattr(args, "deployment", None), getattr(args, "home", None)
+        if flag and home:
+            raise InvalidRequest("--home and --deployment both name a key store: give one of them")
+        return flag or (None if home else os.environ.get(DEPLOYMENT_ENV))
+
     def home_choice(self) -> HomeChoice:
         """The home this command uses: --deployment's [kms] home, else --home/$KMS_HOME/default."""
-        args = self.args
-        deployment = getattr(args, "deployment", None) or os.environ.get(DEPLOYMENT_ENV)
+        deployment = self.deployment_file()
         if deployment:
             dep = self.deployment(deployment)
             return choose_home(dep.home, named_by=f"{deployment} [kms] home")
-        return choose_home(getattr(args, "home", None))
+        return choose_home(getattr(self.args, "home", None))
 
     def deployment(self, path: str):
         from kmscore.config import ConfigError, load_config
         from kmscore.frontend import load_frontends
 
+        cached = getattr(self, "_deployment", None)
+        if cached is not None and cached[0] == path:
+            return cached[1]
         try:
-            return load_config(path, frontends=load_frontends())
+            dep = load_config(path, frontends=load_frontends())
+            self._deployment = (path, dep)
+            return dep
         except ConfigError as e:
             raise InvalidRequest("\n".join(str(p) for p in e.problems) + f"\n(check it with `kms check {path}`)") from None
 
@@ -71,12 +83,15 @@ class CliContext:
             return RootKeySource("passphrase-file", f"/dev/fd/{args.passphrase_fd}")
         if getattr(args, "passphrase_file", None):
             return RootKeySource("passphrase-file", args.passphrase_file)
-        path = getattr(args, "root_key_file", None) or os.environ.get(ROOT_KEY_FILE_ENV)
+        path = getattr(args, "root_key_file", None)
         if path:
             return RootKeySource("file", str(Path(path).expanduser().absolute()))
-        deployment = getattr(args, "deployment", None) or os.environ.get(DEPLOYMENT_ENV)
-        if deployment:
+        deployment = self.deployment_file()
+        if deployment and self.deployment(deployment).root_key is not None:
             return self.deployment(deployment).root_key
+        path = os.environ.get(ROOT_KEY_FILE_ENV)
+        if path:
+            return RootKeySource("file", str(Path(path).expanduser().absolute()))
         return None
 
     @property
