@@ -4,7 +4,7 @@
 #   ./setup.sh test      set up, then run the whole test suite
 #   ./setup.sh install   install for systemd: /opt/keyhold, /usr/local/bin/kms, the units
 #   ./setup.sh           set up only
-# PYTHON=python3.11 ./setup.sh test   uses that interpreter (in .venv-python3.11): the core
+# PYTHON=python3.11 ./setup.sh test   uses that interpreter (in .venv-py3.11): the core
 # and the mount run on Python >= 3.11; the sidecar needs mitmproxy 12, so Python >= 3.12.
 # Idempotent: steps that are already done are skipped.
 set -euo pipefail
@@ -36,7 +36,11 @@ find_python() {
     return 1
 }
 
-if [ -n "${PYTHON:-}" ]; then VENV=".venv-$(basename "$PYTHON")"; else VENV=.venv; fi
+VENV=.venv
+if [ -n "${PYTHON:-}" ]; then
+    VENV=".venv-py$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" \
+        || { say "cannot run the interpreter $PYTHON"; exit 1; }
+fi
 
 setup() {
     apt_install fuse3 libfuse3-3 openssl curl
