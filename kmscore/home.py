@@ -78,4 +78,5 @@ def check_home(choice: HomeChoice, *, may_create: bool) -> str | None:
             f"KMS home {path} (from {choice.named_by}) {where}; check the spelling, or create it "
             f"with `kms init --home {path}`"
         )
-    return f"no key store yet: creating the per-user default home {path} (use --home or ${HOME_ENV} for another)"
+    return (f"no key store yet: creating the per-user default home {path} (for another store: --home DIR, "
+            f"${HOME_ENV}, or --deployment CONFIG for a deployment's, e.g. config/example.toml)")
