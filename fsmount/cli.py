@@ -116,7 +116,7 @@ def run_unmount(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 def run_decrypt(args: argparse.Namespace, ctx: CliContext) -> int:
-    n = tools.decrypt(ctx.kms, args.file, args.out)
+    n = tools.decrypt(ctx.kms, args.file, args.out, progress=not ctx.quiet)
     ctx.info(f"wrote {n} bytes to {'standard output' if args.out == '-' else args.out}")
     return 0
 

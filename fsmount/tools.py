@@ -17,6 +17,7 @@ from kmscore.blob import peek_key
 from kmscore.envelope import EnvelopeError, FrameAuthError, FrameCipher, Header, open_envelope, rewrap as rewrap_header
 from kmscore.errors import KmsError
 from kmscore.facade import Kms
+from kmscore.progress import track
 
 from fsmount import cipherdir
 from fsmount.errors import CipherDirError, DamagedFile, MountError
@@ -83,10 +84,11 @@ def frames(fd: int, header: Header, cipher: FrameCipher, length: int) -> Iterato
                 yield i, None
 
 
-def decrypt(kms: Kms, src: str | os.PathLike, dst: str | os.PathLike) -> int:
+def decrypt(kms: Kms, src: str | os.PathLike, dst: str | os.PathLike, *, progress: bool = False) -> int:
     """Recover the plaintext of one backing file into `dst` (0600), or to stdout for "-";
     refuse on any damage. For stdout every frame is authenticated before the first
-    byte goes out (two passes), so a damaged file prints nothing."""
+    byte goes out (two passes), so a damaged file prints nothing. `progress`: a bar on
+    a terminal (kmscore.progress) for large files."""
     to_stdout = str(dst) == "-"
     tmp = None if to_stdout else Path(dst).with_name(f".{Path(dst).name}.kms-tmp-{os.getpid()}")
     written = 0
@@ -96,15 +98,19 @@ def decrypt(kms: Kms, src: str | os.PathLike, dst: str | os.PathLike) -> int:
         if Layout(header.size, header.frame_size).plaintext_size(length) is None:
             raise DamagedFile(f"{src}: the file is cut short (length {length} fits no envelope)")
         cipher = open_envelope(kms, header)
+        size = Layout(header.size, header.frame_size).plaintext_size(length)
 
-        def plaintext():
+        def checked():
             for index, plain in frames(f.fileno(), header, cipher, length):
                 if plain is None:
                     raise DamagedFile(f"{src}: frame {index} failed authentication; nothing was written")
                 yield plain
 
+        def plaintext(label: str = "decrypting"):
+            return track(checked(), size, f"{label} {Path(src).name}", quiet=not progress)
+
         if to_stdout:
-            for _ in plaintext():  # first pass: authenticate only
+            for _ in plaintext("checking"):  # first pass: authenticate only
                 pass
             out = sys.stdout.buffer
             for plain in plaintext():

@@ -367,3 +367,16 @@ def test_check_reports_as_json(tmp_path):
     assert report["ok"] is False
     assert {p["path"] for p in report["problems"]} == {"kms.colour", "keys[0].alias"}
     assert all(p["file"] == str(bad) and p["message"] for p in report["problems"])
+
+
+def test_fs_decrypt_progress_on_a_terminal(tmp_path):
+    home = tmp_path / "h"
+    assert kms("init", "--home", str(home)).returncode == 0
+    assert kms("create-key", "--alias", "big/fs", "--home", str(home)).returncode == 0
+    big = tmp_path / "big.bin"
+    big.write_bytes(os.urandom(6 * 1024 * 1024))
+    assert kms("encrypt-file", "big/fs", str(big), str(tmp_path / "big.kms"), "--home", str(home)).returncode == 0
+    code, out = run_in_pty([KMS, "fs", "decrypt", str(tmp_path / "big.kms"), str(tmp_path / "out"), "--home", str(home)])
+    assert code == 0, out
+    assert "decrypting big.kms" in out and "━" in out
+    assert (tmp_path / "out").read_bytes() == big.read_bytes()
