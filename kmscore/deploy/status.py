@@ -98,7 +98,8 @@ def banner(dep: Deployment, kms_home: Path, *, log_format: str, metrics: str | N
     lines.append(f"  key store  {kms_home}")
     lines.append(f"             the CLI on it: kms --deployment {config} list-keys   (or: export KMS_HOME={kms_home})")
     for entry in dep.entries("mount"):
-        log = getattr(entry, "log", None) or f"{kms_home}/logs/fsmount-*.log"
+        slug = str(entry.mount_point).strip("/").replace("/", "_")  # fsmount's default log name
+        log = getattr(entry, "log", None) or f"{kms_home}/logs/fsmount-{slug}.log"
         lines.append(f"  mount      {entry.mount_point}  (plaintext view; ciphertext in {entry.cipher_dir}; "
                      f"key {getattr(entry, 'key', '?')})")
         lines.append(f"             log: {log}")
