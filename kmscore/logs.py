@@ -116,6 +116,17 @@ def setup_logging(
     setattr(handler, _HANDLER_MARK, True)
     logger.addHandler(handler)
     logger.setLevel(level.upper())
+    # Libraries' warnings (watchdog, libfuse bindings, ...) in the same format, not in
+    # logging's bare last-resort one; keyhold's own records are handled above.
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if getattr(h, _HANDLER_MARK, False)]:
+        root.removeHandler(old)
+    others = logging.StreamHandler(stream or sys.stderr)
+    others.setFormatter(formatter(fmt))
+    others.addFilter(lambda record: not record.name.startswith(ROOT))
+    others.setLevel(logging.WARNING)
+    setattr(others, _HANDLER_MARK, True)
+    root.addHandler(others)
     if export:
         os.environ[FORMAT_ENV] = fmt
         os.environ[LEVEL_ENV] = level

@@ -147,7 +147,7 @@ def test_help_on_a_terminal():
 
 
 # -- item 8: one log format -------------------------------------------------------------
-TEXT_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (DEBUG|INFO|WARNING|ERROR) keyhold[.\w]*: .+$")
+TEXT_LINE = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (DEBUG|INFO|WARNING|ERROR) [\w.]+: .+$")
 
 
 def run_up_briefly(tmp_path: Path, *args: str) -> str:
