@@ -386,7 +386,7 @@ def test_fs_decrypt_progress_on_a_terminal(tmp_path):
                     reason="only where the sidecar extra cannot be installed (Python 3.11)")
 def test_up_with_a_proxy_without_the_sidecar_extra_is_one_clear_problem(tmp_path):
     config = tmp_path / "p.toml"
-    config.write_text('[kms]\nhome = "run/kms"\n\n[[proxy]]\nlisten = "127.0.0.1:0"\nupstream = "http://127.0.0.1:9"\n')
+    config.write_text('[kms]\nhome = "run/kms"\n\n[[proxy]]\nlisten = "127.0.0.1:18999"\nupstream = "http://127.0.0.1:9"\n')
     r = kms("up", str(config))
     assert r.returncode == 2
     text = r.stderr.decode()
