@@ -391,3 +391,13 @@ def test_up_with_a_proxy_without_the_sidecar_extra_is_one_clear_problem(tmp_path
     assert r.returncode == 2
     text = r.stderr.decode()
     assert "keyhold[sidecar]" in text and "Traceback" not in text
+
+
+def test_up_refuses_a_world_writable_home(tmp_path):
+    home = tmp_path / "run" / "kms"
+    assert kms("init", "--home", str(home)).returncode == 0
+    home.chmod(0o777)
+    config = tmp_path / "w.toml"
+    config.write_text('[kms]\nhome = "run/kms"\n')
+    r = kms("up", str(config))
+    assert r.returncode == 8 and "writable by every user" in r.stderr.decode()
