@@ -85,12 +85,10 @@ def frames(fd: int, header: Header, cipher: FrameCipher, length: int) -> Iterato
 
 
 def decrypt(kms: Kms, src: str | os.PathLike, dst: str | os.PathLike, *, progress: bool = False) -> int:
-    """Recover the plaintext of one backing file into `dst` (0600), or to stdout for "-";
-    refuse on any damage. For stdout every frame is authenticated before the first
-    byte goes out (two passes), so a damaged file prints nothing. `progress`: a bar on
-    a terminal (kmscore.progress) for large files."""
-    to_stdout = str(dst) == "-"
-    tmp = None if to_stdout else Path(dst).with_name(f".{Path(dst).name}.kms-tmp-{os.getpid()}")
+    """Recover the plaintext of one backing file into `dst`; refuse on any damage."""
+    if str(dst) == "-":
+        return decrypt_to_stdout(kms, src, progress=progress)
+    tmp = Path(dst).with_name(f".{Path(dst).name}.kms-tmp-{os.getpid()}")
     written = 0
     with open(src, "rb") as f:
         header = _header(f.fileno(), src)
@@ -98,35 +96,45 @@ def decrypt(kms: Kms, src: str | os.PathLike, dst: str | os.PathLike, *, progres
         if Layout(header.size, header.frame_size).plaintext_size(length) is None:
             raise DamagedFile(f"{src}: the file is cut short (length {length} fits no envelope)")
         cipher = open_envelope(kms, header)
-        size = Layout(header.size, header.frame_size).plaintext_size(length)
-
-        def checked():
-            for index, plain in frames(f.fileno(), header, cipher, length):
-                if plain is None:
-                    raise DamagedFile(f"{src}: frame {index} failed authentication; nothing was written")
-                yield plain
-
-        def plaintext(label: str = "decrypting"):
-            return track(checked(), size, f"{label} {Path(src).name}", quiet=not progress)
-
-        if to_stdout:
-            for _ in plaintext("checking"):  # first pass: authenticate only
-                pass
-            out = sys.stdout.buffer
-            for plain in plaintext():
-                out.write(plain)
-                written += len(plain)
-            out.flush()
-            return written
         try:
-            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
-                for plain in plaintext():
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:  # plaintext: 0600
+                for index, plain in _tracked(frames(f.fileno(), header, cipher, length), header, length, src, progress):
+                    if plain is None:
+                        raise DamagedFile(f"{src}: frame {index} failed authentication; nothing was written")
                     out.write(plain)
                     written += len(plain)
             os.replace(tmp, dst)
         finally:
             tmp.unlink(missing_ok=True)
     return written
+
+
+def decrypt_to_stdout(kms: Kms, src: str | os.PathLike, *, progress: bool = False) -> int:
+    """`kms fs decrypt FILE -`: every frame is authenticated before the first byte goes
+    out (two passes), so a damaged file prints nothing."""
+    with open(src, "rb") as f:
+        header = _header(f.fileno(), src)
+        length = os.fstat(f.fileno()).st_size
+        if Layout(header.size, header.frame_size).plaintext_size(length) is None:
+            raise DamagedFile(f"{src}: the file is cut short (length {length} fits no envelope)")
+        cipher = open_envelope(kms, header)
+        for index, plain in _tracked(frames(f.fileno(), header, cipher, length), header, length, src, progress, "checking"):
+            if plain is None:
+                raise DamagedFile(f"{src}: frame {index} failed authentication; nothing was written")
+        written = 0
+        for index, plain in frames(f.fileno(), header, cipher, length):
+            if plain is None:  # changed between the passes
+                raise DamagedFile(f"{src}: frame {index} failed authentication after the check; output is cut")
+            sys.stdout.buffer.write(plain)
+            written += len(plain)
+        sys.stdout.buffer.flush()
+    return written
+
+
+def _tracked(pairs, header: Header, length: int, src, progress: bool, verb: str = "decrypting"):
+    """(index, plaintext) pairs with a progress bar on a terminal (kmscore.progress)."""
+    total = Layout(header.size, header.frame_size).plaintext_size(length)
+    return track(pairs, total, f"{verb} {Path(src).name}", quiet=not progress, measure=lambda p: len(p[1] or b""))
 
 
 # -- whole trees ---------------------------------------------------------------------------

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Iterator
-from typing import BinaryIO
+from collections.abc import Callable, Iterable, Iterator
+from typing import BinaryIO, TypeVar
+
+T = TypeVar("T")
 
 MIN_BYTES = 4 * 1024 * 1024
 
@@ -31,7 +33,9 @@ def size_of(f: BinaryIO) -> int | None:
     return st.st_size if stat.S_ISREG(st.st_mode) else None
 
 
-def track(chunks: Iterable[bytes], total: int | None, description: str, *, quiet: bool = False) -> Iterator[bytes]:
+def track(chunks: Iterable[T], total: int | None, description: str, *, quiet: bool = False,
+          measure: Callable[[T], int] = len) -> Iterator[T]:  # type: ignore[assignment]
+    """Pass `chunks` through; advance a bar by `measure(chunk)` (bytes) on a terminal."""
     if not wanted(total, quiet=quiet):
         yield from chunks
         return
@@ -44,7 +48,7 @@ def track(chunks: Iterable[bytes], total: int | None, description: str, *, quiet
         task = bar.add_task(description, total=total)
         for chunk in chunks:
             yield chunk
-            bar.advance(task, len(chunk))
+            bar.advance(task, measure(chunk))
 
 
 class CountBar:
