@@ -44,6 +44,7 @@ def add_mount_arguments(p: argparse.ArgumentParser) -> None:
                    help="user.* extended attributes, values sealed (default on; off: ENOTSUP, and small "
                         "writes are faster: the kernel stops asking for security.capability before each)")
     p.add_argument("--debug", action="store_true", help="log every FUSE request (libfuse -d)")
+    p.add_argument("--json", action="store_true", help="with --background: print the mount's status as JSON")
     p.set_defaults(run=run_mount)
 
 
@@ -66,7 +67,7 @@ def register_cli(sub: argparse._SubParsersAction, ctx: CliContext) -> None:
 
     p = fs.add_parser("decrypt", help="recover one backing file's plaintext without mounting")
     p.add_argument("file", metavar="CIPHERFILE")
-    p.add_argument("out", metavar="OUT")
+    p.add_argument("out", metavar="OUT", help="where the plaintext goes (mode 0600); - for standard output")
     p.set_defaults(run=run_decrypt)
 
     p = fs.add_parser("fsck", help="authenticate every frame of every file")
@@ -108,7 +109,11 @@ def run_mount(args: argparse.Namespace, ctx: CliContext) -> int:
         if not args.xattrs:
             argv.append("--no-xattrs")
         pid = mounting.start_background(argv, args.mount_point, log_file).pid
-        ctx.info(f"mounted {args.cipher_dir} on {args.mount_point} (pid {pid}; log {log_file})")
+        if args.json:
+            ctx.emit({"mounted": True, "cipher_dir": os.path.abspath(args.cipher_dir), "pid": pid, "log": log_file,
+                      "mount_point": os.path.abspath(args.mount_point), "key_id": config.key_id})
+        else:
+            ctx.info(f"mounted {args.cipher_dir} on {args.mount_point} (pid {pid}; log {log_file})")
         return 0
     setup_logging(args.log, args.debug)
     mounting.run(ctx.kms, args.cipher_dir, args.mount_point, opts)
@@ -121,8 +126,8 @@ def run_unmount(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 def run_decrypt(args: argparse.Namespace, ctx: CliContext) -> int:
-    n = tools.decrypt(ctx.kms, args.file, args.out)
-    ctx.info(f"wrote {n} bytes to {args.out}")
+    n = tools.decrypt(ctx.kms, args.file, args.out, progress=not ctx.quiet)
+    ctx.info(f"wrote {n} bytes to {'standard output' if args.out == '-' else args.out}")
     return 0
 
 
@@ -153,7 +158,9 @@ def run_rewrap(args: argparse.Namespace, ctx: CliContext) -> int:
 
 def setup_logging(log_file: str | None, debug: bool = False) -> None:
     handler = logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s fsmount %(levelname)s %(message)s"))
+    from kmscore.logs import FORMAT_ENV, formatter  # one log format for every keyhold process
+
+    handler.setFormatter(formatter(os.environ.get(FORMAT_ENV, "text").lower()))
     root = logging.getLogger("fsmount")
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if debug else logging.INFO)
@@ -165,7 +172,9 @@ def _slug(path: str) -> str:
 
 # -- kms-mount ---------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    from kmscore.cli.main import KmsArgumentParser  # one `kms-mount: error:` line per mistake
+
+    p = KmsArgumentParser(
         prog="kms-mount",
         description="Mount a keyhold cipher directory: files written to MOUNTPOINT are stored "
         "envelope-encrypted in CIPHERDIR.",

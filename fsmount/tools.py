@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +17,7 @@ from kmscore.blob import peek_key
 from kmscore.envelope import EnvelopeError, FrameAuthError, FrameCipher, Header, open_envelope, rewrap as rewrap_header
 from kmscore.errors import KmsError
 from kmscore.facade import Kms
+from kmscore.progress import track
 
 from fsmount import cipherdir, slots, xattr_rewrap
 from fsmount.errors import CipherDirError, DamagedFile, MountError
@@ -107,8 +107,10 @@ def _next_data(fd: int, lay: Layout, index: int, count: int) -> int:
     return min(count - 1, max(index, (data - lay.header_size) // lay.stride))
 
 
-def decrypt(kms: Kms, src: str | os.PathLike, dst: str | os.PathLike) -> int:
+def decrypt(kms: Kms, src: str | os.PathLike, dst: str | os.PathLike, *, progress: bool = False) -> int:
     """Recover the plaintext of one backing file into `dst`; refuse on any damage."""
+    if str(dst) == "-":
+        return decrypt_to_stdout(kms, src, progress=progress)
     tmp = Path(dst).with_name(f".{Path(dst).name}.kms-tmp-{os.getpid()}")
     with open(src, "rb") as f:
         header = _header(f.fileno(), src)
@@ -118,8 +120,8 @@ def decrypt(kms: Kms, src: str | os.PathLike, dst: str | os.PathLike) -> int:
             raise DamagedFile(f"{src}: the file is cut short (length {length} fits no envelope)")
         cipher = open_envelope(kms, header)
         try:
-            with open(tmp, "wb") as out:
-                for index, plain in frames(f.fileno(), header, cipher, length):
+            with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:  # plaintext: 0600
+                for index, plain in _tracked(frames(f.fileno(), header, cipher, length), header, length, src, progress):
                     if plain is None:
                         raise DamagedFile(f"{src}: frame {index} failed authentication; nothing was written")
                     if plain:
@@ -130,6 +132,34 @@ def decrypt(kms: Kms, src: str | os.PathLike, dst: str | os.PathLike) -> int:
         finally:
             tmp.unlink(missing_ok=True)
     return size
+
+
+def decrypt_to_stdout(kms: Kms, src: str | os.PathLike, *, progress: bool = False) -> int:
+    """`kms fs decrypt FILE -`: every frame is authenticated before the first byte goes
+    out (two passes), so a damaged file prints nothing."""
+    with open(src, "rb") as f:
+        header = _header(f.fileno(), src)
+        length = os.fstat(f.fileno()).st_size
+        if Layout(header.size, header.frame_size).plaintext_size(length) is None:
+            raise DamagedFile(f"{src}: the file is cut short (length {length} fits no envelope)")
+        cipher = open_envelope(kms, header)
+        for index, plain in _tracked(frames(f.fileno(), header, cipher, length), header, length, src, progress, "checking"):
+            if plain is None:
+                raise DamagedFile(f"{src}: frame {index} failed authentication; nothing was written")
+        written = 0
+        for index, plain in frames(f.fileno(), header, cipher, length):
+            if plain is None:  # changed between the passes
+                raise DamagedFile(f"{src}: frame {index} failed authentication after the check; output is cut")
+            sys.stdout.buffer.write(plain)
+            written += len(plain)
+        sys.stdout.buffer.flush()
+    return written
+
+
+def _tracked(pairs, header: Header, length: int, src, progress: bool, verb: str = "decrypting"):
+    """(index, plaintext) pairs with a progress bar on a terminal (kmscore.progress)."""
+    total = Layout(header.size, header.frame_size).plaintext_size(length)
+    return track(pairs, total, f"{verb} {Path(src).name}", quiet=not progress, measure=lambda p: len(p[1] or b""))
 
 
 # -- whole trees ---------------------------------------------------------------------------
@@ -298,16 +328,7 @@ def mounted_cipher_dir(cipher_dir: str | os.PathLike) -> bool:
 
 
 def terminal_progress(label: str) -> Progress | None:
-    """A progress line on stderr, refreshed at most 5 times a second; None off a terminal."""
-    if not sys.stderr.isatty():
-        return None
-    last = [0.0]
+    """A progress bar on stderr (rich, via kmscore.progress); None off a terminal."""
+    from kmscore.progress import count_bar
 
-    def show(done: int, total: int) -> None:
-        now = time.monotonic()
-        if now - last[0] >= 0.2 or done == total:
-            last[0] = now
-            end = "\n" if done == total else ""
-            print(f"\r{label}: {done}/{total} files", end=end, file=sys.stderr, flush=True)
-
-    return show
+    return count_bar(label)

@@ -32,17 +32,20 @@ ROOT_KEY_ENV = "KMS_ROOT_KEY"
 PASSPHRASE_ENV = "KMS_PASSPHRASE"
 KEY_FILE_NAME = "root.key"
 SCRYPT_PARAMS = {"n": 2**16, "r": 8, "p": 1}  # 64 MiB, ~0.2 s
+MIN_PASSPHRASE = 8  # scrypt slows guessing down; it cannot save a one-character passphrase
 
 
 @dataclass(frozen=True)
 class RootKeySource:
-    """Where to take the root key from: kind is 'file', 'env' or 'passphrase'."""
+    """Where to take the root key from: kind is 'file', 'env', 'passphrase' (a variable)
+    or 'passphrase-file' (a file or /dev/fd/N, kept out of /proc/PID/environ)."""
 
     kind: str
     value: str  # a path, or the name of an environment variable
 
     def describe(self) -> str:
-        return {"file": "key file {}", "env": "environment variable ${}", "passphrase": "passphrase in ${}"}[
+        return {"file": "key file {}", "env": "environment variable ${}", "passphrase": "passphrase in ${}",
+            "passphrase-file": "passphrase from {}"}[
             self.kind
         ].format(self.value)
 
@@ -93,15 +96,28 @@ def load(source: RootKeySource, salt: bytes) -> "RootKey":
                 f"run `chmod 600 {path}`"
             )
         return RootKey(_decode_key(text, f"root key file {path}"))
+    if source.kind == "passphrase-file":
+        try:
+            with open(source.value, encoding="utf-8") as f:
+                value = f.read().rstrip("\r\n")
+        except (OSError, UnicodeDecodeError) as e:
+            raise StoreError(f"cannot read the passphrase from {source.value}: {getattr(e, 'strerror', None) or e}") from None
+        return _stretch(value, salt, source.value)
     value = os.environ.get(source.value)
     if not value:
         raise StoreError(f"environment variable ${source.value} (root key source) is not set")
     if source.kind == "env":
         return RootKey(_decode_key(value, f"${source.value}"))
     if source.kind == "passphrase":
-        kdf = Scrypt(salt=salt, length=32, **SCRYPT_PARAMS)
-        return RootKey(kdf.derive(value.encode()))
+        return _stretch(value, salt, f"${source.value}")
     raise StoreError(f"unknown root key source {source.kind!r}")
+
+
+def _stretch(passphrase: str, salt: bytes, where: str) -> "RootKey":
+    if len(passphrase) < MIN_PASSPHRASE:
+        raise StoreError(f"the passphrase from {where} is too short: use at least {MIN_PASSPHRASE} characters")
+    kdf = Scrypt(salt=salt, length=32, **SCRYPT_PARAMS)
+    return RootKey(kdf.derive(passphrase.encode()))
 
 
 class RootKey:

@@ -202,9 +202,9 @@ def _chain(first, second):
 def main(argv: list[str] | None = None) -> int:
     """`kms-proxy`: the same as `kms proxy`, on its own."""
     from kmscore.cli.context import CliContext
-    from kmscore.cli.main import run_command
+    from kmscore.cli.main import KmsArgumentParser, run_command
 
-    parser = argparse.ArgumentParser(prog="kms-proxy", description="keyhold's encrypting HTTP sidecar.")
+    parser = KmsArgumentParser(prog="kms-proxy", description="keyhold's encrypting HTTP sidecar.")
     parser.add_argument("--home", help="KMS home folder (default: $KMS_HOME or ~/.local/share/keyhold)")
     parser.add_argument("--root-key-file", help="root key file")
     add_arguments(parser)

@@ -245,7 +245,7 @@ class Engine:
 
     # -- metrics endpoint, access log -------------------------------------------------------
     def _apply_side_services(self, entries: Sequence[ProxyEntry]) -> None:
-        from prometheus_client import start_http_server
+        from kmscore.health import HealthServer  # /metrics, /healthz, /readyz; 404 elsewhere
 
         wanted = {e.metrics for e in entries if e.metrics}
         for addr in list(self._metrics_servers):
@@ -254,7 +254,7 @@ class Engine:
         for addr in wanted - set(self._metrics_servers):
             host, _, port = addr.rpartition(":")
             try:
-                server, _thread = start_http_server(int(port), host, registry=self.metrics.registry)
+                server = HealthServer(host, int(port), [self.metrics.registry])
             except OSError as e:
                 raise ConfigError(f"cannot serve metrics on {addr}: {e.strerror}") from None
             self._metrics_servers[addr] = server

@@ -11,9 +11,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from kmscore.errors import InvalidRequest
+from kmscore.errors import InvalidRequest, StoreError
 from kmscore.facade import Kms
-from kmscore.rootkey import RootKeySource
+from kmscore.home import HomeChoice, check_home, choose_home
+from kmscore.rootkey import KEY_FILE_NAME, PASSPHRASE_ENV, ROOT_KEY_ENV, RootKeySource
+
+DEPLOYMENT_ENV = "KMS_DEPLOYMENT"
+ROOT_KEY_FILE_ENV = "KMS_ROOT_KEY_FILE"
+MAX_STDIN = 64 * 1024  # more than any data command's input (4096 bytes, or its ciphertext blob)
 
 _B64 = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=-_ \r\n\t")
 
@@ -23,14 +28,85 @@ class CliContext:
 
     def __init__(self) -> None:
         self.args: argparse.Namespace | None = None
+        self.parser: argparse.ArgumentParser | None = None
         self._kms: Kms | None = None
+
+    @property
+    def quiet(self) -> bool:
+        return bool(getattr(self.args, "quiet", False))
+
+    def setup_logging(self) -> None:
+        """`--log-level`/`--log-format` (or -v) for this process and its children."""
+        from kmscore.logs import setup_logging
+
+        level = getattr(self.args, "log_level", None) or ("debug" if getattr(self.args, "verbose", False) else None)
+        if self.quiet and not level:
+            level = "warning"
+        try:
+            setup_logging(level, getattr(self.args, "log_format", None))
+        except ValueError as e:  # a bad $KMS_LOG_LEVEL / $KMS_LOG_FORMAT
+            raise InvalidRequest(str(e)) from None
+
+    def deployment_file(self) -> str | None:
+        """--deployment, else $KMS_DEPLOYMENT unless --home names a home explicitly."""
+        args = self.args
+        flag, home = getattr(args, "deployment", None), getattr(args, "home", None)
+        if flag and home:
+            raise InvalidRequest("--home and --deployment both name a key store: give one of them")
+        return flag or (None if home else os.environ.get(DEPLOYMENT_ENV))
+
+    def home_choice(self) -> HomeChoice:
+        """The home this command uses: --deployment's [kms] home, else --home/$KMS_HOME/default."""
+        deployment = self.deployment_file()
+        if deployment:
+            dep = self.deployment(deployment)
+            return choose_home(dep.home, named_by=f"{deployment} [kms] home")
+        return choose_home(getattr(self.args, "home", None))
+
+    def deployment(self, path: str):
+        from kmscore.config import ConfigError, load_config
+        from kmscore.frontend import load_frontends
+
+        cached = getattr(self, "_deployment", None)
+        if cached is not None and cached[0] == path:
+            return cached[1]
+        try:
+            dep = load_config(path, frontends=load_frontends())
+            self._deployment = (path, dep)
+            return dep
+        except ConfigError as e:
+            raise InvalidRequest("\n".join(str(p) for p in e.problems) + f"\n(check it with `kms check {path}`)") from None
+
+    def root_key_source(self) -> RootKeySource | None:
+        args = self.args
+        if getattr(args, "passphrase_fd", None) is not None:
+            return RootKeySource("passphrase-file", f"/dev/fd/{args.passphrase_fd}")
+        if getattr(args, "passphrase_file", None):
+            return RootKeySource("passphrase-file", args.passphrase_file)
+        path = getattr(args, "root_key_file", None)
+        if path:
+            return RootKeySource("file", str(Path(path).expanduser().absolute()))
+        deployment = self.deployment_file()
+        if deployment and self.deployment(deployment).root_key is not None:
+            return self.deployment(deployment).root_key
+        path = os.environ.get(ROOT_KEY_FILE_ENV)
+        if path:
+            return RootKeySource("file", str(Path(path).expanduser().absolute()))
+        return None
 
     @property
     def kms(self) -> Kms:
         if self._kms is None:
             args = self.args
-            source = RootKeySource("file", args.root_key_file) if getattr(args, "root_key_file", None) else None
-            self._kms = Kms(getattr(args, "home", None), root_key=source, caller=f"cli:{args.command}")
+            choice = self.home_choice()
+            create = args.command == "init" or bool(getattr(args, "create_home", False))
+            notice = check_home(choice, may_create=create)
+            if notice:
+                self.info(notice)
+            source = self.root_key_source()
+            if source is None:
+                check_default_root_key(choice)
+            self._kms = Kms(choice.path, root_key=source, caller=f"cli:{args.command}")
             for notice in self._kms.notices:
                 self.info(notice)
         return self._kms
@@ -41,7 +117,9 @@ class CliContext:
 
     # -- output ------------------------------------------------------------------------
     def info(self, message: str) -> None:
-        print(f"kms: {message}", file=sys.stderr)
+        """A notice on stderr (never data); `-q` silences it."""
+        if not self.quiet:
+            print(f"kms: {message}", file=sys.stderr)
 
     def emit(self, data: dict[str, Any], text: str | None = None) -> None:
         """Print a report: JSON with --json, else `text` (or key: value lines)."""
@@ -80,8 +158,27 @@ class CliContext:
         else:
             if sys.stdin.isatty():
                 self.info("reading data from standard input (end with Ctrl-D)")
-            data = sys.stdin.buffer.read()
+            data = sys.stdin.buffer.read(MAX_STDIN + 1)  # never the whole stream into memory
+            if len(data) > MAX_STDIN:
+                raise InvalidRequest(
+                    f"standard input is larger than {MAX_STDIN} bytes: data commands take small inputs "
+                    "(4096 bytes of plaintext); use `kms encrypt-file` for files"
+                )
         return maybe_base64(data) if binary_blob else data
+
+
+def check_default_root_key(choice: HomeChoice) -> None:
+    """A store whose root key file was moved away (e.g. to /etc/keyhold for systemd) must
+    not be answered with "run `kms init`": say how to point at the moved file."""
+    if os.environ.get(ROOT_KEY_ENV) or os.environ.get(PASSPHRASE_ENV):
+        return
+    key_file = choice.path / KEY_FILE_NAME
+    if choice.store.exists() and not key_file.exists():
+        raise StoreError(
+            f"the key store {choice.store} exists but its root key {key_file} does not: if you moved it "
+            f"(e.g. to /etc/keyhold/root.key), pass --root-key-file FILE or set ${ROOT_KEY_FILE_ENV}; "
+            f"a passphrase store needs ${PASSPHRASE_ENV}, --passphrase-file or --passphrase-fd"
+        )
 
 
 def maybe_base64(data: bytes) -> bytes:

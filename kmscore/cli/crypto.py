@@ -96,7 +96,7 @@ def run_decrypt(args: argparse.Namespace, ctx: CliContext) -> None:
     data = ctx.kms.decrypt_data(ctx.read_input(binary_blob=True), parse_context(args.context), args.key, args.algorithm)
     if args.json:
         ctx.write_binary(data, "plaintext")
-    elif args.out and args.out != "-":
+    elif (args.out and args.out != "-") or args.base64:
         ctx.write_binary(data, "plaintext")
     else:  # decrypted data goes out as it was put in
         sys.stdout.buffer.write(data)

@@ -20,6 +20,7 @@ from typing import BinaryIO
 from kmscore import envelope
 from kmscore.blob import peek_key
 from kmscore.cli.context import CliContext
+from kmscore.progress import size_of, track
 from kmscore.cli.main import common
 from kmscore.errors import InvalidRequest, KmsError
 
@@ -200,7 +201,7 @@ def run_encrypt(args: argparse.Namespace, ctx: CliContext) -> int:
     length = 0
     with _reader(args.input) as src, _writer(args.output) as dst, _write_behind(dst) as out:
         out.write(header.encode())
-        for chunk in _chunks(src):
+        for chunk in track(_chunks(src), size_of(src), f"encrypting {os.path.basename(_name(args.input))}", quiet=ctx.quiet):
             length += len(chunk)
             out.write(enc.feed(chunk))
         out.write(enc.finalize())
@@ -230,7 +231,7 @@ def run_decrypt(args: argparse.Namespace, ctx: CliContext) -> int:
                 data = dec.feed(rest)
                 length += len(data)
                 out.write(data)
-                for chunk in _chunks(src):
+                for chunk in track(_chunks(src), size_of(src), f"decrypting {os.path.basename(name)}", quiet=ctx.quiet):
                     data = dec.feed(chunk)
                     length += len(data)
                     out.write(data)

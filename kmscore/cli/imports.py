@@ -57,9 +57,12 @@ def run_parameters(args: argparse.Namespace, ctx: CliContext) -> None:
         ctx.info(f"warning: {params.warning}")
     if args.public_key_out:
         write_file(args.public_key_out, params.public_key_pem.encode())
-    if args.token_out:
+    report = params.to_dict()
+    if args.token_out:  # the token is a secret handle: once, in the 0600 file, not on stdout too
         write_file(args.token_out, params.import_token.encode(), 0o600)
-    ctx.emit(params.to_dict())
+        report.pop("import_token", None)
+        report["import_token_file"] = args.token_out
+    ctx.emit(report)
 
 
 def run_import(args: argparse.Namespace, ctx: CliContext) -> None:

@@ -6,7 +6,6 @@ import argparse
 
 from kmscore.cli.context import CliContext
 from kmscore.cli.main import common
-from kmscore.home import resolve_home
 from kmscore.metadata import KeyMetadata
 from kmscore.specs import KeySpec, KeyUsage, Origin
 
@@ -70,11 +69,10 @@ def register(sub: argparse._SubParsersAction, ctx: CliContext) -> None:
 
 
 def run_init(args: argparse.Namespace, ctx: CliContext) -> int:
-    home = resolve_home(args.home)
-    existed = (home / "keys.db").exists()
-    ctx.kms  # opening creates what is missing and reports it
-    if existed:
-        ctx.info(f"key store {home / 'keys.db'} already exists; nothing to do")
+    store = ctx.home_choice().store
+    existed = store.exists()
+    if not ctx.kms.notices and existed:  # opening creates what is missing and reports it
+        ctx.info(f"key store {store} already exists; nothing to do")
     return 0
 
 

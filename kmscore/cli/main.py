@@ -1,12 +1,21 @@
 """`kms`: the entry point. Sub-commands live in sibling modules, one group per module,
-plus whatever installed front ends register (see kmscore.frontend)."""
+plus whatever installed front ends register (see kmscore.frontend).
+
+Conventions every command shares (docs/OPERATIONS.md, "Command-line conventions"):
+global options work before or after the sub-command; a usage mistake is one
+`kms: error:` line (with a "did you mean" when a name is close); exit codes come from
+one table (EXIT_CODES); `--version`; `kms completion bash|zsh`.
+"""
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
+import re
 import signal
 import sys
+from typing import NoReturn
 
 from kmscore.cli.context import CliContext
 from kmscore.errors import KmsError
@@ -19,41 +28,142 @@ CORE_MODULES = (
     "kmscore.cli.audit",
     "kmscore.cli.envelope",
 )
-DEPLOY_MODULE = "kmscore.cli.deploy"
-GLOBAL_OPTIONS_WITH_VALUE = ("--home", "--root-key-file")
+LAZY_MODULES = ("kmscore.cli.deploy", "kmscore.cli.shell", "kmscore.cli.demo")
+
+# Exit codes: one table for every command (KmsError subclasses carry theirs).
+EXIT_CODES = (
+    (0, "success"),
+    (1, "a general error (a file could not be read or written, a key already exists)"),
+    (2, "usage: a mistyped command or option, an invalid value, an invalid deployment file"),
+    (3, "no such key"),
+    (4, "the key's type, spec or usage does not allow the operation"),
+    (5, "the key is disabled, pending deletion or has no material"),
+    (6, "a ciphertext, signature or token did not verify"),
+    (7, "key material could not be imported"),
+    (8, "the key store, its home or the root key cannot be used"),
+    (9, "the audit log is broken or cannot be written"),
+    (70, "an internal error (a bug: please report it)"),
+    (130, "interrupted (Ctrl-C)"),
+)
+
+
+def version() -> str:
+    try:
+        from importlib.metadata import version as dist_version
+
+        return dist_version("keyhold")
+    except Exception:  # noqa: BLE001 - running from a source tree without metadata
+        return "unknown"
+
+
+class KmsArgumentParser(argparse.ArgumentParser):
+    """argparse, but a mistake is one `kms: error:` line, with a close match suggested.
+    No abbreviated options: `--log` must mean `mount --log`, not a guess at `--log-level`."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        root = self.prog.split()[0]
+        self.exit(2, f"{root}: error: {self.prog.partition(' ')[2] + ': ' if ' ' in self.prog else ''}"
+                     f"{suggest(message, self)} (see `{self.prog} --help`)\n")
+
+
+_INVALID_CHOICE = re.compile(r"argument (?P<arg>[^:]+): invalid choice: '(?P<value>[^']*)' \(choose from (?P<choices>.*)\)")
+_UNRECOGNIZED = re.compile(r"unrecognized arguments: (?P<args>.*)")
+
+
+def suggest(message: str, parser: argparse.ArgumentParser) -> str:
+    """Rewrite argparse's messages into short ones that name the closest valid spelling."""
+    m = _INVALID_CHOICE.fullmatch(message)
+    if m:
+        choices = re.findall(r"'([^']*)'", m["choices"])
+        what = "unknown command" if m["arg"].isupper() else f"invalid {m['arg']} value"  # sub-commands: upper-case metavars
+        close = difflib.get_close_matches(m["value"], choices, n=1, cutoff=0.7)
+        if close:
+            return f"{what} {m['value']!r}; did you mean {close[0]!r}?"
+        if len(choices) > 12:
+            return f"{what} {m['value']!r}"
+        return f"{what} {m['value']!r}; choose from {', '.join(choices)}"
+    m = _UNRECOGNIZED.fullmatch(message)
+    if m:
+        first = m["args"].split()[0]
+        options = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+        close = difflib.get_close_matches(first.split("=")[0], options, n=1, cutoff=0.7) if first.startswith("-") else []
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return f"unrecognized argument{'s' if ' ' in m['args'] else ''}: {m['args']}{hint}"
+    return message
+
+
+def add_global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """The options every command takes. On sub-commands they default to SUPPRESS, so a
+    value given before the sub-command is not reset by the sub-parser."""
+    d = {} if top else {"default": argparse.SUPPRESS}
+    taken = set(parser._option_string_actions)
+
+    def add(*names: str, **kw) -> None:
+        names = tuple(n for n in names if n not in taken)
+        if names and names[0].startswith("--"):
+            parser.add_argument(*names, **{**kw, **d})
+
+    add("--home", metavar="DIR", help="KMS home folder (default: $KMS_HOME, else ~/.local/share/keyhold)")
+    add("--deployment", metavar="CONFIG", help="use the key store and root key of this deployment file's [kms]")
+    add("--create-home", action="store_true", help="create the home named by --home/$KMS_HOME if missing (as `kms init`)")
+    add("--root-key-file", metavar="FILE", help="root key file (default: $KMS_ROOT_KEY_FILE, $KMS_ROOT_KEY, $KMS_PASSPHRASE or HOME/root.key)")
+    add("--passphrase-file", metavar="FILE", help="read the root passphrase from FILE (never from the command line)")
+    add("--passphrase-fd", metavar="N", type=int, help="read the root passphrase from file descriptor N")
+    add("--log-level", type=str.lower, choices=("debug", "info", "warning", "error"), help="log level (default info)")
+    add("--log-format", type=str.lower, choices=("text", "json"), help="log line format (default text)")
+    add("--quiet", "-q", action="store_true", help="print results and errors only: no notices, no progress")
+    add("--verbose", "-v", action="store_true", help="more detail (debug logs)")
+
+
+def _each_parser(parser: argparse.ArgumentParser):
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):  # aliases share a parser
+                yield child
+                yield from _each_parser(child)
+
+
+def build_parser(ctx: CliContext, command: str | None = None, *, everything: bool = False) -> argparse.ArgumentParser:
+    """The parser; front ends and `up`/`check` are loaded only when the command needs them
+    (loading them costs most of a core command's start-up time)."""
+    parser = KmsArgumentParser(
+        prog="kms",
+        description="keyhold: a self-hosted key management service.",
+        epilog="KEY is a key id or an alias. Run `kms COMMAND --help` for a command's options. "
+        "Exit codes: " + ", ".join(f"{c} {t.split(' (')[0]}" for c, t in EXIT_CODES) + ".",
+    )
+    parser.add_argument("--version", action="version", version=f"kms (keyhold) {version()}")
+    add_global_options(parser, top=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True, parser_class=KmsArgumentParser)
+    for name in CORE_MODULES:
+        importlib.import_module(name).register(sub, ctx)
+    if everything or command is None or command not in sub.choices:
+        for name in LAZY_MODULES:
+            importlib.import_module(name).register(sub, ctx)
+        for frontend in load_frontends():
+            frontend.register_cli(sub, ctx)
+    for child in _each_parser(parser):
+        add_global_options(child, top=False)
+    return parser
 
 
 def requested_command(argv: list[str]) -> str | None:
     """The sub-command named on the command line, skipping the global options."""
+    with_value = {"--home", "--deployment", "--root-key-file", "--passphrase-file", "--passphrase-fd",
+                  "--log-level", "--log-format"}
     skip = False
     for arg in argv:
         if skip:
             skip = False
-        elif arg in GLOBAL_OPTIONS_WITH_VALUE:
+        elif arg in with_value:
             skip = True
         elif not arg.startswith("-"):
             return arg
     return None
-
-
-def build_parser(ctx: CliContext, command: str | None = None) -> argparse.ArgumentParser:
-    """The parser; front ends and `up`/`check` are loaded only when the command needs them
-    (loading them costs most of a core command's start-up time)."""
-    parser = argparse.ArgumentParser(
-        prog="kms",
-        description="keyhold: a self-hosted key management service.",
-        epilog="KEY is a key id or an alias. Run `kms COMMAND --help` for a command's options.",
-    )
-    parser.add_argument("--home", help="KMS home folder (default: $KMS_HOME or ~/.local/share/keyhold)")
-    parser.add_argument("--root-key-file", help="root key file (default: $KMS_ROOT_KEY, $KMS_PASSPHRASE or HOME/root.key)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in CORE_MODULES:
-        importlib.import_module(name).register(sub, ctx)
-    if command is None or command not in sub.choices:
-        importlib.import_module(DEPLOY_MODULE).register(sub, ctx)
-        for frontend in load_frontends():
-            frontend.register_cli(sub, ctx)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser(ctx, requested_command(argv))
     args = parser.parse_args(argv)
     ctx.args = args
+    ctx.parser = parser
     return run_command(args, ctx)
 
 
@@ -70,6 +181,7 @@ def run_command(args: argparse.Namespace, ctx: CliContext, prog: str = "kms") ->
     """Run a parsed command: every error becomes `prog: error: ...` lines and an exit
     code, never a traceback. Shared by `kms`, `kms-mount` and `kms-proxy`."""
     try:
+        ctx.setup_logging()
         return int(args.run(args, ctx) or 0)
     except KmsError as e:
         for line in str(e).splitlines() or [type(e).__name__]:
@@ -77,6 +189,9 @@ def run_command(args: argparse.Namespace, ctx: CliContext, prog: str = "kms") ->
         return e.exit_code
     except KeyboardInterrupt:
         return 130
+    except ModuleNotFoundError as e:  # an optional part that is not installed
+        print(f"{prog}: error: {missing_module_message(e.name)}", file=sys.stderr)
+        return 1
     except OSError as e:
         print(f"{prog}: error: {e.strerror or e}{': ' + str(e.filename) if e.filename else ''}", file=sys.stderr)
         return 1
@@ -88,6 +203,14 @@ def run_command(args: argparse.Namespace, ctx: CliContext, prog: str = "kms") ->
             ctx.close()
         except KmsError:
             pass
+
+
+OPTIONAL_PARTS = {"mitmproxy": "the sidecar needs mitmproxy 12: pip install 'keyhold[sidecar]' (Python >= 3.12)"}
+
+
+def missing_module_message(name: str | None) -> str:
+    top = (name or "").split(".")[0]
+    return f"the Python package {top!r} is not installed; " + OPTIONAL_PARTS.get(top, "reinstall keyhold")
 
 
 def common(parser: argparse.ArgumentParser, *, json: bool = True, io: bool = False) -> argparse.ArgumentParser:

@@ -49,6 +49,17 @@ class KmsSection(_Model):
     revocation_bound: float = Field(default=5.0, ge=0.1, le=300)
     """Seconds within which a key disabled elsewhere stops working in this process."""
     audit: AuditSettings = AuditSettings()
+    metrics: str | None = None
+    """host:port for `kms up`'s /metrics, /healthz and /readyz (kmscore.health)."""
+
+    @field_validator("metrics")
+    @classmethod
+    def _hostport(cls, v: str | None) -> str | None:
+        if v is not None:
+            _host, sep, port = v.rpartition(":")
+            if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"expected host:port, got {v!r}")
+        return v
 
     def root_key_source(self) -> RootKeySource | None:
         rk = self.root_key

@@ -53,6 +53,7 @@ def plan_reload(old: Deployment, new: Deployment) -> Plan:
             ("kms.root_key", old.root_key, new.root_key),
             ("kms.revocation_bound", old.kms.revocation_bound, new.kms.revocation_bound),
             ("kms.audit", old.kms.audit, new.kms.audit),
+            ("kms.metrics", old.kms.metrics, new.kms.metrics),
         )
         if before != after
     ]

@@ -55,6 +55,11 @@ class Deployer:
         except KmsError as e:
             self.stop()
             raise ConfigError([Problem(self.current.file, key, f"could not start: {self.scrub(str(e))}")]) from None
+        except ModuleNotFoundError as e:  # e.g. [[proxy]] on a Python without mitmproxy
+            from kmscore.cli.main import missing_module_message
+
+            self.stop()
+            raise ConfigError([Problem(self.current.file, key, f"could not start: {missing_module_message(e.name)}")]) from None
         except BaseException:
             self.stop()
             raise

@@ -9,6 +9,7 @@ deadlock the thread it interrupted).
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from pathlib import Path
 
 from kmscore.config import Deployment
 from kmscore.deploy.runner import Deployer
+from kmscore.deploy.status import banner, deployment_status
 from kmscore.deploy.watch import ConfigWatcher
 from kmscore.errors import AuditError
 from kmscore.frontend import Frontend
@@ -27,7 +29,9 @@ TICK = 0.1
 def open_kms(dep: Deployment, caller: str = "kms up"):
     """The Kms described by `[kms]` (not the CLI's --home)."""
     from kmscore.facade import Kms
+    from kmscore.home import check_home, choose_home
 
+    check_home(choose_home(dep.home, named_by=f"{dep.file} [kms] home"), may_create=True)  # world-writable?
     return Kms(dep.home, root_key=dep.root_key, caller=caller, refresh_interval=dep.kms.revocation_bound)
 
 
@@ -57,6 +61,8 @@ def run(dep: Deployment, kms, frontends: Sequence[Frontend]) -> int:
     previous = {s: signal.signal(s, flags.on_signal) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     deployer = Deployer(dep, kms, frontends)
     watcher = ConfigWatcher(dep.path)
+    health = None
+    metrics = kms_metrics(dep, kms)  # before start: the keys it creates are counted too
     try:
         verify_audit(kms, dep)
         source = dep.root_key.describe() if dep.root_key else "default"
@@ -65,7 +71,10 @@ def run(dep: Deployment, kms, frontends: Sequence[Frontend]) -> int:
         deployer.start()
         if not deployer.services:
             log.warning("%s starts no front end: add [[mount]] or [[proxy]] entries", dep.file)
-        log.info("running %s; edit it or send SIGHUP to reload, SIGTERM or Ctrl-C to stop", Path(dep.file).name)
+        health = start_health(dep, kms, deployer, metrics)
+        for line in banner(dep, kms.home, log_format=os.environ.get("KMS_LOG_FORMAT", "text"),
+                           metrics=health.address if health else None, pid=os.getpid()):
+            log.info("%s", deployer.scrub(line))
         while flags.stop is None:
             time.sleep(TICK)
             deployer.supervise()
@@ -80,10 +89,47 @@ def run(dep: Deployment, kms, frontends: Sequence[Frontend]) -> int:
         log.info("%s: stopping", flags.stop)
         return 0
     finally:
+        if health is not None:
+            health.shutdown()
         watcher.stop()
         deployer.stop()
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def kms_metrics(dep: Deployment, kms):
+    if not dep.kms.metrics:
+        return None
+    from kmscore.health import KmsMetrics
+
+    metrics = KmsMetrics()
+    metrics.instrument(kms)
+    return metrics
+
+
+def start_health(dep: Deployment, kms, deployer: Deployer, metrics):
+    """`[kms] metrics`: /metrics (KMS operations, mounts), /healthz, /readyz."""
+    if metrics is None:
+        return None
+    from kmscore.health import HealthServer
+
+    def ready() -> list[dict]:
+        checks = deployment_status(deployer.current, kms)
+        for c in checks:
+            if c["check"].startswith("mount "):
+                metrics.mount_up.labels(c["check"][6:]).set(1 if c["ok"] else 0)
+        metrics.ready.set(1 if all(c["ok"] for c in checks) else 0)
+        return checks
+
+    host, _, port = dep.kms.metrics.rpartition(":")
+    try:
+        server = HealthServer(host or "127.0.0.1", int(port), [metrics.registry], ready)
+    except OSError as e:
+        from kmscore.config import ConfigError, Problem
+
+        raise ConfigError([Problem(dep.file, "kms.metrics", f"cannot listen on {dep.kms.metrics}: {e.strerror}")]) from None
+    ready()
+    return server
 
 
 def _reload(deployer: Deployer) -> None:

@@ -64,9 +64,10 @@ def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 def kms_cli(home: Path, *args: str, input: bytes | None = None, env: dict[str, str] | None = None,
             timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run the real console script: `kms --home HOME ARGS...` (stdout/stderr as bytes)."""
+    """Run the real console script: `kms --home HOME --create-home ARGS...` (stdout/stderr
+    as bytes). --create-home: a named home is otherwise only made by `kms init`."""
     return subprocess.run(
-        [KMS_BIN, "--home", str(home), *args],
+        [KMS_BIN, "--home", str(home), "--create-home", *args],
         input=input if input is not None else b"",
         capture_output=True,
         env=clean_env(env),

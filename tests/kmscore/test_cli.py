@@ -51,13 +51,15 @@ def test_help_creates_nothing(tmp_path, kh):
     assert not (tmp_path / "h").exists()
 
 
-def test_first_command_creates_the_store_and_says_where(tmp_path, kh):
+def test_first_command_with_create_home_creates_the_store_and_says_where(tmp_path, kh):
     r = kh.kms_cli(tmp_path / "fresh", "list-keys")
     assert r.returncode == 0
     assert str(tmp_path / "fresh" / "keys.db") in r.stderr.decode()
 
 
 def test_home_from_environment(tmp_path, kh):
+    subprocess.run([kh.KMS_BIN, "init"], env=kh.clean_env({"KMS_HOME": str(tmp_path / "envhome")}), check=True,
+                   capture_output=True, timeout=60)
     r = subprocess.run([kh.KMS_BIN, "create-key", "--alias", "via/env", "--json"], capture_output=True,
                        env=kh.clean_env({"KMS_HOME": str(tmp_path / "envhome")}), timeout=60)
     assert r.returncode == 0, r.stderr

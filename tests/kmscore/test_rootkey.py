@@ -96,7 +96,7 @@ def test_passphrase_through_scrypt(home, clock, monkeypatch, kh):
 
 
 def test_two_stores_with_one_passphrase_have_different_keys(tmp_path, monkeypatch, kh):
-    monkeypatch.setenv("KMS_PASSPHRASE", "same")
+    monkeypatch.setenv("KMS_PASSPHRASE", "same passphrase")
     for name in ("a", "b"):
         with Kms(tmp_path / name):
             pass
