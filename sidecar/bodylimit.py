@@ -104,7 +104,10 @@ def _switch(stream, request: bool, fn):
         yield from stream.start_request_stream()
         yield from stream.handle_event(ev.RequestData(stream.stream_id, data))
     else:
+        from sidecar.addons.guard import streamed_response_headers  # an addon's rule; imported late (no cycle)
+
         f.response.stream = fn
+        streamed_response_headers(f)
         data = bytes(stream.response_body_buf)
         stream.response_body_buf.clear()
         yield from stream.start_response_stream()

@@ -189,11 +189,8 @@ class Framing:
         if ERROR_HEADER in resp.headers:
             resp.headers[REQUEST_ID] = flow.id
             return
-        if flow.metadata.get(HTTP10_CLIENT) and resp.stream and "transfer-encoding" in resp.headers:
-            del resp.headers["transfer-encoding"]  # the body ends when the connection closes
-            resp.headers["connection"] = "close"
-        if st is not None and resp.stream:
-            _drop_validators(st, resp, flow.request.method)
+        if resp.stream:
+            streamed_response_headers(flow)
 
     def response(self, flow: http.HTTPFlow) -> None:
         resp = flow.response
@@ -205,6 +202,19 @@ class Framing:
         st = state_of(flow)
         if st is not None and not resp.stream:
             _drop_validators(st, resp, flow.request.method)
+
+
+def streamed_response_headers(flow: http.HTTPFlow) -> None:
+    """Headers of a response whose body streams: set when the stream is decided, in
+    `responseheaders` or later, when a buffered body switches to streaming
+    (sidecar.bodylimit), just before the headers leave."""
+    resp = flow.response
+    if flow.metadata.get(HTTP10_CLIENT) and "transfer-encoding" in resp.headers:
+        del resp.headers["transfer-encoding"]  # the body ends when the connection closes
+        resp.headers["connection"] = "close"
+    st = state_of(flow)
+    if st is not None:
+        _drop_validators(st, resp, flow.request.method)
 
 
 def _instead(body: bytes):
