@@ -281,8 +281,12 @@ def test_rewrap_of_a_mounted_cipher_dir_works_online(up):
     assert (up.plain / "a.txt").read_bytes() == b"alpha" * 1000
     (up.plain / "b.txt").write_bytes(b"beta")
     assert (up.plain / "b.txt").read_bytes() == b"beta"
+    # b.txt may have taken a data key the mount's pool made before the rotation (fsmount.keys):
+    # one more run re-wraps it; after that everything is current
     again = kms("fs", "rewrap", str(up.cipher), "--json", home=up.home)
-    assert '"rewrapped": 0' in again.stdout, again.stdout
+    assert again.returncode == 0 and '"failed": 0' in again.stdout, again.stdout
+    third = kms("fs", "rewrap", str(up.cipher), "--json", home=up.home)
+    assert '"rewrapped": 0' in third.stdout, third.stdout
     fsck = kms("fs", "fsck", str(up.cipher), home=up.home)
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr
     # moving a mounted folder to another key is refused, with the way to do it

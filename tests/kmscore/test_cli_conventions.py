@@ -190,7 +190,7 @@ def test_log_level_warning_silences_info(tmp_path):
     quiet = tmp_path / "q"
     quiet.mkdir()
     config = quiet / "keys-only.toml"
-    config.write_text('[kms]\nhome = "run/kms"\n')
+    config.write_text('[kms]\nhome = "run/kms"\n\n[[keys]]\nalias = "quiet/k"\n')  # keys only: runs nothing
     proc = subprocess.Popen([KMS, "up", str(config), "--log-level", "warning"], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, env=env())
     first = proc.stdout.readline().decode()  # the only line: a warning that nothing runs
@@ -398,6 +398,6 @@ def test_up_refuses_a_world_writable_home(tmp_path):
     assert kms("init", "--home", str(home)).returncode == 0
     home.chmod(0o777)
     config = tmp_path / "w.toml"
-    config.write_text('[kms]\nhome = "run/kms"\n')
+    config.write_text('[kms]\nhome = "run/kms"\n\n[[keys]]\nalias = "quiet/k"\n')  # keys only: runs nothing
     r = kms("up", str(config))
     assert r.returncode == 8 and "writable by every user" in r.stderr.decode()
