@@ -125,19 +125,6 @@ def refuse(flow: http.HTTPFlow, status: int, reason: str, rule: str, message: st
     log.warning("refused a %s request (rule %s): %s: %s", flow.request.method[:16], rule, reason, message)
     flow.response = error_response(status, reason, rule, "request", message)
     flow.response.headers.update(headers)
-    _bound_refused_body(flow)
-
-
-def _bound_refused_body(flow: http.HTTPFlow) -> None:
-    """mitmproxy reads a refused request's body before it sends the answer, into memory:
-    bound it to nothing, so the rest is read and dropped and the connection closed
-    (`sidecar.bodylimit`, where that module is present; measured without it: a 100 MB
-    body to a refused path raised the proxy's peak RSS by 200 MB)."""
-    try:
-        from sidecar.bodylimit import set_limit
-    except ImportError:  # a branch without bounded buffers
-        return
-    set_limit(flow, 0)
 
 
 class Routing:
