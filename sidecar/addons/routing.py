@@ -64,7 +64,9 @@ class FlowState:
     bytes_in: int = 0
     bytes_out: int = 0
     done: bool = False
-    pending: Decision | None = None  # a 405 that holds if the request turns out to have a body
+    pending: Decision | None = None
+    """A 405 that holds if the request turns out to have a body (HTTP/2 or 3 without
+    Content-Length): `request()` decides, so no addon may stream this request's body."""
 
     def step(self, direction: str) -> Step | None:
         return None if self.route is None else getattr(self.route, direction)
@@ -166,7 +168,7 @@ class Routing:
             if decision.needs_body_check and decision.route is not None and decision.route.request is not None:
                 decision = Decision(decision.route, decision.refused_by, decision.allow)  # it may stream: decide now
             if decision.needs_body_check:
-                st.pending = decision
+                st.pending = decision  # decided in request(): the body must be buffered, never streamed, until then
             else:
                 return _refuse_method(flow, decision)
         if decision.route is None and entry.unmatched == "deny":

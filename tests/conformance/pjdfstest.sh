@@ -26,10 +26,16 @@ for tool in autoreconf automake; do
 done
 command -v prove >/dev/null || { echo "pjdfstest.sh: prove (perl) is missing" >&2; exit 2; }
 
-if [ ! -x "$build/pjdfstest" ] || [ "$here/pjdfstest/pjdfstest.c" -nt "$build/pjdfstest" ]; then
-    rm -rf "$build"; mkdir -p "$build"
-    cp -r "$here/pjdfstest/." "$build/"
-    (cd "$build" && autoreconf -ifs >/dev/null 2>&1 && ./configure -q >/dev/null && make -s pjdfstest >/dev/null)
+# Rebuild only when the sources differ (by content, not mtime: several checkouts of the
+# repository share one build), and build aside, so a run in progress keeps its copy.
+sum=$(cd "$here/pjdfstest" && find . -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
+if [ ! -x "$build/pjdfstest" ] || [ "$(cat "$build/.source-sum" 2>/dev/null)" != "$sum" ]; then
+    fresh="$build.new.$$"
+    rm -rf "$fresh"; mkdir -p "$fresh"
+    cp -r "$here/pjdfstest/." "$fresh/"
+    (cd "$fresh" && autoreconf -ifs >/dev/null 2>&1 && ./configure -q >/dev/null && make -s pjdfstest >/dev/null)
+    echo "$sum" >"$fresh/.source-sum"
+    rm -rf "$build"; mv "$fresh" "$build"
 fi
 
 mkdir -p "$dir"

@@ -4,7 +4,7 @@ The mount runs as root with allow_other and default_permissions (the kernel chec
 modes, as on ext4; the suite switches users), its cipher directory on a small tmpfs (a
 mount that stored a huge truncate as data would fill it and fail fast, not fill the
 disk). pjdfstest is vendored in tests/conformance/ and built once into
-$PJDFSTEST_BUILD (default /var/tmp/keyhold-pjdfstest-build). The run takes a few
+$PJDFSTEST_BUILD (default /var/tmp/keyhold-pjdfstest). The run takes a few
 minutes: it is the whole suite, 238 files and ~8,800 subtests.
 
 KEYHOLD_PJDFSTEST="chmod rename/09.t" runs a subset (paths below pjdfstest/tests).
@@ -26,7 +26,7 @@ from kmscore import Kms
 REPO = Path(__file__).resolve().parents[2]
 RUNNER = REPO / "tests" / "conformance" / "pjdfstest.sh"
 SUITE = REPO / "tests" / "conformance" / "pjdfstest" / "tests"
-BUILD = os.environ.get("PJDFSTEST_BUILD", "/var/tmp/keyhold-pjdfstest-build")
+BUILD = os.environ.get("PJDFSTEST_BUILD", "/var/tmp/keyhold-pjdfstest")
 TOOLS = ("autoreconf", "automake", "gcc", "make", "prove")
 
 pytestmark = [
