@@ -235,12 +235,15 @@ class Keyring:
     # -- lifecycle plumbing ----------------------------------------------------------
     @contextlib.contextmanager
     def _change(self, audit_op: str, name: str | None) -> Iterator[None]:
-        """Run a key change in one write transaction together with its audit record."""
+        """Run a key change in one write transaction together with its audit record
+        (`AuditLog.append_now` inside the block); a refusal is recorded after the
+        rollback. Never generate key material inside: it would hold the write lock."""
+        said = len(self.notices)
         try:
             with self._store.write():
                 yield
-                self._audit.flush()
         except KmsError as e:
+            del self.notices[said:]  # e.g. "created default key": rolled back too
             self._audit.record(audit_op, self._known_id(name), f"denied: {e}")
             raise
         finally:

@@ -13,7 +13,10 @@ from dataclasses import dataclass
 from kmscore.errors import InvalidRequest, KeyRuleViolation, KeyUnavailable
 from kmscore.specs import DEFAULT_SERVICES, KeySpec, KeyState, KeyUsage, Origin
 
-ALIAS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*(/[A-Za-z0-9][A-Za-z0-9_\-]*)*$")
+# used with fullmatch only: `$` would also match before a trailing newline
+ALIAS_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]*(?:/[A-Za-z0-9][A-Za-z0-9_\-]*)*")
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+MAX_EXPIRY = 253402300799.0  # 9999-12-31T23:59:59Z: the last time every tool can print
 ALIAS_MAX = 256
 DESCRIPTION_MAX = 8192
 DELETION_DAYS = (7, 1096)
@@ -90,9 +93,9 @@ def default_alias(service: str) -> str:
 
 def check_alias(alias: str, *, system: bool = False) -> str:
     """Validate a user alias. Only the KMS itself (system=True) may use `*/default`."""
-    if not alias or len(alias) > ALIAS_MAX or not ALIAS_RE.match(alias):
+    if not isinstance(alias, str) or not alias or len(alias) > ALIAS_MAX or not ALIAS_RE.fullmatch(alias):
         raise InvalidRequest(
-            f"invalid alias {alias!r}: use letters, digits, '_', '-' and '/'-separated parts "
+            f"invalid alias {ascii(alias)}: use letters, digits, '_', '-' and '/'-separated parts "
             f"(at most {ALIAS_MAX} characters), e.g. 'app/db'"
         )
     if is_default_alias(alias) and not system:
@@ -110,9 +113,41 @@ def check_alias(alias: str, *, system: bool = False) -> str:
 
 
 def check_description(description: str) -> str:
+    """Free text, but printable: no control characters (terminal escapes, newlines that
+    forge extra lines in listings and logs, bidi overrides) and valid Unicode."""
+    if not isinstance(description, str):
+        raise InvalidRequest("a description is text")
     if len(description) > DESCRIPTION_MAX:
         raise InvalidRequest(f"description is longer than {DESCRIPTION_MAX} characters")
+    check_text(description, "the description")
     return description
+
+
+def check_text(text: str, what: str) -> str:
+    """Refuse control characters and text that is not valid Unicode (e.g. a non-UTF-8
+    command-line argument, which Python carries as lone surrogates)."""
+    bad = CONTROL_RE.search(text)
+    if bad:
+        raise InvalidRequest(f"{what} contains the control character {ascii(bad.group())}: use printable text")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest(f"{what} is not valid UTF-8 text") from None
+    return text
+
+
+def check_expiry(expires_at: float | None, now: float) -> float | None:
+    """A material expiry: a finite time in the future, before year 10000 (NaN, infinity
+    and overflowing values are refused before anything is saved)."""
+    if expires_at is None:
+        return None
+    if isinstance(expires_at, bool) or not isinstance(expires_at, (int, float)):
+        raise InvalidRequest("the material expiry is a time (seconds since the epoch)")
+    if not (expires_at == expires_at) or not now < expires_at <= MAX_EXPIRY:  # NaN fails the first
+        raise InvalidRequest(
+            "the material expiry must be a finite time in the future, before 9999-12-31T23:59:59Z"
+        )
+    return float(expires_at)
 
 
 def resolve_create(spec: KeySpec, usage: KeyUsage | None, origin: Origin) -> KeyUsage:
