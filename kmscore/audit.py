@@ -28,9 +28,11 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import json
+import sqlite3
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,7 +70,15 @@ JOURNAL_DIR = "audit-journal"
 
 
 class AuditLog:
-    def __init__(self, store: Store, root: RootKey, caller: str, flush_interval: float = 0.2) -> None:
+    def __init__(
+        self,
+        store: Store,
+        root: RootKey,
+        caller: str,
+        flush_interval: float = 0.2,
+        housekeeping: tuple[Callable[[Store], None], float] | None = None,
+    ) -> None:
+        """`housekeeping`: (job, interval) run by the audit thread on its own connection."""
         self._store = store
         self._root = root
         self.caller = caller
@@ -84,6 +94,8 @@ class AuditLog:
         self._merger: Store | None = None
         self.merge_attempts = 0
         self.merge_failures = 0
+        self._housekeeping = housekeeping
+        self._next_housekeeping = time.monotonic() + (housekeeping[1] if housekeeping else 0.0)
         self._closed = False
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="kms-audit", daemon=True)
@@ -139,12 +151,16 @@ class AuditLog:
         journal.start_bank(other, journal.epoch(self._active) + 1)
         self._full, self._active, self._slots = self._active, other, {}
 
-    def append_now(self, operation: str, key_id: str | None, outcome: str = "ok", caller: str | None = None) -> None:
+    def append_now(
+        self, operation: str, key_id: str | None, outcome: str = "ok", caller: str | None = None,
+        store: Store | None = None,
+    ) -> None:
         """Append a record to the chain now, inside the caller's write transaction (so a
         rolled-back change leaves no record and a committed one always has its record)."""
         now = time.time()
-        with self._store.write():
-            self._append(self._store, [aj.Group(operation, key_id, outcome, caller, 1, now, now)])
+        store = store or self._store
+        with store.write():
+            self._append(store, [aj.Group(operation, key_id, outcome, caller, 1, now, now)])
 
     # -- the chain -----------------------------------------------------------------------
     def _append(self, store: Store, groups: list[aj.Group]) -> None:
@@ -210,7 +226,7 @@ class AuditLog:
             if self._merger is None:
                 self._merger = Store(self._store.path)
             self._commit_bank(self._merger, journal.id, epoch, groups, self.caller)
-        except (KmsError, OSError) as e:
+        except (KmsError, OSError, sqlite3.Error) as e:
             self.merge_failures += 1
             raise AuditError(f"cannot write the audit log to {self._store.path}: {e}") from None
         journal.clear_bank(bank)
@@ -229,6 +245,15 @@ class AuditLog:
                     self._journal.sync()
             except (KmsError, ValueError):  # store busy, full or closed: kept, retried next tick
                 continue
+            if self._housekeeping and time.monotonic() >= self._next_housekeeping:
+                job, every = self._housekeeping
+                self._next_housekeeping = time.monotonic() + every
+                try:
+                    with self._merge_lock:
+                        if self._merger is not None and not self._closed:
+                            job(self._merger)
+                except (KmsError, sqlite3.Error, OSError):
+                    pass  # the next tick (or the next process to open the store) retries
 
     def recover(self, store: Store | None = None) -> int:
         """Merge the journals of dead processes (and forget merged ones); returns how many.

@@ -106,12 +106,14 @@ class Keyring:
         except BaseException:
             self._store.close()
             raise
-        self._audit = AuditLog(self._store, self._root, f"{caller} uid={os.getuid()} pid={os.getpid()}")
+        self._audit = AuditLog(
+            self._store, self._root, f"{caller} uid={os.getuid()} pid={os.getpid()}",
+            housekeeping=(self.maintain, MAINTENANCE_INTERVAL),
+        )
         self._cache: dict[str, CachedKey] = {}
         self._generation = self._store.generation()
         self._next_refresh = time.monotonic() + refresh_interval
-        self._next_maintenance = 0.0
-        self._maybe_maintain()
+        self.maintain()  # then every MAINTENANCE_INTERVAL in the audit thread, off the hot path
 
     # -- opening -------------------------------------------------------------------
     def _open_root(self, source: RootKeySource) -> RootKey:
@@ -158,7 +160,6 @@ class Keyring:
         if generation != self._generation:
             self._generation = generation
             self._cache = {}
-        self._maybe_maintain()
 
     def _invalidate(self) -> None:
         self._cache = {}
@@ -249,11 +250,5 @@ class Keyring:
         finally:
             self._invalidate()
 
-    def _maybe_maintain(self) -> None:
-        now = time.monotonic()
-        if now >= self._next_maintenance:
-            self._next_maintenance = now + MAINTENANCE_INTERVAL
-            self.maintain()
-
-    def maintain(self) -> None:
+    def maintain(self, store: Store | None = None) -> None:
         raise NotImplementedError  # provided by LifecycleMixin

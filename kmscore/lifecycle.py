@@ -10,6 +10,7 @@ from kmscore.errors import KmsError
 from kmscore.keyring import DAY, Keyring, facts_of, metadata_of
 from kmscore.metadata import KeyMetadata, iso
 from kmscore.specs import KeySpec, KeyState, KeyUsage, Origin, parse_enum
+from kmscore.store import Store
 
 
 class LifecycleMixin(Keyring):
@@ -110,7 +111,6 @@ class LifecycleMixin(Keyring):
 
     # -- reading ---------------------------------------------------------------------
     def describe_key(self, key: str) -> KeyMetadata:
-        self._maybe_maintain()
         try:
             row = self._row(key)
         except KmsError as e:
@@ -120,7 +120,6 @@ class LifecycleMixin(Keyring):
         return metadata_of(row)
 
     def list_keys(self) -> list[KeyMetadata]:
-        self._maybe_maintain()
         rows = self._store.all_keys()
         self._audit.record("ListKeys", None)
         return [metadata_of(r) for r in rows]
@@ -210,14 +209,18 @@ class LifecycleMixin(Keyring):
         return {"current_version": version, "last_rotated_at": now}
 
     # -- maintenance ---------------------------------------------------------------------
-    def maintain(self) -> None:
+    def maintain(self, store: Store | None = None) -> None:
         """Destroy keys whose deletion is due, drop expired imported material, rotate keys
         that are due, forget expired import tokens, merge the audit journals of dead
-        processes. Idempotent; safe in every process (`kms maintain` runs it alone)."""
-        self._audit.recover(self._store)
+        processes. Idempotent; safe in every process (`kms maintain` runs it alone).
+
+        Runs at open and then every MAINTENANCE_INTERVAL in the audit thread on that
+        thread's own connection (`store`), so no operation waits for it."""
+        store = store or self._store
+        self._audit.recover(store)
         now = self.clock()
         due = []
-        for row in self._store.all_keys():
+        for row in store.all_keys():
             interval = row["rotation_interval_days"]
             if row["state"] == KeyState.PENDING_DELETION.value and row["deletion_date"] <= now:
                 due.append(("DestroyKey", row, None))
@@ -229,26 +232,26 @@ class LifecycleMixin(Keyring):
                 and (row["last_rotated_at"] or row["created_at"]) + interval * DAY <= now
             ):
                 due.append(("AutoRotateKey", row, material.generate(KeySpec(row["spec"]))))
-        with self._store.write():
-            self._store.delete_tokens(expired_before=now)
+        with store.write():
+            store.delete_tokens(expired_before=now)
             for op, stale, fresh in due:
-                row = self._store.key_by_id(stale["key_id"])
+                row = store.key_by_id(stale["key_id"])
                 if row is None or row != stale:
                     continue  # another process got there first
                 if op == "DestroyKey":
-                    self._store.delete_key(row["key_id"])
+                    store.delete_key(row["key_id"])
                     what = "ok: key and all its versions destroyed"
                 elif op == "ExpireKeyMaterial":
-                    self._store.delete_versions(row["key_id"])
+                    store.delete_versions(row["key_id"])
                     state = row["state"] if row["state"] == KeyState.PENDING_DELETION.value else KeyState.PENDING_IMPORT.value
                     fields = {"state": state, "material_expires_at": None, "current_version": 0}
-                    self._store.update_key(row["key_id"], **fields)
+                    store.update_key(row["key_id"], **fields)
                     what = "ok: expired material deleted; " + changes(row, fields)
                 else:
                     fields = self._new_version(row, fresh)
-                    self._store.update_key(row["key_id"], **fields)
+                    store.update_key(row["key_id"], **fields)
                     what = "ok: " + changes(row, fields)
-                self._audit.append_now(op, row["key_id"], what, caller="kms maintenance")
+                self._audit.append_now(op, row["key_id"], what, caller="kms maintenance", store=store)
         if due:
             self._invalidate()
 
