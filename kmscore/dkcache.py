@@ -75,6 +75,7 @@ class DataKeyCache:
         self.revocation_bound = revocation_bound
         self.reuse = reuse
         self._clock = clock
+        self._wall = getattr(kms, "clock", time.time)  # the clock the Kms judges expiry by
         # a store change is seen by the Kms within its refresh interval; the rest of the
         # bound is how long a "usable" answer may be remembered
         self._trust = max(0.0, revocation_bound - getattr(kms, "refresh_interval", revocation_bound))
@@ -95,16 +96,21 @@ class DataKeyCache:
 
         Cheap: a dict lookup while a recent answer holds, else `Kms.key_usable` (no store
         access while the Kms's own cache is fresh). A refusal also drops that CMK's DEKs.
+        An answer is never remembered past the CMK's material expiry: expired material
+        is not served from the cache, not even for a moment.
         """
         now = self._clock()
         if self._usable_until.get(key_id, 0.0) > now:
             return
         try:
-            self.kms.key_usable(key_id, "decrypt")
+            expires = self.kms.key_usable(key_id, "decrypt")
         except KmsError:
             self.forget(key_id)
             raise
-        self._usable_until[key_id] = now + self._trust
+        until = now + self._trust
+        if expires is not None:  # never trust the answer past the material's expiry
+            until = min(until, now + (expires - self._wall()))
+        self._usable_until[key_id] = until
 
     def forget(self, key_id: str | None = None) -> None:
         """Drop the cached DEKs of one CMK, or all of them."""

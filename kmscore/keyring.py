@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,7 +19,7 @@ from typing import Any
 
 from kmscore import rules
 from kmscore.audit import AuditLog
-from kmscore.errors import KmsError, NotFound, StoreError
+from kmscore.errors import KmsError, NotFound, StoreError, as_kms_error
 from kmscore.home import resolve_home
 from kmscore.material import LoadedKey
 from kmscore.metadata import KeyMetadata
@@ -169,6 +170,7 @@ class Keyring:
         """The key's row, read from the store now; default keys are made on first use."""
         if not isinstance(name, str) or not name:
             raise NotFound("no key named: give a key id or an alias")
+        rules.check_text(name, "the key name")
         row = self._store.key_by_id(str(uuid.UUID(name))) if _is_uuid(name) else self._store.key_by_alias(name)
         if row is None:
             service = name[: -len("/default")] if name.endswith("/default") else None
@@ -202,17 +204,21 @@ class Keyring:
         try:
             key = self._cached(name)
             rules.check_use(key.facts, op, self.clock())
-        except KmsError as e:
+        except Exception as e:
+            e = as_kms_error(e)
             key_id = key.facts.key_id if key else self._known_id(name)
             self._audit.record(audit_op, key_id, f"denied: {e}")
-            raise
+            raise e from None
         return key
 
     def _known_id(self, name: str | None) -> str | None:
         """The id of an existing key by id or alias, for audit records of refusals."""
         if not isinstance(name, str) or not name:
             return None
-        row = self._store.key_by_id(str(uuid.UUID(name))) if _is_uuid(name) else self._store.key_by_alias(name)
+        try:
+            row = self._store.key_by_id(str(uuid.UUID(name))) if _is_uuid(name) else self._store.key_by_alias(name)
+        except (UnicodeError, sqlite3.Error, KmsError):
+            return None  # a name the store cannot even look up names no key
         return row["key_id"] if row else None
 
     def _reload(self, key_id: str) -> CachedKey:
@@ -243,10 +249,11 @@ class Keyring:
         try:
             with self._store.write():
                 yield
-        except KmsError as e:
+        except Exception as e:
             del self.notices[said:]  # e.g. "created default key": rolled back too
+            e = as_kms_error(e)
             self._audit.record(audit_op, self._known_id(name), f"denied: {e}")
-            raise
+            raise e from None
         finally:
             self._invalidate()
 

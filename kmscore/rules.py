@@ -170,7 +170,7 @@ def resolve_create(spec: KeySpec, usage: KeyUsage | None, origin: Origin) -> Key
 def check_days(days: int, bounds: tuple[int, int], what: str) -> int:
     low, high = bounds
     if not isinstance(days, int) or not low <= days <= high:
-        raise InvalidRequest(f"{what} must be between {low} and {high} days, got {days}")
+        raise InvalidRequest(f"{what} must be between {low} and {high} days, got {days!r}")
     return days
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from kmscore.cli.context import CliContext
+from kmscore.cli.context import CliContext, printable
 from kmscore.cli.main import common
 
 
@@ -31,5 +31,5 @@ def run_list(args: argparse.Namespace, ctx: CliContext) -> int:
     else:
         for r in records:
             times = f" x{r['count']} until {r['last_time']}" if r["count"] > 1 else ""
-            print(f"{r['seq']:>6}  {r['time']}  {r['operation']:<28} {r['key_id'] or '-':<36}  {r['outcome']}{times}  [{r['caller']}]")
+            print(printable(f"{r['seq']:>6}  {r['time']}  {r['operation']:<28} {r['key_id'] or '-':<36}  {r['outcome']}{times}  [{r['caller']}]"))
     return 0

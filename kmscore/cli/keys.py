@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from kmscore.cli.context import CliContext
+from kmscore.cli.context import CliContext, printable
 from kmscore.cli.main import common
 from kmscore.home import resolve_home
 from kmscore.metadata import KeyMetadata
@@ -87,5 +87,5 @@ def run_list(args: argparse.Namespace, ctx: CliContext) -> int:
     header = [f.upper() for f in SUMMARY_FIELDS]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        print(printable("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()))
     return 0
