@@ -27,15 +27,21 @@ def _binary_arg(value: str) -> bytes:
     A value that is neither (a mistyped file name) is refused here, before the key is
     asked: otherwise its letters would be decoded as a tag, and the audit log would
     record a false "invalid" for a check that never happened."""
-    if Path(value).is_file():
-        return maybe_base64(read_file(value))
-    text = value.strip()
     try:
-        raw = base64.b64decode(
-            text + "=" * (-len(text) % 4), altchars=b"-_" if "-" in text or "_" in text else None, validate=True
-        )
-    except (binascii.Error, ValueError):
-        raw = b""
+        if Path(value).is_file():
+            return maybe_base64(read_file(value))
+    except (OSError, ValueError):  # e.g. a NUL byte, a name too long
+        pass
+    text = value.strip()
+    urlsafe = "-" in text or "_" in text
+    raw = b""
+    # one alphabet only (a path such as /tmp/my-sig mixes both), and not a file in a folder that exists
+    folder = Path(text).parent
+    if not (urlsafe and ("+" in text or "/" in text)) and not ("/" in text and folder != Path("/") and folder.is_dir()):
+        try:
+            raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_" if urlsafe else None, validate=True)
+        except (binascii.Error, ValueError):
+            raw = b""
     if len(raw) < MIN_TAG:
         raise InvalidRequest(
             f"{ascii(value)} is no file here and not base64 text of a signature or MAC: "

@@ -37,6 +37,13 @@ def register(sub: argparse._SubParsersAction, ctx: CliContext) -> None:
     p = common(sub.add_parser("list-keys", help="list every key"))
     p.set_defaults(run=run_list)
 
+    p = common(sub.add_parser(
+        "maintain", help="destroy keys that are due, delete expired material, merge dead processes' audit journals",
+        description="What every process does when it opens the store and every minute while it runs; run it "
+        "from a timer (docs/OPERATIONS.md) so expired material is deleted even when no process opens the store.",
+    ), json=False)
+    p.set_defaults(run=run_maintain)
+
     for name, method, helptext in (
         ("enable-key", "enable_key", "enable a disabled key"),
         ("disable-key", "disable_key", "disable a key (not default keys)"),
@@ -88,4 +95,10 @@ def run_list(args: argparse.Namespace, ctx: CliContext) -> int:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         print(printable("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()))
+    return 0
+
+
+def run_maintain(args: argparse.Namespace, ctx: CliContext) -> int:
+    ctx.kms.maintain()  # opening the Kms already ran it once; a second pass is a no-op
+    ctx.info("maintenance done")
     return 0
