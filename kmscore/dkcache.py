@@ -28,6 +28,7 @@ from kmscore.blob import encode_context, peek_key
 from kmscore.errors import InvalidRequest, KmsError
 
 Context = Mapping[str, str] | None
+_NEVER = float("inf")
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class DataKeyCache:
         self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
         self._shared: dict[tuple[str, bytes], _Entry] = {}
         self._usable_until: dict[str, float] = {}
+        self._expires: dict[str, float] = {}  # CMK id -> material expiry (wall clock)
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -100,17 +102,17 @@ class DataKeyCache:
         is not served from the cache, not even for a moment.
         """
         now = self._clock()
-        if self._usable_until.get(key_id, 0.0) > now:
+        if self._usable_until.get(key_id, 0.0) > now and self._wall() < self._expires.get(key_id, _NEVER):
             return
         try:
             expires = self.kms.key_usable(key_id, "decrypt")
         except KmsError:
             self.forget(key_id)
             raise
-        until = now + self._trust
-        if expires is not None:  # never trust the answer past the material's expiry
-            until = min(until, now + (expires - self._wall()))
-        self._usable_until[key_id] = until
+        # the answer is never trusted past the material's expiry, judged by the Kms's
+        # own (wall) clock: a clock step forward ends the trust too
+        self._expires[key_id] = _NEVER if expires is None else expires
+        self._usable_until[key_id] = now + self._trust
 
     def forget(self, key_id: str | None = None) -> None:
         """Drop the cached DEKs of one CMK, or all of them."""
