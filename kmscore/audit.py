@@ -28,6 +28,8 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import json
+import os
+import re
 import sqlite3
 import threading
 import time
@@ -102,6 +104,20 @@ class AuditLog:
         self._thread.start()
         ref = weakref.ref(self)
         atexit.register(lambda: (a := ref()) is not None and a.close())
+        os.register_at_fork(after_in_child=lambda: (a := ref()) is not None and a._after_fork())
+
+    def _after_fork(self) -> None:
+        """A forked child must not count into its parent's journal (nor hold its lock):
+        it starts a journal of its own on its first record."""
+        if self._journal is not None:
+            os.close(self._journal.fd)  # the parent's flock stays: it has its own descriptor
+        self._journal, self._mm, self._slots, self._active, self._full = None, None, {}, 0, None
+        self._merger = None  # a SQLite connection must not cross a fork
+        self._lock, self._merge_lock = threading.Lock(), threading.Lock()
+        self._wake = threading.Event()
+        self.caller = re.sub(r"pid=\d+", f"pid={os.getpid()}", self.caller)
+        self._thread = threading.Thread(target=self._run, name="kms-audit", daemon=True)
+        self._thread.start()
 
     # -- recording ---------------------------------------------------------------------
     def record(self, operation: str, key_id: str | None, outcome: str = "ok", caller: str | None = None) -> None:
