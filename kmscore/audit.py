@@ -288,14 +288,16 @@ class AuditLog:
             orphan.remove()
             done += 1
         mine = self._journal.id if self._journal else None
+        present = aj.live_ids(self._folder)
+        if not any(j not in present and j != mine for j in self._merged(store)):
+            return done  # nothing to forget: no write transaction (every open runs this)
         with store.write():
             merged = self._merged(store)
             present = aj.live_ids(self._folder)
             stale = [j for j in merged if j not in present and j != mine]
-            if stale:
-                for j in stale:
-                    del merged[j]
-                store.set_meta(JOURNALS, json.dumps(merged, sort_keys=True).encode())
+            for j in stale:
+                del merged[j]
+            store.set_meta(JOURNALS, json.dumps(merged, sort_keys=True).encode())
         return done
 
     def close(self) -> None:
