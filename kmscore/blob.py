@@ -81,9 +81,7 @@ def decode(blob: bytes) -> BlobParts:
         raise InvalidCiphertext(f"unsupported KMS ciphertext version {version}")
     prefix = blob[: HEADER.size]
     nonce = blob[HEADER.size : HEADER.size + NONCE_SIZE]
-    # a view, not a copy: the ciphertext is up to 4 KiB and only read once by AES-GCM
-    body = memoryview(blob)[HEADER.size + NONCE_SIZE :] if type(blob) is bytes else blob[HEADER.size + NONCE_SIZE :]
-    return BlobParts(_key_id(kid), kver, nonce, body, prefix)
+    return BlobParts(_key_id(kid), kver, nonce, blob[HEADER.size + NONCE_SIZE :], prefix)
 
 
 @functools.lru_cache(maxsize=4096)
