@@ -92,7 +92,8 @@ class OperationsMixin(Keyring):
         try:
             if key is not None and named.facts.key_id != k.facts.key_id:
                 raise InvalidCiphertext(f"the ciphertext was not made with key {key}")
-            _symmetric_only(algorithm)
+            if algorithm is not None:
+                _symmetric_only(algorithm)
             version = named.versions.get(parts.key_version)
             if version is None:  # perhaps rotated by another process since we cached it
                 named = self._reload(parts.key_id)
