@@ -232,3 +232,19 @@ def test_journal_holds_no_plaintext_and_is_private(home):
         assert journal.stat().st_mode & 0o077 == 0
         assert (home / "audit-journal").stat().st_mode & 0o077 == 0
         assert secret not in journal.read_bytes()
+
+
+def test_no_room_for_a_journal_refuses_the_operation(small_fs):
+    """A process that cannot reserve its journal (disk full) returns no result at all."""
+    home = small_fs / "home"
+    with Kms(home) as kms:
+        kms.create_key("app/aes")
+    with Kms(home) as kms:
+        fill(small_fs / "filler")
+        with pytest.raises(AuditError, match="audit journal"):
+            kms.encrypt_data("app/aes", b"no record, no ciphertext")
+        (small_fs / "filler").unlink()
+        assert kms.encrypt_data("app/aes", b"now there is room")
+        kms.flush_audit()
+        outcomes = [r["outcome"] for r in kms.audit_records() if r["operation"] == "Encrypt"]
+        assert outcomes == ["ok"]
