@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from kmscore.blob import encode_context, peek_key
-from kmscore.errors import InvalidRequest, KmsError
+from kmscore.errors import InvalidRequest, KmsError, as_kms_error
 
 Context = Mapping[str, str] | None
 _NEVER = float("inf")
@@ -126,9 +126,14 @@ class DataKeyCache:
     # -- unwrap ------------------------------------------------------------------------
     def unwrap(self, wrapped: bytes, context: Context = None) -> bytes:
         """The DEK of a wrapped blob: from the cache if fresh and its CMK usable, else the KMS."""
-        key_id = peek_key(wrapped)[0]
+        try:
+            key_id = peek_key(wrapped)[0]
+            slot = hashlib.sha256(bytes(wrapped) + b"\0" + encode_context(context)).digest()
+        except KmsError:
+            raise
+        except Exception as e:  # not bytes, a context that is no mapping: kmscore's errors only
+            raise as_kms_error(e) from None
         self.check(key_id)
-        slot = hashlib.sha256(bytes(wrapped) + b"\0" + encode_context(context)).digest()
         now = self._clock()
         with self._lock:
             entry = self._entries.get(slot)
