@@ -114,7 +114,7 @@ class Keyring:
         self._cache: dict[str, CachedKey] = {}
         self._generation = self._store.generation()
         self._next_refresh = time.monotonic() + refresh_interval
-        self.maintain()  # then every MAINTENANCE_INTERVAL in the audit thread, off the hot path
+        self.maintain(tokens=False)  # then every MAINTENANCE_INTERVAL in the audit thread, off the hot path
 
     # -- opening -------------------------------------------------------------------
     def _open_root(self, source: RootKeySource) -> RootKey:
@@ -257,5 +257,5 @@ class Keyring:
         finally:
             self._invalidate()
 
-    def maintain(self, store: Store | None = None) -> None:
+    def maintain(self, store: Store | None = None, *, tokens: bool = True) -> None:
         raise NotImplementedError  # provided by LifecycleMixin

@@ -209,13 +209,15 @@ class LifecycleMixin(Keyring):
         return {"current_version": version, "last_rotated_at": now}
 
     # -- maintenance ---------------------------------------------------------------------
-    def maintain(self, store: Store | None = None) -> None:
+    def maintain(self, store: Store | None = None, *, tokens: bool = True) -> None:
         """Destroy keys whose deletion is due, drop expired imported material, rotate keys
         that are due, forget expired import tokens, merge the audit journals of dead
         processes. Idempotent; safe in every process (`kms maintain` runs it alone).
 
         Runs at open and then every MAINTENANCE_INTERVAL in the audit thread on that
-        thread's own connection (`store`), so no operation waits for it."""
+        thread's own connection (`store`), so no operation waits for it. At open
+        (`tokens=False`) it takes the write lock only if a key is due: a short command
+        should not queue behind another process's writer just to forget old tokens."""
         store = store or self._store
         self._audit.recover(store)
         now = self.clock()
@@ -232,6 +234,8 @@ class LifecycleMixin(Keyring):
                 and (row["last_rotated_at"] or row["created_at"]) + interval * DAY <= now
             ):
                 due.append(("AutoRotateKey", row, material.generate(KeySpec(row["spec"]))))
+        if not due and not tokens:
+            return
         with store.write():
             store.delete_tokens(expired_before=now)
             for op, stale, fresh in due:
