@@ -3,7 +3,9 @@
 Each record carries MAC = HMAC(audit key, previous MAC || canonical record), with the
 audit key derived from the root key, so a record cannot be edited, removed or
 inserted without the root key. The newest (seq, MAC) is also kept in the store's
-meta table, so cutting records off the end is detected too.
+authenticated log head (with a digest of every key row, see kmscore.integrity), so
+cutting records off the end is detected too; and in the anchor file outside the store
+(kmscore.anchor), so a wipe of log and head, or an older copy of the store, is detected.
 
 Lifecycle changes are recorded in the same transaction as the change. Cryptographic
 operations are queued in memory and written in batches (every `flush_interval`
@@ -23,11 +25,9 @@ import time
 import weakref
 from dataclasses import dataclass
 
+from kmscore.integrity import GENESIS, HEAD  # noqa: F401  (re-exported)
 from kmscore.rootkey import RootKey
 from kmscore.store import Store
-
-GENESIS = b"\x00" * 32
-HEAD = "audit_head"
 
 
 def canonical(
@@ -49,9 +49,11 @@ class VerifyReport:
 
 
 class AuditLog:
-    def __init__(self, store: Store, root: RootKey, caller: str, flush_interval: float = 0.2) -> None:
+    def __init__(self, store: Store, root: RootKey, caller: str, flush_interval: float = 0.2,
+                 guard=None) -> None:
         self._store = store
         self._root = root
+        self._guard = guard  # kmscore.storeguard.StoreGuard: reads and writes the log head
         self.caller = caller
         self._pending: collections.deque = collections.deque()
         self._flush_lock = threading.Lock()
@@ -74,8 +76,7 @@ class AuditLog:
         # Lock order is always store, then queue: lifecycle changes flush from inside
         # their own write transaction while the background thread may be flushing too.
         with self._store.write(), self._flush_lock:
-            head = self._store.get_meta(HEAD)
-            seq, prev = (int.from_bytes(head[:8], "big"), head[8:40]) if head else (0, GENESIS)
+            seq, prev = self._guard.head_position()
             groups: dict[tuple, list] = {}  # (op, key, caller, outcome) -> [first, last, count]
             while self._pending:
                 when, *what = self._pending.popleft()
@@ -91,12 +92,7 @@ class AuditLog:
                 prev = chain_mac(self._root, prev, record)
                 rows.append((seq, first, op, key_id, caller, outcome, count, last, prev))
             self._store.audit_append(rows)
-            self._store.set_meta(HEAD, self._head(seq, prev))
-
-    def _head(self, seq: int, mac: bytes) -> bytes:
-        """The log head: newest seq and MAC, authenticated so it cannot be rolled back by hand."""
-        body = seq.to_bytes(8, "big") + mac
-        return body + self._root.audit_mac(b"head" + body)
+            self._guard.write_head(seq, prev)
 
     def _run(self) -> None:
         while not self._closed:
@@ -125,18 +121,9 @@ class AuditLog:
             if prev != mac:
                 return VerifyReport(False, count, f"record {seq} ({op} at {_iso(when)}) was altered")
             expected, count = seq + 1, count + 1
-        head = self._store.get_meta(HEAD)
-        if head is None and count:
-            return VerifyReport(False, count, "the log head is missing: the log was cut or replaced")
-        if head is not None and (len(head) != 72 or self._head(int.from_bytes(head[:8], "big"), head[8:40]) != head):
-            return VerifyReport(False, count, "the log head was altered: records at the end may have been cut")
-        head_seq = int.from_bytes(head[:8], "big") if head else 0
-        if head_seq != count:
-            return VerifyReport(
-                False, count, f"records {count + 1}..{head_seq} are missing: the log was cut at the end"
-            )
-        if head and head[8:40] != prev:
-            return VerifyReport(False, count, f"record {count} does not match the log head")
+        problems = self._guard.problems()
+        if problems:
+            return VerifyReport(False, count, "; ".join(problems))
         return VerifyReport(True, count)
 
     def records(self, limit: int | None = None) -> list[dict]:

@@ -126,8 +126,8 @@ class ImportMixin(Keyring):
                 "material_expires_at": expires_at,
                 "current_version": 1,
             }
-            if row["state"] == KeyState.PENDING_IMPORT.value:
-                fields["state"] = KeyState.ENABLED.value
+            fields["state"] = rules.state_after_import(KeyState(row["state"]), row["resume_state"]).value
+            fields["resume_state"] = None
             self._store.update_key(row["key_id"], **fields)
             self._store.delete_tokens(token=import_token)
             self._audit.record("ImportKeyMaterial", row["key_id"], f"ok: {algorithm}")
@@ -140,7 +140,7 @@ class ImportMixin(Keyring):
             rules.check_delete_material(facts_of(row))
             self._store.delete_versions(row["key_id"])
             self._store.update_key(
-                row["key_id"], state=KeyState.PENDING_IMPORT.value, material_expires_at=None, current_version=0
+                row["key_id"], material_expires_at=None, current_version=0, **rules.material_gone(facts_of(row))
             )
             self._audit.record("DeleteImportedKeyMaterial", row["key_id"])
         return metadata_of(self._store.key_by_id(row["key_id"]))  # type: ignore[arg-type]

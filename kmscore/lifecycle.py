@@ -6,8 +6,9 @@ import uuid
 from typing import Any
 
 from kmscore import material, rules
+from kmscore.errors import KmsError
 from kmscore.keyring import DAY, Keyring, facts_of, metadata_of
-from kmscore.metadata import KeyMetadata
+from kmscore.metadata import KeyMetadata, iso
 from kmscore.specs import KeySpec, KeyState, KeyUsage, Origin, parse_enum
 
 
@@ -120,7 +121,8 @@ class LifecycleMixin(Keyring):
     def cancel_key_deletion(self, key: str) -> KeyMetadata:
         def decide(facts: rules.KeyFacts, row: dict[str, Any]) -> dict[str, Any]:
             state = rules.next_state_cancel_deletion(facts, has_material=row["current_version"] > 0)
-            return {"state": state.value, "deletion_date": None}
+            resume = KeyState.DISABLED.value if state is KeyState.PENDING_IMPORT else None
+            return {"state": state.value, "deletion_date": None, "deletion_due_seen": None, "resume_state": resume}
 
         return self._transition("CancelKeyDeletion", key, decide)
 
@@ -167,16 +169,34 @@ class LifecycleMixin(Keyring):
         self._store.add_version(row["key_id"], version, sealed, now)
         return {"current_version": version, "last_rotated_at": now}
 
+    def _rotate_for_nonces(self, key_id: str) -> None:
+        """Half the nonce budget of the current version is spent: a new version."""
+        with self._change("AutoRotateKey", key_id):
+            row = self._store.key_by_id(key_id)
+            if row is not None and rules.rotates(facts_of(row)):
+                self._store.update_key(key_id, **self._new_version(row))
+                self._audit.record("AutoRotateKey", key_id, "ok: nonce budget", caller="kms maintenance")
+
     # -- maintenance ---------------------------------------------------------------------
     def maintain(self) -> None:
         """Destroy keys whose deletion is due, drop expired imported material, rotate keys
-        that are due, forget expired import tokens. Idempotent; safe in every process."""
+        that are due, forget expired import tokens. Idempotent; safe in every process.
+
+        Destruction is the one irreversible step, so one wrong clock must not cause it:
+        see `rules.deletion_step` (the deadline must be seen twice, `DESTROY_GRACE` apart,
+        and a clock that has not reached the deadline clears an early sighting)."""
         now = self.clock()
         due = []
-        for row in self._store.all_keys():
+        for row in self._store.all_keys(verify=False):
+            if not self._guard_row_ok(row):
+                continue  # refused wherever it is used; `kms store verify` reports it
+            row.pop("versions")
             interval = row["rotation_interval_days"]
-            if row["state"] == KeyState.PENDING_DELETION.value and row["deletion_date"] <= now:
-                due.append(("DestroyKey", row))
+            step = None
+            if row["state"] == KeyState.PENDING_DELETION.value:
+                step = rules.deletion_step(row["deletion_date"], row["deletion_due_seen"], now)
+            if step is not None:
+                due.append((step, row))
             elif row["material_expires_at"] is not None and row["material_expires_at"] <= now:
                 due.append(("ExpireKeyMaterial", row))
             elif (
@@ -188,18 +208,31 @@ class LifecycleMixin(Keyring):
         with self._store.write():
             self._store.delete_tokens(expired_before=now)
             for op, stale in due:
-                row = self._store.key_by_id(stale["key_id"])
+                try:
+                    row = self._store.key_by_id(stale["key_id"])
+                except KmsError:
+                    continue
                 if row is None or row != stale:
                     continue  # another process got there first
+                outcome = "ok"
                 if op == "DestroyKey":
                     self._store.delete_key(row["key_id"])
+                elif op == "KeyDeletionDue":
+                    self._store.update_key(row["key_id"], deletion_due_seen=now)
+                    outcome = f"ok: destroyed when seen due again after {iso(now + rules.DESTROY_GRACE)}"
+                elif op == "KeyDeletionDueCleared":
+                    self._store.update_key(row["key_id"], deletion_due_seen=None)
+                    outcome = (
+                        f"ok: a clock ahead saw the deletion due at {iso(row['deletion_due_seen'])}, "
+                        f"before its date {iso(row['deletion_date'])}"
+                    )
                 elif op == "ExpireKeyMaterial":
                     self._store.delete_versions(row["key_id"])
-                    state = row["state"] if row["state"] == KeyState.PENDING_DELETION.value else KeyState.PENDING_IMPORT.value
-                    self._store.update_key(row["key_id"], state=state, material_expires_at=None, current_version=0)
+                    self._store.update_key(row["key_id"], material_expires_at=None, current_version=0,
+                                           **rules.material_gone(facts_of(row)))
                 else:
                     self._store.update_key(row["key_id"], **self._new_version(row))
-                self._audit.record(op, row["key_id"], caller="kms maintenance")
+                self._audit.record(op, row["key_id"], outcome, caller="kms maintenance")
             self._audit.flush()
         if due:
             self._invalidate()

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from kmscore import blob as blobfmt
 from kmscore.errors import InvalidCiphertext, InvalidRequest, KeyImportError, KeyRuleViolation
+from kmscore.nonces import NonceBudget
 from kmscore.specs import (
     HMAC_SPEC_ALGORITHM,
     EncryptionAlgorithm,
@@ -86,6 +87,7 @@ class LoadedKey:
     _aead: AESGCM | None = field(default=None, repr=False)
     _private: object = field(default=None, repr=False)
     _prefix: bytes = field(default=b"", repr=False)
+    budget: NonceBudget | None = field(default=None, repr=False)  # random nonces are counted
 
     def __post_init__(self) -> None:
         if self.spec is KeySpec.AES_256:
@@ -102,6 +104,8 @@ class LoadedKey:
 
     # -- symmetric -------------------------------------------------------------
     def seal(self, plaintext: bytes, context: bytes) -> bytes:
+        if self.budget is not None:
+            self.budget.take()
         prefix = self._prefix
         nonce = os.urandom(blobfmt.NONCE_SIZE)
         return prefix + nonce + self._aead.encrypt(nonce, plaintext, prefix + context)  # type: ignore[union-attr]

@@ -30,7 +30,8 @@ class CliContext:
         if self._kms is None:
             args = self.args
             source = RootKeySource("file", args.root_key_file) if getattr(args, "root_key_file", None) else None
-            self._kms = Kms(getattr(args, "home", None), root_key=source, caller=f"cli:{args.command}")
+            self._kms = Kms(getattr(args, "home", None), root_key=source, caller=f"cli:{args.command}",
+                            integrity=getattr(args, "integrity", "strict"))  # "report": verify commands
             for notice in self._kms.notices:
                 self.info(notice)
         return self._kms

@@ -462,7 +462,10 @@ def test_key_and_material_destroyed_when_due(kms, clock, home, kh):
     kms.maintain()
     assert kms.describe_key("app/db").state.value == "PendingDeletion"
     clock.advance(seconds=1)
-    kms.maintain()
+    kms.maintain()  # first sighting of the deadline: recorded, nothing destroyed yet
+    assert kms.describe_key("app/db").state.value == "PendingDeletion"
+    clock.advance(days=1)
+    kms.maintain()  # seen due again a day later: destroyed
     with pytest.raises(NotFound):
         kms.describe_key("app/db")
     with pytest.raises(NotFound):
@@ -480,8 +483,11 @@ def test_destruction_seen_by_another_instance(home, clock):
         a.create_key("app/db")
         a.schedule_key_deletion("app/db", 30)
     clock.advance(days=31)
-    with Kms(home, clock=clock) as b:  # maintenance runs when a Kms opens
-        assert b.list_keys() == []
+    with Kms(home, clock=clock) as b:  # maintenance runs when a Kms opens: first sighting
+        assert b.list_keys()[0].state.value == "PendingDeletion"
+    clock.advance(days=1)
+    with Kms(home, clock=clock) as c:  # seen due again a day later, by another instance
+        assert c.list_keys() == []
 
 
 def test_disable_pending_import_and_pending_deletion_refused(kms):
