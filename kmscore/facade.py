@@ -7,6 +7,7 @@ concern in `lifecycle`, `operations` and `importing`.
 
 from __future__ import annotations
 
+from kmscore.errors import KmsError
 from kmscore.importing import ImportMixin
 from kmscore.lifecycle import LifecycleMixin
 from kmscore.operations import OperationsMixin
@@ -28,3 +29,31 @@ class Kms(LifecycleMixin, OperationsMixin, ImportMixin):
 
     def flush_audit(self) -> None:
         self._audit.flush()
+
+    # -- store integrity (kmscore.storeguard) ------------------------------------------------
+    def verify_store(self) -> list[str]:
+        """Every integrity problem of the store, one line each: key rows that fail their
+        MAC, the log head, the anchor (rollback, wipe), the audit chain. [] if all is well."""
+        from kmscore.integrity import row_refusal
+
+        try:
+            self._store.quick_check()
+        except KmsError as e:
+            return [str(e)]
+        problems = [str(row_refusal(k)) for k in self._guard.bad_rows()]
+        try:
+            report = self._audit.verify()
+        except KmsError as e:
+            return problems + [str(e)]
+        if not report.ok:
+            problems += [p for p in report.problem.split("; ") if p not in problems]
+        return problems
+
+    def reanchor_store(self) -> tuple[int, int]:
+        """Accept the store as it is now: new head and anchor, recorded in the audit log."""
+
+        def record() -> None:
+            self._audit.record("StoreReanchored", None, "ok: the operator accepted the store as it is")
+            self._audit.flush()
+
+        return self._guard.reanchor(record)

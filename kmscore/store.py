@@ -82,6 +82,7 @@ CREATE TABLE IF NOT EXISTS audit (
 );
 """
 
+KEY_TABLES = ("meta", "keys", "key_versions", "import_tokens")
 KEY_COLUMNS = (
     "key_id alias description spec usage origin state created_at deletion_date "
     "rotation_interval_days last_rotated_at material_expires_at material_fingerprint current_version "
@@ -181,12 +182,7 @@ class Store:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA busy_timeout=60000")
             if not self.created:
-                problems = self._db.execute("PRAGMA quick_check(5)").fetchall()
-                if problems != [("ok",)]:
-                    raise StoreError(
-                        f"key store {path} is corrupt ({problems[0][0]}); it was left as it is. "
-                        "Restore it from a backup"
-                    )
+                self.quick_check(KEY_TABLES)
             with self.write():
                 version = self.get_meta("schema_version") if self._has_table("meta") else None
                 if version is None:
@@ -208,6 +204,22 @@ class Store:
             with contextlib.suppress(Exception):
                 self._db.close()
             raise
+
+    def quick_check(self, tables: tuple[str, ...] = ()) -> None:
+        """StoreError if SQLite finds the file damaged: the small key tables on every open
+        (the audit log, which can be large, is read where it is used and by `kms store verify`)."""
+        try:
+            for table in tables or (None,):
+                if table is not None and not self._has_table(table):
+                    continue
+                found = self._db.execute(f"PRAGMA quick_check({table or 5})").fetchall()
+                if found != [("ok",)]:
+                    raise StoreError(
+                        f"key store {self.path} is corrupt ({found[0][0]}); it was left as it is. "
+                        "Restore it from a backup"
+                    )
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"key store {self.path} is corrupt ({e}); it was left as it is. Restore it from a backup") from None
 
     def _has_table(self, name: str) -> bool:
         return self._db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None

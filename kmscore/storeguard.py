@@ -46,18 +46,21 @@ class StoreGuard:
     def attach(self) -> None:
         """Give the store its sealer and hooks; secure a new or schema-1 store."""
         store = self.store
+        secured = False
         with store.write():
             store_id = store.get_meta("store_id")
             if store_id is None:
                 self._secure(first=store.schema_version == 1)
-                store_id = store.get_meta("store_id")
+                store_id, secured = store.get_meta("store_id"), True
             else:
                 store.sealer = RowSealer(self.root)
         self.anchor = Anchor(self.anchor_path, self.root, store_id.decode(errors="replace"))  # type: ignore[union-attr]
         store.before_commit = self.reseal_head
         store.after_commit = self.advance_anchor
-        if not self.anchor.exists() and self._pristine():
-            self.anchor.reset(0, GENESIS)  # new store (or a crash right after creating it)
+        if secured or (not self.anchor.exists() and self._pristine()):
+            # a store secured just now; or new and a crash came before its anchor
+            seq, mac = self.head_position()
+            self.anchor.reset(seq, mac)
 
     def _secure(self, first: bool) -> None:
         """Inside the opening transaction: a store with no id is new or schema 1."""
@@ -136,20 +139,34 @@ class StoreGuard:
         if head is not None:
             self.anchor.advance(head.seq, head.mac, self._holds)
 
-    def reanchor(self) -> tuple[int, int]:
-        """Accept the store as it is now: re-MAC every row, new head, anchor reset.
-        Returns (anchored seq before, seq now)."""
+    def reanchor(self, record) -> tuple[int, int]:
+        """Accept the store as it is now (after a rollback the operator chose, or a lost
+        anchor): a new head over the current rows and newest record, `record()` writes the
+        audit record saying so, and the anchor is reset. Rows that fail their MAC are never
+        accepted. Returns (anchored seq before, anchored seq now)."""
         assert self.anchor is not None
+        bad = self.bad_rows()
+        if bad:
+            raise StoreError(
+                f"{len(bad)} key row(s) fail authentication and cannot be accepted: {', '.join(bad)}"
+            )
         try:
             before = self.anchor.read()
         except StoreError:
             before = None
-        with self.store.write():
-            self.store.reseal_all()
-            last = self.store.audit_last() or (0, GENESIS)
-            self._write(*last)
-        self.anchor.reset(*last)
-        return (before.seq if before else 0), last[0]
+        hook, self.store.after_commit = self.store.after_commit, None
+        try:
+            with self.store.write():
+                last = self.store.audit_last() or (0, GENESIS)
+                self._write(*last)
+                record()
+            with self.store.snapshot():
+                head = self.read_head()
+            assert head is not None
+            self.anchor.reset(head.seq, head.mac)
+        finally:
+            self.store.after_commit = hook
+        return (before.seq if before else 0), head.seq
 
     # -- checking --------------------------------------------------------------------------
     def problems(self) -> list[str]:

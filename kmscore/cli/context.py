@@ -44,8 +44,15 @@ class CliContext:
     def info(self, message: str) -> None:
         print(f"kms: {message}", file=sys.stderr)
 
+    def settle(self) -> None:
+        """Nothing is printed before the operation's audit record is in the store: a
+        store that fails (corrupt page, full disk) fails the command before any output."""
+        if self._kms is not None:
+            self._kms.flush_audit()
+
     def emit(self, data: dict[str, Any], text: str | None = None) -> None:
         """Print a report: JSON with --json, else `text` (or key: value lines)."""
+        self.settle()
         if getattr(self.args, "json", False):
             print(json.dumps(data, indent=2, default=str))
         elif text is not None:
@@ -57,6 +64,7 @@ class CliContext:
 
     def write_binary(self, data: bytes, field: str, extra: dict[str, Any] | None = None) -> None:
         """Binary output: to --out as raw bytes; to a terminal (or with --base64) as base64."""
+        self.settle()
         out = getattr(self.args, "out", None)
         if getattr(self.args, "json", False):
             self.emit({**(extra or {}), field: base64.b64encode(data).decode()})
