@@ -207,15 +207,18 @@ class Store:
 
     def quick_check(self, tables: tuple[str, ...] = ()) -> None:
         """StoreError if SQLite finds the file damaged: the small key tables on every open
-        (the audit log, which can be large, is read where it is used and by `kms store verify`)."""
+        (quick_check); everything, indexes included, for `kms store verify` (integrity_check).
+        The audit log, which can be large, is otherwise read where it is used."""
         try:
             for table in tables or (None,):
                 if table is not None and not self._has_table(table):
                     continue
-                found = self._db.execute(f"PRAGMA quick_check({table or 5})").fetchall()
+                pragma = f"quick_check({table})" if table else "integrity_check(5)"  # full: indexes too
+                found = self._db.execute(f"PRAGMA {pragma}").fetchall()
                 if found != [("ok",)]:
+                    what = " ".join(str(r[0]) for r in found).replace("\n", " ").replace("*** in database main *** ", "")
                     raise StoreError(
-                        f"key store {self.path} is corrupt ({found[0][0]}); it was left as it is. "
+                        f"key store {self.path} is corrupt ({what[:200]}); it was left as it is. "
                         "Restore it from a backup"
                     )
         except sqlite3.DatabaseError as e:
