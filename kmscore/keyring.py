@@ -169,6 +169,9 @@ class Keyring:
         return root
 
     def close(self) -> None:
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
         try:
             self._audit.close()
             if self.strict:

@@ -76,9 +76,9 @@ def check_reserve(name: str, version: int, used: int, n: int) -> int:
     """The count after reserving n more; KeyUnavailable past the NIST bound."""
     if used + n > LIMIT:
         raise KeyUnavailable(
-            f"key {name} version {version} has made {used} encryptions with random nonces, the "
-            f"limit for one AES-GCM key (2^32, NIST SP 800-38D): rotate it with `kms rotate-key`, "
-            "or move to a new key if its material is imported"
+            f"key {name} version {version} has used its budget of encryptions with random nonces "
+            f"({used} counted, the limit for one AES-GCM key is 2^32, NIST SP 800-38D): rotate it "
+            "with `kms rotate-key`, or move to a new key if its material is imported"
         )
     return used + n
 
