@@ -103,12 +103,23 @@ class LoadedKey:
         raise TypeError("key handles cannot be pickled")
 
     # -- symmetric -------------------------------------------------------------
-    def seal(self, plaintext: bytes, context: bytes) -> bytes:
-        if self.budget is not None:
-            self.budget.take()
+    def seal(self, plaintext: bytes, context: bytes, nonce: bytes | None = None) -> bytes:
+        """A KMS blob; `nonce` (12 random bytes) may come from the caller's own urandom call."""
+        budget = self.budget
+        if budget is not None:  # NonceBudget.take(), inlined
+            ticket = next(budget.tickets)
+            if ticket >= budget.allowed:
+                budget.refill(ticket)
         prefix = self._prefix
-        nonce = os.urandom(blobfmt.NONCE_SIZE)
+        if nonce is None:
+            nonce = os.urandom(blobfmt.NONCE_SIZE)
         return prefix + nonce + self._aead.encrypt(nonce, plaintext, prefix + context)  # type: ignore[union-attr]
+
+    def seal_new_secret(self, size: int, context: bytes) -> tuple[bytes, bytes]:
+        """(fresh random secret, its blob): one urandom call gives both secret and nonce."""
+        raw = os.urandom(size + blobfmt.NONCE_SIZE)
+        secret = raw[:size]
+        return secret, self.seal(secret, context, raw[size:])
 
     def open(self, parts: blobfmt.BlobParts, context: bytes) -> bytes:
         try:

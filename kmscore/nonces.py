@@ -10,7 +10,7 @@ nonce (which leaks the XOR of two plaintexts and lets an attacker forge tags) ex
   row (`nonce_uses`, one count per version, MAC'd with the row), so all processes
   sharing the store add to one count, and a process killed with unused tickets only
   over-counts (the safe side). Blocks start small (a CLI process wastes at most
-  `FIRST_BLOCK`) and double up to `MAX_BLOCK`.
+  `FIRST_BLOCK`) and grow fourfold up to `MAX_BLOCK`.
 - at `ROTATE_AT` (2^31) a KMS-generated AES_256 key rotates itself (new version, new
   count); at `LIMIT` (2^32) a version refuses to encrypt: imported (EXTERNAL) material
   cannot rotate, so such a key must be replaced by a new key before then.
@@ -38,30 +38,31 @@ MAX_BLOCK = 2**20
 class NonceBudget:
     """Tickets for one key version; `take()` is one counter step on the hot path."""
 
-    __slots__ = ("_tickets", "_allowed", "_block", "_lock", "_reserve")
+    __slots__ = ("tickets", "allowed", "_block", "_lock", "_reserve")
 
     def __init__(self, reserve: Callable[[int], None], first_block: int = FIRST_BLOCK) -> None:
-        self._tickets = itertools.count()  # next() is atomic under the GIL
-        self._allowed = 0
+        self.tickets = itertools.count()  # next() is atomic under the GIL
+        self.allowed = 0
         self._block = first_block
         self._lock = threading.Lock()
         self._reserve = reserve
 
     def __repr__(self) -> str:
-        return f"<NonceBudget {self._allowed} reserved>"
+        return f"<NonceBudget {self.allowed} reserved>"
 
     def take(self) -> None:
-        """Count one encryption; KeyUnavailable if the version's budget is spent."""
-        ticket = next(self._tickets)
-        if ticket >= self._allowed:
-            self._refill(ticket)
+        """Count one encryption; KeyUnavailable if the version's budget is spent.
+        (`LoadedKey.seal` inlines these two lines: it is the hot path.)"""
+        ticket = next(self.tickets)
+        if ticket >= self.allowed:
+            self.refill(ticket)
 
-    def _refill(self, ticket: int) -> None:
+    def refill(self, ticket: int) -> None:
         with self._lock:
-            while ticket >= self._allowed:
+            while ticket >= self.allowed:
                 self._reserve(self._block)
-                self._allowed += self._block
-                self._block = min(self._block * 2, MAX_BLOCK)
+                self.allowed += self._block
+                self._block = min(self._block * 4, MAX_BLOCK)
 
 
 def parse_uses(text: str | None) -> dict[int, int]:

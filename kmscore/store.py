@@ -166,8 +166,8 @@ class Store:
         self.created = not path.exists()
         self.sealer: RowSealer | None = None
         self.before_commit: Callable[[], None] | None = None  # a write changed key rows
-        self.after_commit: Callable[[bool], None] | None = None  # arg: key rows changed
-        self._keys_changed = False
+        self.after_commit: Callable[[bool], None] | None = None  # arg: a key change others must see
+        self._keys_changed = self._bumped = False
         self._lock = threading.RLock()
         if self.created and not create:
             raise StoreError(f"key store {path} does not exist")
@@ -240,22 +240,30 @@ class Store:
 
     # -- transactions ------------------------------------------------------------
     @contextlib.contextmanager
-    def write(self) -> Iterator[None]:
+    def write(self, *, synced: bool = True) -> Iterator[None]:
         """A write transaction (BEGIN IMMEDIATE); nested calls join the outer one.
 
         Before COMMIT, if key rows changed, `before_commit` re-seals the log head; after
-        it, `after_commit` moves the anchor. sqlite3 errors become StoreError."""
+        it, `after_commit` moves the anchor. sqlite3 errors become StoreError.
+        synced=False: this commit is not fsynced itself but by the next synced one (the
+        audit flush within its interval): for nonce reservations, where a loss only
+        under-counts by one block, far below the margin kmscore.nonces keeps."""
         with self._lock:
             if self._db.in_transaction:
                 yield
                 return
             try:
+                if not synced:
+                    self._db.execute("PRAGMA synchronous=NORMAL")
                 self._db.execute("BEGIN IMMEDIATE")
-            except sqlite3.OperationalError as e:
-                raise StoreError(f"key store {self.path} is busy or locked: {e}") from None
             except sqlite3.DatabaseError as e:
+                if not synced:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("PRAGMA synchronous=FULL")
+                if isinstance(e, sqlite3.OperationalError):
+                    raise StoreError(f"key store {self.path} is busy or locked: {e}") from None
                 raise self._error(e) from None
-            self._keys_changed = False
+            self._keys_changed = self._bumped = False
             try:
                 yield
                 if self._keys_changed and self.before_commit is not None:
@@ -267,9 +275,13 @@ class Store:
                 if isinstance(e, sqlite3.DatabaseError):
                     raise self._error(e) from None
                 raise
-            changed, self._keys_changed = self._keys_changed, False
+            finally:
+                if not synced:
+                    with contextlib.suppress(sqlite3.Error):
+                        self._db.execute("PRAGMA synchronous=FULL")
+            bumped, self._keys_changed = self._bumped, False
         if self.after_commit is not None:
-            self.after_commit(changed)
+            self.after_commit(bumped)
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[None]:
@@ -300,6 +312,7 @@ class Store:
 
     def bump_generation(self) -> None:
         """Tell every process sharing the store that key rows changed."""
+        self._bumped = True
         self._db.execute(
             "INSERT INTO meta(name, value) VALUES('generation', 1) "
             "ON CONFLICT(name) DO UPDATE SET value = value + 1"
