@@ -6,9 +6,10 @@ The pure parts (row MACs, head, digest) are in `kmscore.integrity`, the anchor f
 - on open: a new store gets an id and an anchor; a schema-1 store (made before row
   MACs) is upgraded and its rows MAC'd as they are (trust on first open by a holder of
   the root key — refused if an anchor says the store was already secured);
-- `write_head` / `reseal_head`: the audit log and every commit that changed key rows
-  write the head with the current state digest; an audit-only flush first checks that
-  the rows still match the head, so a running process notices edits within a flush;
+- `head_position` / `write_head` / `reseal_head`: the audit log and every commit that
+  changed key rows write the head with the current state digest; an audit-only flush
+  first checks that the rows still match the head, so a running process notices edits
+  within a flush;
 - `advance_anchor`: after a commit, at once if key rows changed, else at most every
   `ANCHOR_INTERVAL` seconds (so a rollback can hide at most that much of the newest
   crypto-operation records, never a key change);
@@ -100,21 +101,24 @@ class StoreGuard:
         self.store.set_meta(HEAD, Head(seq, mac, digest).encode(self.root))
 
     def head_position(self) -> tuple[int, bytes]:
-        """(seq, MAC) of the newest record, from the authenticated head (inside a write)."""
+        """(seq, MAC) of the newest record, from the authenticated head (inside a write).
+
+        Unless this transaction changed key rows itself, the rows must still be what the
+        head says: so every audit flush is also a check, made before it takes records."""
         head = self.read_head()
-        return (head.seq, head.mac) if head else (0, GENESIS)
+        if head is None:
+            return 0, GENESIS
+        if not self.store._keys_changed and not hmac.compare_digest(
+            head.digest, integrity.state_digest(self.root, self.store.row_macs())
+        ):
+            raise StoreError(
+                "the key rows no longer match the audit log head: a key row was added, "
+                "deleted or replaced outside keyhold. Run `kms store verify`"
+            )
+        return head.seq, head.mac
 
     def write_head(self, seq: int, mac: bytes) -> None:
         """After appending audit records (inside the same write transaction)."""
-        if not self.store._keys_changed:  # rows must still be what the head says
-            head = self.read_head()
-            if head is not None and not hmac.compare_digest(
-                head.digest, integrity.state_digest(self.root, self.store.row_macs())
-            ):
-                raise StoreError(
-                    "the key rows no longer match the audit log head: a key row was added, "
-                    "deleted or replaced outside keyhold. Run `kms store verify`"
-                )
         self._write(seq, mac)
 
     def reseal_head(self) -> None:

@@ -212,3 +212,27 @@ def test_upgraded_store_cannot_be_downgraded_back_to_schema_1(legacy, tmp_path, 
     assert kh.kms_cli(legacy, "list-keys").returncode == 0  # upgraded and anchored
     shutil.copy(tmp_path / "v1.db", legacy / "keys.db")  # an old, unauthenticated copy back
     kh.assert_refused(kh.kms_cli(legacy, "list-keys"), "older copy")
+
+
+def test_running_process_refuses_edits_at_its_next_refresh(made, home, kh):
+    """A long-running process (a mount, a proxy) holds keys in its cache: an edited row is
+    refused as soon as the process reloads it, and a row deleted or replayed stops every
+    operation at the next refresh, not only at the next open."""
+    from kmscore import KeyUnavailable, StoreError
+
+    kms = Kms(home, refresh_interval=0)
+    try:
+        assert kms.decrypt_data(kms.encrypt_data("t/aes", b"ok")) == b"ok"
+        with pytest.raises(KeyUnavailable):
+            kms.encrypt_data("t/off", b"x")
+        sql(home, "UPDATE keys SET state='Enabled' WHERE alias='t/off'",
+            "UPDATE meta SET value = value + 1 WHERE name='generation'")  # make it reload
+        with pytest.raises(StoreError, match="fails authentication"):
+            kms.encrypt_data("t/off", b"x")
+        assert kms.encrypt_data("t/aes", b"other keys still work")
+        sql(home, "DELETE FROM keys WHERE alias='t/del'")
+        with pytest.raises(StoreError, match="outside keyhold"):
+            kms.encrypt_data("t/aes", b"cached key, tampered store")
+    finally:
+        with pytest.raises(StoreError):  # its last records are not written over a tampered store
+            kms.close()
