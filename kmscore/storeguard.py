@@ -177,11 +177,13 @@ class StoreGuard:
         """Everything inconsistent between head, newest record, key rows and the anchor."""
         store = self.store
         try:
+            # the anchor first: it only moves after a commit, so a snapshot taken after
+            # reading it holds the anchored record unless the store went back in time
+            anchored = self.anchor.read() if self.anchor else None
             with store.snapshot():
                 raw_head = store.get_meta(HEAD)
                 last = store.audit_last()
                 macs = store.row_macs()
-                anchored = self.anchor.read() if self.anchor else None
                 holds = anchored is None or self._holds(anchored)
         except StoreError as e:
             return [str(e)]
