@@ -29,6 +29,7 @@ from kmscore.anchor import ANCHOR_NAME
 from kmscore.audit import AuditLog
 from kmscore.errors import InvalidRequest, KmsError, NotFound, StoreError
 from kmscore.home import resolve_home
+from kmscore.integrity import row_ok
 from kmscore.material import LoadedKey
 from kmscore.metadata import KeyMetadata
 from kmscore.rootkey import RootKey, RootKeySource, create_key_file, default_source, load
@@ -177,6 +178,7 @@ class Keyring:
             if self.strict:
                 self._guard.advance_anchor()
         finally:
+            self._audit._closed = True  # a failed close is not retried at exit, over a closed store
             self._store.close()
 
     def __enter__(self):
@@ -296,8 +298,7 @@ class Keyring:
             self._rotate_for_nonces(key_id)
 
     def _guard_row_ok(self, row: dict[str, Any]) -> bool:
-        from kmscore.integrity import row_ok
-
+        """For rows read with verify=False (maintenance skips rows it cannot trust)."""
         return row_ok(self._root, row, row["versions"])
 
     def _rotate_for_nonces(self, key_id: str) -> None:

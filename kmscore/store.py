@@ -224,6 +224,11 @@ class Store:
         except sqlite3.DatabaseError as e:
             raise StoreError(f"key store {self.path} is corrupt ({e}); it was left as it is. Restore it from a backup") from None
 
+    @property
+    def keys_changed(self) -> bool:
+        """Whether the current write transaction changed key rows (so far)."""
+        return self._keys_changed
+
     def _has_table(self, name: str) -> bool:
         return self._db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone() is not None
 

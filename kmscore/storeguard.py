@@ -108,7 +108,7 @@ class StoreGuard:
         head = self.read_head()
         if head is None:
             return 0, GENESIS
-        if not self.store._keys_changed and not hmac.compare_digest(
+        if not self.store.keys_changed and not hmac.compare_digest(
             head.digest, integrity.state_digest(self.root, self.store.row_macs())
         ):
             raise StoreError(
