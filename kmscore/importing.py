@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 
 from kmscore import material as _material
 from kmscore import rules
-from kmscore.errors import KeyImportError
+from kmscore.errors import KeyImportError, KmsError
 from kmscore.keyring import Keyring, facts_of, metadata_of
 from kmscore.metadata import ImportParameters, KeyMetadata, iso
 from kmscore.specs import KeySpec, KeyState, WrappingAlgorithm, WrappingKeySpec, parse_enum
@@ -65,6 +65,11 @@ def unwrap(private_der: bytes, algorithm: WrappingAlgorithm, wrapped: bytes) -> 
 
 # -- the facade's import operations ------------------------------------------------------
 
+def _token_aad(token: str, key_id: str, algorithm: str, expires_at: float) -> bytes:
+    """The sealed wrapping key of a token is bound to the token's key, algorithm and
+    expiry, so a store writer cannot extend a token or point it at another key."""
+    return f"keyhold/import/2/{token}/{key_id}/{algorithm}/{expires_at!r}".encode()
+
 
 
 class ImportMixin(Keyring):
@@ -83,7 +88,7 @@ class ImportMixin(Keyring):
             private_der, public_pem = new_wrapping_key(spec)  # type: ignore[arg-type]
             token = "kh1." + os.urandom(24).hex()  # never starts with "-" (it is a CLI argument)
             expires = self.clock() + TOKEN_LIFETIME
-            sealed = self._root.seal(private_der, f"keyhold/import/{token}".encode())
+            sealed = self._root.seal(private_der, _token_aad(token, row["key_id"], algorithm.value, expires))
             self._store.add_token(token, row["key_id"], algorithm.value, sealed, expires)
             self._audit.record("GetParametersForImport", row["key_id"], f"ok: {algorithm.value}")
         return ImportParameters(
@@ -109,7 +114,13 @@ class ImportMixin(Keyring):
             _, algorithm, sealed, token_expires = found
             if token_expires <= now:
                 raise KeyImportError(f"import token expired at {iso(token_expires)}: get new parameters")
-            private_der = self._root.unseal(sealed, f"keyhold/import/{import_token}".encode())
+            try:
+                private_der = self._root.unseal(sealed, _token_aad(import_token, row["key_id"], algorithm, token_expires))
+            except KmsError:
+                raise KeyImportError(
+                    "import token failed authentication (its key, algorithm or expiry was changed "
+                    "in the key store): get new parameters with `kms get-parameters-for-import`"
+                ) from None
             raw = unwrap(private_der, WrappingAlgorithm(algorithm), encrypted_material)
             spec = KeySpec(row["spec"])
             material = _material.normalize_import(spec, raw)

@@ -236,3 +236,19 @@ def test_running_process_refuses_edits_at_its_next_refresh(made, home, kh):
     finally:
         with pytest.raises(StoreError):  # its last records are not written over a tampered store
             kms.close()
+
+
+@pytest.mark.parametrize("statement", [
+    "UPDATE import_tokens SET expires_at = expires_at + 86400 * 365",
+    "UPDATE import_tokens SET algorithm = 'RSAES_OAEP_SHA_1'",
+], ids=["token extended", "token algorithm changed"])
+def test_edited_import_token_is_refused(home, kh, statement):
+    from kmscore import KeyImportError
+
+    material = kh.material_for("AES_256")
+    with Kms(home) as kms:
+        kms.create_key("ext/t", origin="EXTERNAL")
+        params = kms.get_parameters_for_import("ext/t")
+    sql(home, statement)
+    with Kms(home) as kms, pytest.raises(KeyImportError, match="failed authentication"):
+        kms.import_key_material("ext/t", params.import_token, kh.oaep_wrap(params.public_key_pem, material))
