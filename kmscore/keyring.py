@@ -295,13 +295,13 @@ class Keyring:
             uses[version] = total
             self._store.update_key(key_id, bump=False, nonce_uses=nonces.format_uses(uses))
         if nonces.should_rotate(total) and version == row["current_version"] and rules.rotates(facts_of(row)):
-            self._rotate_for_nonces(key_id)
+            self._rotate_for_nonces(key_id, version)
 
     def _guard_row_ok(self, row: dict[str, Any]) -> bool:
         """For rows read with verify=False (maintenance skips rows it cannot trust)."""
         return row_ok(self._root, row, row["versions"])
 
-    def _rotate_for_nonces(self, key_id: str) -> None:
+    def _rotate_for_nonces(self, key_id: str, version: int) -> None:
         raise NotImplementedError  # provided by LifecycleMixin
 
     # -- lifecycle plumbing ----------------------------------------------------------

@@ -169,11 +169,12 @@ class LifecycleMixin(Keyring):
         self._store.add_version(row["key_id"], version, sealed, now)
         return {"current_version": version, "last_rotated_at": now}
 
-    def _rotate_for_nonces(self, key_id: str) -> None:
-        """Half the nonce budget of the current version is spent: a new version."""
+    def _rotate_for_nonces(self, key_id: str, version: int) -> None:
+        """Half the nonce budget of `version` is spent: a new version (once, even if several
+        processes cross the mark together)."""
         with self._change("AutoRotateKey", key_id):
             row = self._store.key_by_id(key_id)
-            if row is not None and rules.rotates(facts_of(row)):
+            if row is not None and row["current_version"] == version and rules.rotates(facts_of(row)):
                 self._store.update_key(key_id, **self._new_version(row))
                 self._audit.record("AutoRotateKey", key_id, "ok: nonce budget", caller="kms maintenance")
 
