@@ -3,7 +3,9 @@
 Each record carries MAC = HMAC(audit key, previous MAC || canonical record), with the
 audit key derived from the root key, so a record cannot be edited, removed or
 inserted without the root key. The newest (seq, MAC) is also kept in the store's
-meta table, so cutting records off the end is detected too.
+authenticated log head (with a digest of every key row, see kmscore.integrity), so
+cutting records off the end is detected too; and in the anchor file outside the store
+(kmscore.anchor), so a wipe of log and head, or an older copy of the store, is detected.
 
 Two ways in, one rule: no operation returns its result before its record is durable.
 
@@ -21,6 +23,12 @@ Two ways in, one rule: no operation returns its result before its record is dura
   full of distinct records (2 x 256) operations fail closed with AuditError.
   Power loss can lose the counts of the last `flush_interval` (they are msync'ed
   every tick).
+
+Both ways append through the `StoreGuard` of the connection the transaction runs on
+(the caller's for `append_now`, the merger's own for journal merges and housekeeping):
+`head_position` first checks that the key rows still match the authenticated head
+(unless this transaction changed them), `write_head` binds the new newest record and
+the rows' digest, and the guard's commit hook moves the anchor.
 """
 
 from __future__ import annotations
@@ -40,14 +48,13 @@ from pathlib import Path
 
 from kmscore import auditjournal as aj
 from kmscore.errors import AuditError, KmsError
+from kmscore.integrity import GENESIS, HEAD  # noqa: F401  (re-exported)
 from kmscore.rootkey import RootKey
 from kmscore.store import Store
+from kmscore.storeguard import StoreGuard
 
-GENESIS = b"\x00" * 32
 _pack_count = aj.COUNT_LAST.pack_into  # (mapped journal, slot offset, count, last time)
 _now = time.time
-HEAD = "audit_head"
-
 
 def canonical(
     seq: int, when: float, operation: str, key_id: str | None, caller: str, outcome: str, count: int, last: float
@@ -79,10 +86,21 @@ class AuditLog:
         caller: str,
         flush_interval: float = 0.2,
         housekeeping: tuple[Callable[[Store], None], float] | None = None,
+        *,
+        guard: StoreGuard,
+        fold: Callable[[Store, list[aj.Group]], None] | None = None,
+        merged: Callable[[list[aj.Group]], None] | None = None,
     ) -> None:
-        """`housekeeping`: (job, interval) run by the audit thread on its own connection."""
+        """`housekeeping`: (job, interval) run by the audit thread on its own connection.
+        `guard`: the StoreGuard attached to `store`; the merger's connection gets its own.
+        `fold(store, groups)`: applies merged groups to key rows in the merge's own
+        transaction; `merged(groups)`: told after this process's own groups committed
+        (both: journaled nonce reservations, kmscore.nonceledger)."""
+        self._fold = fold
+        self._on_merged = merged
         self._store = store
         self._root = root
+        self._guard = guard  # kmscore.storeguard.StoreGuard: reads and writes the log head
         self.caller = caller
         self._interval = flush_interval
         self._folder = Path(store.path).parent / JOURNAL_DIR
@@ -94,6 +112,7 @@ class AuditLog:
         self._active = 0
         self._full: int | None = None  # a bank waiting to be merged
         self._merger: Store | None = None
+        self._merger_guard: StoreGuard | None = None
         self.merge_attempts = 0
         self.merge_failures = 0
         self._housekeeping = housekeeping
@@ -112,7 +131,7 @@ class AuditLog:
         if self._journal is not None:
             os.close(self._journal.fd)  # the parent's flock stays: it has its own descriptor
         self._journal, self._mm, self._slots, self._active, self._full = None, None, {}, 0, None
-        self._merger = None  # a SQLite connection must not cross a fork
+        self._merger = self._merger_guard = None  # a SQLite connection must not cross a fork
         self._lock, self._merge_lock = threading.Lock(), threading.Lock()
         self._wake = threading.Event()
         self.caller = re.sub(r"pid=\d+", f"pid={os.getpid()}", self.caller)
@@ -136,6 +155,17 @@ class AuditLog:
             _pack_count(self._mm, slot[0], n, _now())
         finally:
             lock.release()
+
+    def add(self, operation: str, key_id: str | None, outcome: str, n: int) -> None:
+        """Count `n` of one operation at once (a nonce reservation the store could not
+        take now); AuditError if the journal cannot hold it."""
+        key = (operation, key_id, outcome, None)
+        with self._lock:
+            slot = self._slots.get(key)
+            if slot is None:
+                slot = self._new_slot(key)
+            slot[1] += n
+            _pack_count(self._mm, slot[0], slot[1], _now())
 
     def _new_slot(self, key: tuple) -> list:
         """A slot for a new group in the active bank (lock held); flips a full bank."""
@@ -187,8 +217,8 @@ class AuditLog:
         """Chain `groups` onto the log (inside a write transaction of `store`)."""
         if not groups:
             return
-        head = store.get_meta(HEAD)
-        seq, prev = (int.from_bytes(head[:8], "big"), head[8:40]) if head else (0, GENESIS)
+        guard = self._guard_of(store)
+        seq, prev = guard.head_position()  # also checks the rows against the head
         rows = []
         for g in sorted(groups, key=lambda g: g.first):
             seq += 1
@@ -197,12 +227,28 @@ class AuditLog:
             prev = chain_mac(self._root, prev, record)
             rows.append((seq, g.first, g.operation, g.key_id, caller, g.outcome, g.count, g.last, prev))
         store.audit_append(rows)
-        store.set_meta(HEAD, self._head(seq, prev))
+        guard.write_head(seq, prev)
 
-    def _head(self, seq: int, mac: bytes) -> bytes:
-        """The log head: newest seq and MAC, authenticated so it cannot be rolled back by hand."""
-        body = seq.to_bytes(8, "big") + mac
-        return body + self._root.audit_mac(b"head" + body)
+    def _guard_of(self, store: Store) -> StoreGuard:
+        """The StoreGuard of the connection a transaction runs on (the head is read and
+        written, and the anchor moved after COMMIT, through the connection actually used)."""
+        if store is self._store:
+            return self._guard
+        if store is self._merger and self._merger_guard is not None:
+            return self._merger_guard
+        raise AuditError("an audit append on a connection that has no store guard")  # a bug
+
+    def _connect(self) -> tuple[Store, StoreGuard]:
+        """The merger's own connection, with its own StoreGuard (row sealer, head and
+        anchor hooks), so journal merges and housekeeping keep the store's integrity."""
+        store = Store(self._store.path, create=False)
+        try:
+            guard = StoreGuard(store, self._root, self._guard.anchor_path)
+            guard.attach()
+        except BaseException:
+            store.close()
+            raise
+        return store, guard
 
     @staticmethod
     def _merged(store: Store) -> dict[str, int]:
@@ -219,6 +265,8 @@ class AuditLog:
             if epoch <= merged.get(journal_id, 0):
                 return  # merged before a crash kept it from being cleared
             self._append(store, [g if g.caller else dataclasses.replace(g, caller=caller) for g in groups])
+            if self._fold is not None:
+                self._fold(store, groups)
             merged[journal_id] = epoch
             store.set_meta(JOURNALS, json.dumps(merged, sort_keys=True).encode())
 
@@ -244,11 +292,13 @@ class AuditLog:
         epoch, groups = aj.read_bank(journal.mm, bank)
         try:
             if self._merger is None:
-                self._merger = Store(self._store.path)
+                self._merger, self._merger_guard = self._connect()
             self._commit_bank(self._merger, journal.id, epoch, groups, self.caller)
         except (KmsError, OSError, sqlite3.Error) as e:
             self.merge_failures += 1
             raise AuditError(f"cannot write the audit log to {self._store.path}: {e}") from None
+        if self._on_merged is not None:
+            self._on_merged(groups)
         journal.clear_bank(bank)
         with self._lock:
             self._full = None
@@ -321,7 +371,7 @@ class AuditLog:
                 self._journal.remove() if merged else self._journal.close()
             if self._merger is not None:
                 self._merger.close()
-                self._merger = None
+                self._merger = self._merger_guard = None
 
     def verify(self) -> VerifyReport:
         """Walk the chain; report the first missing or altered record."""
@@ -334,18 +384,9 @@ class AuditLog:
             if prev != mac:
                 return VerifyReport(False, count, f"record {seq} ({op} at {_iso(when)}) was altered")
             expected, count = seq + 1, count + 1
-        head = self._store.get_meta(HEAD)
-        if head is None and count:
-            return VerifyReport(False, count, "the log head is missing: the log was cut or replaced")
-        if head is not None and (len(head) != 72 or self._head(int.from_bytes(head[:8], "big"), head[8:40]) != head):
-            return VerifyReport(False, count, "the log head was altered: records at the end may have been cut")
-        head_seq = int.from_bytes(head[:8], "big") if head else 0
-        if head_seq != count:
-            return VerifyReport(
-                False, count, f"records {count + 1}..{head_seq} are missing: the log was cut at the end"
-            )
-        if head and head[8:40] != prev:
-            return VerifyReport(False, count, f"record {count} does not match the log head")
+        problems = self._guard.problems()
+        if problems:
+            return VerifyReport(False, count, "; ".join(problems))
         return VerifyReport(True, count)
 
     def records(self, limit: int | None = None) -> list[dict]:

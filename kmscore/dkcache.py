@@ -25,6 +25,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from kmscore.blob import encode_context, peek_key
+from kmscore.envelope.format import MIN_FRAME
+from kmscore.envelope.frames import DEK_NONCE_LIMIT
 from kmscore.errors import InvalidRequest, KmsError, as_kms_error
 
 Context = Mapping[str, str] | None
@@ -42,6 +44,12 @@ class ReusePolicy:
     def __post_init__(self) -> None:
         if self.max_age <= 0 or self.max_messages < 1 or self.max_bytes < 1:
             raise InvalidRequest("data-key reuse limits must be positive")
+        # every message and every MIN_FRAME bytes under one shared DEK is a random nonce
+        if 2 * self.max_messages + self.max_bytes // MIN_FRAME > DEK_NONCE_LIMIT:
+            raise InvalidRequest(
+                "data-key reuse limits allow more than 2^32 AES-GCM nonces under one data key "
+                "(NIST SP 800-38D): lower max_messages or max_bytes"
+            )
 
 
 class _Entry:

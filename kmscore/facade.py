@@ -32,6 +32,33 @@ class Kms(LifecycleMixin, OperationsMixin, ImportMixin):
     def flush_audit(self) -> None:
         self._audit.flush()
 
+    # -- store integrity (kmscore.storeguard) ------------------------------------------------
+    def verify_store(self) -> list[str]:
+        """Every integrity problem of the store, one line each: key rows that fail their
+        MAC, the log head, the anchor (rollback, wipe), the audit chain. [] if all is well."""
+        from kmscore.integrity import row_refusal
+
+        try:
+            self._store.quick_check()
+        except KmsError as e:
+            return [str(e)]
+        problems = [str(row_refusal(k)) for k in self._guard.bad_rows()]
+        try:
+            report = self._audit.verify()
+        except KmsError as e:
+            return problems + [str(e)]
+        if not report.ok:
+            problems += [p for p in report.problem.split("; ") if p not in problems]
+        return problems
+
+    def reanchor_store(self) -> tuple[int, int]:
+        """Accept the store as it is now: new head and anchor, recorded in the audit log."""
+
+        def record() -> None:  # inside the guard's write transaction, on this connection
+            self._audit.append_now("StoreReanchored", None, "ok: the operator accepted the store as it is")
+
+        return self._guard.reanchor(record)
+
 
 # Operations on the hot path translate foreign exceptions inside their own `try` blocks
 # (a wrapper would cost a sixth of a 4 KiB encryption); every other public method is

@@ -66,6 +66,11 @@ def unwrap(private_der: bytes, algorithm: WrappingAlgorithm, wrapped: bytes) -> 
 
 # -- the facade's import operations ------------------------------------------------------
 
+def _token_aad(token: str, key_id: str, algorithm: str, expires_at: float) -> bytes:
+    """The sealed wrapping key of a token is bound to the token's key, algorithm and
+    expiry, so a store writer cannot extend a token or point it at another key."""
+    return f"keyhold/import/2/{token}/{key_id}/{algorithm}/{expires_at!r}".encode()
+
 
 
 class ImportMixin(Keyring):
@@ -92,7 +97,7 @@ class ImportMixin(Keyring):
             rules.check_import(facts_of(row), None, self.clock())
             token = "kh1." + os.urandom(24).hex()  # never starts with "-" (it is a CLI argument)
             expires = self.clock() + TOKEN_LIFETIME
-            sealed = self._root.seal(private_der, f"keyhold/import/{token}".encode())
+            sealed = self._root.seal(private_der, _token_aad(token, row["key_id"], algorithm.value, expires))
             self._store.add_token(token, row["key_id"], algorithm.value, sealed, expires)
             self._audit.append_now("GetParametersForImport", row["key_id"], f"ok: {algorithm.value} {spec.value}")
         return ImportParameters(
@@ -119,7 +124,13 @@ class ImportMixin(Keyring):
             _, algorithm, sealed, token_expires = found
             if token_expires <= now:
                 raise KeyImportError(f"import token expired at {iso(token_expires)}: get new parameters")
-            private_der = self._root.unseal(sealed, f"keyhold/import/{import_token}".encode())
+            try:
+                private_der = self._root.unseal(sealed, _token_aad(import_token, row["key_id"], algorithm, token_expires))
+            except KmsError:
+                raise KeyImportError(
+                    "import token failed authentication (its key, algorithm or expiry was changed "
+                    "in the key store): get new parameters with `kms get-parameters-for-import`"
+                ) from None
             raw = unwrap(private_der, WrappingAlgorithm(algorithm), encrypted_material)
             spec = KeySpec(row["spec"])
             material = _material.normalize_import(spec, raw)
@@ -136,8 +147,8 @@ class ImportMixin(Keyring):
                 "material_expires_at": expires_at,
                 "current_version": 1,
             }
-            if row["state"] == KeyState.PENDING_IMPORT.value:
-                fields["state"] = KeyState.ENABLED.value
+            fields["state"] = rules.state_after_import(KeyState(row["state"]), row["resume_state"]).value
+            fields["resume_state"] = None
             self._store.update_key(row["key_id"], **fields)
             self._store.delete_tokens(token=import_token)
             self._audit.append_now("ImportKeyMaterial", row["key_id"], f"ok: {algorithm}; " + changes(row, fields))
@@ -149,7 +160,7 @@ class ImportMixin(Keyring):
             row = self._row(key)
             rules.check_delete_material(facts_of(row))
             self._store.delete_versions(row["key_id"])
-            fields = {"state": KeyState.PENDING_IMPORT.value, "material_expires_at": None, "current_version": 0}
+            fields = {"material_expires_at": None, "current_version": 0, **rules.material_gone(facts_of(row))}
             self._store.update_key(row["key_id"], **fields)
             self._audit.append_now("DeleteImportedKeyMaterial", row["key_id"], "ok: " + changes(row, fields))
         return metadata_of(self._store.key_by_id(row["key_id"]))  # type: ignore[arg-type]

@@ -122,8 +122,9 @@ class OperationsMixin(Keyring):
         try:
             if bits not in DATAKEY_BITS:
                 raise InvalidRequest(f"data keys are 256 or 512 bits, not {bits}")
-            plaintext = os.urandom(bits // 8)
-            blob = k.current.seal(plaintext, blobfmt.encode_context(context) if context else b"")
+            plaintext, blob = k.current.seal_new_secret(
+                bits // 8, blobfmt.encode_context(context) if context else b""
+            )
         except Exception as e:
             e = as_kms_error(e)
             self._audit.record(audit_op, k.facts.key_id, f"denied: {e}")

@@ -20,6 +20,8 @@ MAX_EXPIRY = 253402300799.0  # 9999-12-31T23:59:59Z: the last time every tool ca
 ALIAS_MAX = 256
 DESCRIPTION_MAX = 8192
 DELETION_DAYS = (7, 1096)
+DESTROY_GRACE = 86400.0
+"""Destruction waits for a second sighting of a due deletion this long after the first."""
 ROTATION_DAYS = (30, 365)
 
 USAGES = {
@@ -255,6 +257,48 @@ def check_rotation(key: KeyFacts) -> None:
         raise KeyRuleViolation(
             f"key {key.name} is {key.spec.value}: only AES_256 keys can rotate"
         )
+
+
+def rotates(key: KeyFacts) -> bool:
+    """Whether the key may rotate now (by hand, on schedule or for its nonce budget)."""
+    return key.origin is Origin.KMS and key.spec is KeySpec.AES_256 and key.state is KeyState.ENABLED
+
+
+def deletion_step(deletion_date: float, due_seen: float | None, now: float) -> str | None:
+    """What maintenance does with a PendingDeletion key, as a table of the clock readings.
+
+    One process's wall clock decides nothing irreversible alone. The deadline must be
+    seen twice: the first sighting is recorded (`KeyDeletionDue`); destruction needs a
+    later sighting at least DESTROY_GRACE after it. A clock that has not reached the
+    deadline, but finds a sighting recorded, knows a clock ahead made it and clears it
+    (`KeyDeletionDueCleared`). So a process 8 days ahead marks a key due; a correct
+    process clears the mark within a maintenance interval; and destruction happens
+    only if every process's clock agrees for a whole day (cancel stays possible until).
+    """
+    if now < deletion_date:
+        return "KeyDeletionDueCleared" if due_seen is not None else None
+    if due_seen is None or due_seen > now:
+        return "KeyDeletionDue"
+    if now >= due_seen + DESTROY_GRACE:
+        return "DestroyKey"
+    return None
+
+
+def material_gone(key: KeyFacts) -> dict[str, str | None]:
+    """State fields when a key's imported material goes (expiry or deletion): the key
+    waits for material, and remembers the state the operator gave it (Enabled or
+    Disabled) to return to it on re-import."""
+    if key.state is KeyState.PENDING_DELETION:
+        return {}
+    resume = key.state.value if key.state in (KeyState.ENABLED, KeyState.DISABLED) else None
+    return {"state": KeyState.PENDING_IMPORT.value, "resume_state": resume}
+
+
+def state_after_import(state: KeyState, resume_state: str | None) -> KeyState:
+    """A key that waited for material returns to the state it had (Enabled if new)."""
+    if state is not KeyState.PENDING_IMPORT:
+        return state
+    return KeyState(resume_state) if resume_state else KeyState.ENABLED
 
 
 def check_rotate_now(key: KeyFacts) -> None:

@@ -11,7 +11,7 @@ from kmscore.cli.main import common
 def register(sub: argparse._SubParsersAction, ctx: CliContext) -> None:
     audit = sub.add_parser("audit", help="the audit log").add_subparsers(dest="audit_command", metavar="ACTION", required=True)
     p = common(audit.add_parser("verify", help="check the hash chain; exit 1 at the first broken or missing record"))
-    p.set_defaults(run=run_verify)
+    p.set_defaults(run=run_verify, integrity="report")  # open a tampered store to report on it
     p = common(audit.add_parser("list", help="print the newest records"))
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(run=run_list)

@@ -34,7 +34,8 @@ class CliContext:
         if self._kms is None:
             args = self.args
             source = RootKeySource("file", args.root_key_file) if getattr(args, "root_key_file", None) else None
-            self._kms = Kms(getattr(args, "home", None), root_key=source, caller=f"cli:{args.command}")
+            self._kms = Kms(getattr(args, "home", None), root_key=source, caller=f"cli:{args.command}",
+                            integrity=getattr(args, "integrity", "strict"))  # "report": verify commands
             for notice in self._kms.notices:
                 self.info(notice)
         return self._kms
@@ -47,8 +48,15 @@ class CliContext:
     def info(self, message: str) -> None:
         print(f"kms: {message}", file=sys.stderr)
 
+    def settle(self) -> None:
+        """Nothing is printed before the operation's audit record is in the store: a
+        store that fails (corrupt page, full disk) fails the command before any output."""
+        if self._kms is not None:
+            self._kms.flush_audit()
+
     def emit(self, data: dict[str, Any], text: str | None = None) -> None:
         """Print a report: JSON with --json, else `text` (or key: value lines)."""
+        self.settle()
         if getattr(self.args, "json", False):
             print(json.dumps(data, indent=2, default=str))
         elif text is not None:
@@ -61,6 +69,7 @@ class CliContext:
     def write_binary(self, data: bytes, field: str, extra: dict[str, Any] | None = None, mode: int = 0o600) -> None:
         """Binary output: to --out as raw bytes (a new file is 0600 unless `mode` says the
         data is public); to a terminal (or with --base64) as base64."""
+        self.settle()
         out = getattr(self.args, "out", None)
         if getattr(self.args, "json", False):
             self.emit({**(extra or {}), field: base64.b64encode(data).decode()})

@@ -133,6 +133,7 @@ def run_decrypt(args: argparse.Namespace, ctx: CliContext) -> None:
     elif args.out and args.out != "-":
         ctx.write_binary(data, "plaintext")
     else:  # decrypted data goes out as it was put in
+        ctx.settle()  # its audit record first
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
 

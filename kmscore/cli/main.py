@@ -18,6 +18,7 @@ CORE_MODULES = (
     "kmscore.cli.imports",
     "kmscore.cli.audit",
     "kmscore.cli.envelope",
+    "kmscore.cli.store",  # km-integrity: kms store verify / reanchor
 )
 DEPLOY_MODULE = "kmscore.cli.deploy"
 GLOBAL_OPTIONS_WITH_VALUE = ("--home", "--root-key-file")
