@@ -114,6 +114,7 @@ class AuditLog:
         self._merger: Store | None = None
         self._merger_guard: StoreGuard | None = None
         self.merge_attempts = 0
+        self._merge_error: BaseException | None = None  # the last merge's failure
         self.merge_failures = 0
         self._housekeeping = housekeeping
         self._next_housekeeping = time.monotonic() + (housekeeping[1] if housekeeping else 0.0)
@@ -122,7 +123,7 @@ class AuditLog:
         self._thread = threading.Thread(target=self._run, name="kms-audit", daemon=True)
         self._thread.start()
         ref = weakref.ref(self)
-        atexit.register(lambda: (a := ref()) is not None and a.close())
+        atexit.register(lambda: (a := ref()) is not None and a._close_at_exit())
         os.register_at_fork(after_in_child=lambda: (a := ref()) is not None and a._after_fork())
 
     def _after_fork(self) -> None:
@@ -296,7 +297,9 @@ class AuditLog:
             self._commit_bank(self._merger, journal.id, epoch, groups, self.caller)
         except (KmsError, OSError, sqlite3.Error) as e:
             self.merge_failures += 1
+            self._merge_error = e
             raise AuditError(f"cannot write the audit log to {self._store.path}: {e}") from None
+        self._merge_error = None
         if self._on_merged is not None:
             self._on_merged(groups)
         journal.clear_bank(bank)
@@ -356,14 +359,16 @@ class AuditLog:
 
     def close(self) -> None:
         """Merge what is left and remove the journal; if the store cannot take it, the
-        journal stays on disk and the next sweep merges it."""
+        journal stays on disk and the next sweep merges it, and the store's error is
+        raised (e.g. StoreError: its last records are not written over a tampered store)."""
         if self._closed:
             return
+        failed: KmsError | None = None
         try:
             self.flush()
-            merged = True
-        except KmsError:
-            merged = False
+        except KmsError as e:
+            failed = self._merge_error if isinstance(self._merge_error, KmsError) else e
+        merged = failed is None
         self._closed = True
         self._wake.set()
         with self._merge_lock, self._lock:
@@ -372,6 +377,15 @@ class AuditLog:
             if self._merger is not None:
                 self._merger.close()
                 self._merger = self._merger_guard = None
+        if failed is not None:
+            raise failed
+
+    def _close_at_exit(self) -> None:
+        """The atexit hook: what is not merged stays in the journal; no traceback at exit."""
+        try:
+            self.close()
+        except KmsError:
+            pass
 
     def verify(self) -> VerifyReport:
         """Walk the chain; report the first missing or altered record."""
