@@ -27,11 +27,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from kmscore.errors import StoreError
+from kmscore.storefile import create_file, refuse_non_store
 
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # 1: before row MACs; upgraded by kmscore.integrity on first open
 DB_NAME = "keys.db"
-SQLITE_MAGIC = b"SQLite format 3\x00"
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value BLOB);
@@ -123,59 +123,6 @@ def _file_id(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
-def _refuse_file(path: Path) -> None:
-    """A store file that exists must look like SQLite; never replace it with a new one."""
-    try:
-        with open(path, "rb") as f:
-            magic = f.read(len(SQLITE_MAGIC))
-    except OSError as e:
-        raise StoreError(f"cannot read key store {path}: {e.strerror}") from None
-    if not magic:
-        raise StoreError(
-            f"key store {path} is empty (0 bytes): it is not a key store and was left as it is. "
-            "Restore it from a backup; remove it only if you mean to start over without any key"
-        )
-    if magic != SQLITE_MAGIC:
-        raise StoreError(f"{path} is not a key store (not an SQLite database); it was left as it is")
-
-
-def _create_file(path: Path) -> bool:
-    """Make a new store complete in a temp file, then link it into place, so no process
-    ever sees a half-made (0-byte) store. False if another process made it first."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.new-{os.getpid()}-{threading.get_ident()}")
-    try:
-        db = sqlite3.connect(tmp, isolation_level=None)
-        try:
-            os.chmod(tmp, 0o600)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("BEGIN")
-            for stmt in SCHEMA.split(";"):
-                if stmt.strip():
-                    db.execute(stmt)
-            db.execute("INSERT INTO meta(name, value) VALUES('schema_version', ?)", (str(SCHEMA_VERSION).encode(),))
-            db.execute("COMMIT")
-        finally:
-            db.close()
-        os.link(tmp, path)
-        created = True
-    except FileExistsError:
-        created = False
-    except OSError as e:
-        raise StoreError(f"cannot create key store {path}: {e.strerror}") from None
-    finally:
-        for leftover in (tmp, tmp.with_name(tmp.name + "-wal"), tmp.with_name(tmp.name + "-shm")):
-            with contextlib.suppress(OSError):
-                leftover.unlink()
-    with contextlib.suppress(OSError):
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    return created
-
-
 class Store:
     """A connection to the key store, shareable between threads (calls are serialised)."""
 
@@ -191,11 +138,11 @@ class Store:
             raise StoreError(f"key store {path} does not exist")
         try:
             if self.created:
-                self.created = _create_file(path)
+                self.created = create_file(path, SCHEMA, SCHEMA_VERSION)
             with _OPEN_LOCK:
                 fid = _file_id(path)
                 if fid not in _OPEN_FILES:
-                    _refuse_file(path)  # see _OPEN_FILES: never while a connection of ours is open
+                    refuse_non_store(path)  # see _OPEN_FILES: never while a connection of ours is open
                 self._db = sqlite3.connect(
                     path, timeout=60, isolation_level=None, check_same_thread=False
                 )
