@@ -309,6 +309,7 @@ class Keyring:
                 uses[version] = uses.get(version, 0) + n
                 self._store.update_key(key_id, bump=False, nonce_uses=nonces.format_uses(uses))
         except StoreError:
+            self._guard.check()  # a tampered store is refused, not worked around (a read)
             pending = ledger.pending(key_id, version)
             row = self._store.key_by_id(key_id)  # a read: never waits; verified
             if row is None:

@@ -132,6 +132,7 @@ class Store:
         self.sealer: RowSealer | None = None
         self.before_commit: Callable[[], None] | None = None  # a write changed key rows
         self.after_commit: Callable[[bool], None] | None = None  # arg: a key change others must see
+        self.after_begin: Callable[[], None] | None = None  # every write: rows still match the head
         self._keys_changed = self._bumped = False
         self._lock = threading.RLock()
         if self.created and not create:
@@ -260,6 +261,8 @@ class Store:
                 raise self._error(e) from None
             self._keys_changed = self._bumped = False
             try:
+                if self.after_begin is not None:
+                    self.after_begin()
                 yield
                 if self._keys_changed and self.before_commit is not None:
                     self.before_commit()

@@ -57,6 +57,7 @@ class StoreGuard:
                 store.sealer = RowSealer(self.root)
         self.anchor = Anchor(self.anchor_path, self.root, store_id.decode(errors="replace"))  # type: ignore[union-attr]
         store.before_commit = self.reseal_head
+        store.after_begin = self.check_rows
         store.after_commit = self.advance_anchor
         if secured or (not self.anchor.exists() and self._pristine()):
             # a store secured just now; or new and a crash came before its anchor
@@ -117,6 +118,13 @@ class StoreGuard:
             )
         return head.seq, head.mac
 
+    def check_rows(self) -> None:
+        """At the start of every write transaction (km-merge): the rows must still be what
+        the head says. Else a commit that changes a row (a lifecycle change, a nonce
+        reservation, maintenance) would reseal the head over a row deleted or replayed
+        outside keyhold, and so launder it."""
+        self.head_position()
+
     def write_head(self, seq: int, mac: bytes) -> None:
         """After appending audit records (inside the same write transaction)."""
         self._write(seq, mac)
@@ -159,6 +167,7 @@ class StoreGuard:
         except StoreError:
             before = None
         hook, self.store.after_commit = self.store.after_commit, None
+        check, self.store.after_begin = self.store.after_begin, None  # the rows are accepted as they are
         try:
             with self.store.write():
                 last = self.store.audit_last() or (0, GENESIS)
@@ -170,6 +179,7 @@ class StoreGuard:
             self.anchor.reset(head.seq, head.mac)
         finally:
             self.store.after_commit = hook
+            self.store.after_begin = check
         return (before.seq if before else 0), head.seq
 
     # -- checking --------------------------------------------------------------------------

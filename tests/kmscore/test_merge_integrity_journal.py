@@ -83,3 +83,33 @@ def test_merges_on_the_merger_connection_check_the_head(home, kh):
     finally:
         with pytest.raises(StoreError, match="no longer match"):
             kms.close()  # its records are not written over a tampered store
+
+
+@pytest.mark.parametrize("commit", ["lifecycle change", "nonce reservation"])
+def test_no_commit_reseals_the_head_over_a_row_deleted_behind_it(home, commit):
+    """Every write first checks the rows against the head: a commit that changes a row
+    must not write a new head (and digest) over a row deleted outside keyhold. Fails
+    when only the audit append checks (a change's own append skips the check)."""
+    from kmscore import StoreError
+
+    kms = Kms(home, refresh_interval=3600)  # the cache's refresh check never runs here
+    try:
+        kms.create_key("app/a")
+        kms.create_key("app/gone")
+        kms.encrypt_data("app/a", b"x")
+        kms.flush_audit()
+        db = sqlite3.connect(home / DB_NAME)
+        db.execute("DELETE FROM keys WHERE alias='app/gone'")
+        db.commit()
+        db.close()
+        with pytest.raises(StoreError, match="(no longer|do not) match the (audit )?log head"):
+            if commit == "lifecycle change":
+                kms.disable_key("app/a")
+            else:
+                for _ in range(2 * nonces.FIRST_BLOCK):
+                    kms.encrypt_data("app/a", b"x")
+    finally:
+        with pytest.raises(StoreError):
+            kms.close()
+    with Kms(home, integrity="report") as kms:
+        assert any("do not match the log head" in p for p in kms.verify_store())
