@@ -6,8 +6,16 @@
 Each row alternates facade and primitive in `--rounds` short slices (the machine may be
 shared; interleaving keeps both sides under the same load) and prints ops/s and the
 ratio facade/primitive. The goal for the symmetric rows is a ratio of at least 0.5.
-The facade keeps its audit record: every facade call queues one (batched, see
+The facade keeps its audit record: every facade call counts one in the process's
+mapped audit journal before it returns (merged into the chain in batches, see
 kmscore/audit.py). `--profile encrypt-data` prints a cProfile of the facade side.
+
+`--kills N` measures what the audit log loses per kill -9 under load: a child process
+encrypts in two threads and counts every result it got back in a shared file; it is
+killed with SIGKILL N times (once after each of its first merges, so kills land at
+every point of the merge cycle), and the records in the chain are counted against
+the results returned. The design goal is 0 lost (at most one per thread may be
+recorded without having returned).
 """
 
 from __future__ import annotations
@@ -15,10 +23,15 @@ from __future__ import annotations
 import argparse
 import cProfile
 import hmac
+import mmap
 import os
 import pstats
+import signal
+import struct
+import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 
 from cryptography.hazmat.primitives import hashes
@@ -82,12 +95,73 @@ def rate(fn, seconds: float) -> tuple[int, float]:
             return n, now - start
 
 
+LOADER = textwrap.dedent(
+    """
+    import mmap, os, struct, sys, threading
+    from kmscore import Kms
+    kms = Kms(sys.argv[1], caller="loader")
+    mm = mmap.mmap(os.open(sys.argv[2], os.O_RDWR), 4096)
+    kms.encrypt_data("bench/aes", b"warm")
+    def work(slot):
+        n = 0
+        while True:
+            kms.encrypt_data("bench/aes", b"x" * 4096)
+            n += 1
+            struct.pack_into("<Q", mm, 8 * slot, n)
+    for i in range(2):
+        threading.Thread(target=work, args=(i,), daemon=True).start()
+    print("ready", flush=True)
+    threading.Event().wait()
+    """
+)
+
+
+def kill_losses(kills: int, after_ops: int) -> list[tuple[int, int]]:
+    """(results returned, records in the chain) per kill -9 of a loaded encryptor."""
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        home = os.path.join(tmp, "home")
+        with Kms(home, caller="bench") as kms:
+            kms.create_key("bench/aes")
+        script, counts = os.path.join(tmp, "loader.py"), os.path.join(tmp, "counts")
+        with open(script, "w") as f:
+            f.write(LOADER)
+        for _ in range(kills):
+            with open(counts, "wb") as f:
+                f.write(bytes(4096))
+            child = subprocess.Popen([sys.executable, script, home, counts], stdout=subprocess.PIPE)
+            assert child.stdout.readline().strip() == b"ready"
+            fd = os.open(counts, os.O_RDONLY)
+            mm = mmap.mmap(fd, 4096, prot=mmap.PROT_READ)
+            target = after_ops + int.from_bytes(os.urandom(2), "big")  # land anywhere in a merge cycle
+            while sum(struct.unpack_from("<2Q", mm)) < target:
+                time.sleep(0.001)
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+            returned = sum(struct.unpack_from("<2Q", mm))
+            mm.close()
+            os.close(fd)
+            with Kms(home, caller="bench") as kms:  # opening merges the dead child's journal
+                got = sum(r["count"] for r in kms.audit_records()
+                          if r["operation"] == "Encrypt" and f"pid={child.pid}" in r["caller"]) - 1
+            out.append((returned, got))
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=1.0, help="time per row and side (default 1 s)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved slices per row")
     ap.add_argument("--profile", metavar="OP", help="profile the facade side of the row starting with OP")
+    ap.add_argument("--kills", type=int, metavar="N", help="measure audit records lost per kill -9 under load")
     args = ap.parse_args(argv)
+    if args.kills:
+        results = kill_losses(args.kills, 20_000)
+        for returned, got in results:
+            print(f"kill -9 after {returned:>8,} results returned: {got:>8,} recorded, lost {max(0, returned - got)}")
+        lost = [max(0, r - g) for r, g in results]
+        print(f"records lost per kill -9 under load: max {max(lost)}, mean {sum(lost) / len(lost):.1f} ({len(lost)} kills)")
+        return 0
     with tempfile.TemporaryDirectory() as tmp, Kms(os.path.join(tmp, "home"), caller="bench") as kms:
         table = rows(kms)
         if args.profile:

@@ -18,7 +18,7 @@ import functools
 import struct
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from kmscore.errors import InvalidCiphertext, InvalidRequest
 
@@ -31,8 +31,10 @@ MAX_CONTEXT_ITEMS = 64
 MAX_CONTEXT_FIELD = 1024
 
 
-@dataclass(frozen=True, slots=True)
-class BlobParts:
+class BlobParts(NamedTuple):
+    """A decoded blob. A named tuple, not a frozen dataclass: it is built once per
+    decryption, and a frozen dataclass's __init__ costs a tenth of a 4 KiB decrypt."""
+
     key_id: str
     key_version: int
     nonce: bytes

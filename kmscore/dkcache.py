@@ -25,9 +25,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from kmscore.blob import encode_context, peek_key
-from kmscore.errors import InvalidRequest, KmsError
+from kmscore.envelope.format import MIN_FRAME
+from kmscore.envelope.frames import DEK_NONCE_LIMIT
+from kmscore.errors import InvalidRequest, KmsError, as_kms_error
 
 Context = Mapping[str, str] | None
+_NEVER = float("inf")
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,12 @@ class ReusePolicy:
     def __post_init__(self) -> None:
         if self.max_age <= 0 or self.max_messages < 1 or self.max_bytes < 1:
             raise InvalidRequest("data-key reuse limits must be positive")
+        # every message and every MIN_FRAME bytes under one shared DEK is a random nonce
+        if 2 * self.max_messages + self.max_bytes // MIN_FRAME > DEK_NONCE_LIMIT:
+            raise InvalidRequest(
+                "data-key reuse limits allow more than 2^32 AES-GCM nonces under one data key "
+                "(NIST SP 800-38D): lower max_messages or max_bytes"
+            )
 
 
 class _Entry:
@@ -75,12 +84,14 @@ class DataKeyCache:
         self.revocation_bound = revocation_bound
         self.reuse = reuse
         self._clock = clock
+        self._wall = getattr(kms, "clock", time.time)  # the clock the Kms judges expiry by
         # a store change is seen by the Kms within its refresh interval; the rest of the
         # bound is how long a "usable" answer may be remembered
         self._trust = max(0.0, revocation_bound - getattr(kms, "refresh_interval", revocation_bound))
         self._entries: OrderedDict[bytes, _Entry] = OrderedDict()
         self._shared: dict[tuple[str, bytes], _Entry] = {}
         self._usable_until: dict[str, float] = {}
+        self._expires: dict[str, float] = {}  # CMK id -> material expiry (wall clock)
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -95,15 +106,20 @@ class DataKeyCache:
 
         Cheap: a dict lookup while a recent answer holds, else `Kms.key_usable` (no store
         access while the Kms's own cache is fresh). A refusal also drops that CMK's DEKs.
+        An answer is never remembered past the CMK's material expiry: expired material
+        is not served from the cache, not even for a moment.
         """
         now = self._clock()
-        if self._usable_until.get(key_id, 0.0) > now:
+        if self._usable_until.get(key_id, 0.0) > now and self._wall() < self._expires.get(key_id, _NEVER):
             return
         try:
-            self.kms.key_usable(key_id, "decrypt")
+            expires = self.kms.key_usable(key_id, "decrypt")
         except KmsError:
             self.forget(key_id)
             raise
+        # the answer is never trusted past the material's expiry, judged by the Kms's
+        # own (wall) clock: a clock step forward ends the trust too
+        self._expires[key_id] = _NEVER if expires is None else expires
         self._usable_until[key_id] = now + self._trust
 
     def forget(self, key_id: str | None = None) -> None:
@@ -118,9 +134,14 @@ class DataKeyCache:
     # -- unwrap ------------------------------------------------------------------------
     def unwrap(self, wrapped: bytes, context: Context = None) -> bytes:
         """The DEK of a wrapped blob: from the cache if fresh and its CMK usable, else the KMS."""
-        key_id = peek_key(wrapped)[0]
+        try:
+            key_id = peek_key(wrapped)[0]
+            slot = hashlib.sha256(bytes(wrapped) + b"\0" + encode_context(context)).digest()
+        except KmsError:
+            raise
+        except Exception as e:  # not bytes, a context that is no mapping: kmscore's errors only
+            raise as_kms_error(e) from None
         self.check(key_id)
-        slot = hashlib.sha256(bytes(wrapped) + b"\0" + encode_context(context)).digest()
         now = self._clock()
         with self._lock:
             entry = self._entries.get(slot)

@@ -66,6 +66,24 @@ class AuditError(KmsError):
     exit_code = 9
 
 
+def as_kms_error(e: BaseException) -> KmsError:
+    """kmscore's own error for an exception raised below the facade, so that callers
+    of the Python API catch one hierarchy: misuse (wrong types, text that is not
+    Unicode) becomes InvalidRequest, a failing SQLite store StoreError, anything else
+    KmsError naming the internal error (a bug: please report it)."""
+    if isinstance(e, KmsError):
+        return e
+    import sqlite3  # the store's engine; imported here to keep this module dependency-free
+
+    if isinstance(e, sqlite3.Error):
+        return StoreError(f"the key store failed: {e}")
+    if isinstance(e, UnicodeError):
+        return InvalidRequest("text arguments must be valid Unicode (UTF-8): got undecodable bytes")
+    if isinstance(e, (TypeError, ValueError, OverflowError)):
+        return InvalidRequest(f"invalid argument: {e}")
+    return KmsError(f"internal error: {type(e).__name__}: {e} (please report this)")
+
+
 __all__ = [
     "KmsError",
     "NotFound",

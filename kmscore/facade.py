@@ -7,6 +7,9 @@ concern in `lifecycle`, `operations` and `importing`.
 
 from __future__ import annotations
 
+import functools
+
+from kmscore.errors import KmsError, as_kms_error
 from kmscore.importing import ImportMixin
 from kmscore.lifecycle import LifecycleMixin
 from kmscore.operations import OperationsMixin
@@ -28,3 +31,61 @@ class Kms(LifecycleMixin, OperationsMixin, ImportMixin):
 
     def flush_audit(self) -> None:
         self._audit.flush()
+
+    # -- store integrity (kmscore.storeguard) ------------------------------------------------
+    def verify_store(self) -> list[str]:
+        """Every integrity problem of the store, one line each: key rows that fail their
+        MAC, the log head, the anchor (rollback, wipe), the audit chain. [] if all is well."""
+        from kmscore.integrity import row_refusal
+
+        try:
+            self._store.quick_check()
+        except KmsError as e:
+            return [str(e)]
+        problems = [str(row_refusal(k)) for k in self._guard.bad_rows()]
+        try:
+            report = self._audit.verify()
+        except KmsError as e:
+            return problems + [str(e)]
+        if not report.ok:
+            problems += [p for p in report.problem.split("; ") if p not in problems]
+        return problems
+
+    def reanchor_store(self) -> tuple[int, int]:
+        """Accept the store as it is now: new head and anchor, recorded in the audit log."""
+
+        def record() -> None:  # inside the guard's write transaction, on this connection
+            self._audit.append_now("StoreReanchored", None, "ok: the operator accepted the store as it is")
+
+        return self._guard.reanchor(record)
+
+
+# Operations on the hot path translate foreign exceptions inside their own `try` blocks
+# (a wrapper would cost a sixth of a 4 KiB encryption); every other public method is
+# wrapped here, so only kmscore's errors cross the facade.
+TRANSLATED_INSIDE = frozenset(
+    "encrypt_data decrypt_data create_datakey encrypt_datakey decrypt_datakey sign verify "
+    "get_public_key generate_mac verify_mac key_usable gen_random".split()
+)
+
+
+def _own_errors(method):
+    @functools.wraps(method)
+    def call(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except KmsError:
+            raise
+        except Exception as e:
+            err = as_kms_error(e)
+            if type(err) is KmsError:  # a bug: keep the cause for whoever debugs it
+                raise err from e
+            raise err from None
+
+    return call
+
+
+for _name in dir(Kms):
+    _attr = getattr(Kms, _name)
+    if callable(_attr) and (_name == "__init__" or not _name.startswith("_")) and _name not in TRANSLATED_INSIDE:
+        setattr(Kms, _name, _own_errors(_attr))

@@ -19,8 +19,9 @@ from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 
 from kmscore import material as _material
 from kmscore import rules
-from kmscore.errors import KeyImportError
+from kmscore.errors import KeyImportError, KmsError
 from kmscore.keyring import Keyring, facts_of, metadata_of
+from kmscore.lifecycle import changes
 from kmscore.metadata import ImportParameters, KeyMetadata, iso
 from kmscore.specs import KeySpec, KeyState, WrappingAlgorithm, WrappingKeySpec, parse_enum
 
@@ -65,6 +66,11 @@ def unwrap(private_der: bytes, algorithm: WrappingAlgorithm, wrapped: bytes) -> 
 
 # -- the facade's import operations ------------------------------------------------------
 
+def _token_aad(token: str, key_id: str, algorithm: str, expires_at: float) -> bytes:
+    """The sealed wrapping key of a token is bound to the token's key, algorithm and
+    expiry, so a store writer cannot extend a token or point it at another key."""
+    return f"keyhold/import/2/{token}/{key_id}/{algorithm}/{expires_at!r}".encode()
+
 
 
 class ImportMixin(Keyring):
@@ -74,18 +80,26 @@ class ImportMixin(Keyring):
         wrapping_algorithm: WrappingAlgorithm | str = WrappingAlgorithm.RSAES_OAEP_SHA_256,
         wrapping_key_spec: WrappingKeySpec | str = WrappingKeySpec.RSA_2048,
     ) -> ImportParameters:
-        """A fresh RSA wrapping public key and a one-time import token valid 24 h."""
-        with self._change("GetParametersForImport", key):
+        """A fresh RSA wrapping public key and a one-time import token valid 24 h.
+
+        The RSA key pair is generated before the write transaction (RSA_4096 takes
+        seconds; no other process waits for it)."""
+        try:
             algorithm = parse_enum(WrappingAlgorithm, wrapping_algorithm, "wrapping algorithm")
             spec = parse_enum(WrappingKeySpec, wrapping_key_spec, "wrapping key spec")
+            rules.check_import(facts_of(self._row(key)), None, self.clock())
+        except KmsError as e:
+            self._audit.record("GetParametersForImport", self._known_id(key), f"denied: {e}")
+            raise
+        private_der, public_pem = new_wrapping_key(spec)  # type: ignore[arg-type]
+        with self._change("GetParametersForImport", key):
             row = self._row(key)
             rules.check_import(facts_of(row), None, self.clock())
-            private_der, public_pem = new_wrapping_key(spec)  # type: ignore[arg-type]
             token = "kh1." + os.urandom(24).hex()  # never starts with "-" (it is a CLI argument)
             expires = self.clock() + TOKEN_LIFETIME
-            sealed = self._root.seal(private_der, f"keyhold/import/{token}".encode())
+            sealed = self._root.seal(private_der, _token_aad(token, row["key_id"], algorithm.value, expires))
             self._store.add_token(token, row["key_id"], algorithm.value, sealed, expires)
-            self._audit.record("GetParametersForImport", row["key_id"], f"ok: {algorithm.value}")
+            self._audit.append_now("GetParametersForImport", row["key_id"], f"ok: {algorithm.value} {spec.value}")
         return ImportParameters(
             row["key_id"], token, public_pem, algorithm.value, spec.value, expires,
             SHA1_WARNING if algorithm.uses_sha1 else None,  # type: ignore[union-attr]
@@ -99,6 +113,7 @@ class ImportMixin(Keyring):
         with self._change("ImportKeyMaterial", key):
             row = self._row(key)
             now = self.clock()
+            expires_at = rules.check_expiry(expires_at, now)
             rules.check_import(facts_of(row), expires_at, now)
             found = self._store.token(import_token)
             if found is None or found[0] != row["key_id"]:
@@ -109,7 +124,13 @@ class ImportMixin(Keyring):
             _, algorithm, sealed, token_expires = found
             if token_expires <= now:
                 raise KeyImportError(f"import token expired at {iso(token_expires)}: get new parameters")
-            private_der = self._root.unseal(sealed, f"keyhold/import/{import_token}".encode())
+            try:
+                private_der = self._root.unseal(sealed, _token_aad(import_token, row["key_id"], algorithm, token_expires))
+            except KmsError:
+                raise KeyImportError(
+                    "import token failed authentication (its key, algorithm or expiry was changed "
+                    "in the key store): get new parameters with `kms get-parameters-for-import`"
+                ) from None
             raw = unwrap(private_der, WrappingAlgorithm(algorithm), encrypted_material)
             spec = KeySpec(row["spec"])
             material = _material.normalize_import(spec, raw)
@@ -126,11 +147,11 @@ class ImportMixin(Keyring):
                 "material_expires_at": expires_at,
                 "current_version": 1,
             }
-            if row["state"] == KeyState.PENDING_IMPORT.value:
-                fields["state"] = KeyState.ENABLED.value
+            fields["state"] = rules.state_after_import(KeyState(row["state"]), row["resume_state"]).value
+            fields["resume_state"] = None
             self._store.update_key(row["key_id"], **fields)
             self._store.delete_tokens(token=import_token)
-            self._audit.record("ImportKeyMaterial", row["key_id"], f"ok: {algorithm}")
+            self._audit.append_now("ImportKeyMaterial", row["key_id"], f"ok: {algorithm}; " + changes(row, fields))
         return metadata_of(self._store.key_by_id(row["key_id"]))  # type: ignore[arg-type]
 
     def delete_imported_key_material(self, key: str) -> KeyMetadata:
@@ -139,8 +160,7 @@ class ImportMixin(Keyring):
             row = self._row(key)
             rules.check_delete_material(facts_of(row))
             self._store.delete_versions(row["key_id"])
-            self._store.update_key(
-                row["key_id"], state=KeyState.PENDING_IMPORT.value, material_expires_at=None, current_version=0
-            )
-            self._audit.record("DeleteImportedKeyMaterial", row["key_id"])
+            fields = {"material_expires_at": None, "current_version": 0, **rules.material_gone(facts_of(row))}
+            self._store.update_key(row["key_id"], **fields)
+            self._audit.append_now("DeleteImportedKeyMaterial", row["key_id"], "ok: " + changes(row, fields))
         return metadata_of(self._store.key_by_id(row["key_id"]))  # type: ignore[arg-type]

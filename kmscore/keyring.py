@@ -3,12 +3,20 @@
 Loaded keys are cached in memory and dropped when the store's generation counter
 moves (checked at most every `refresh_interval` seconds), so a key disabled by
 another process stops working here within that bound.
+
+Integrity: the store is opened, the root key checked, then a `StoreGuard` attached
+(kmscore.storeguard): key rows are verified on every read, and the store's head, rows
+and anchor are checked on open and on every refresh. `integrity="strict"` (the
+default) refuses a store that fails (StoreError); `"report"` opens it anyway for
+`kms store verify` / `kms store reanchor`, and then does no maintenance at all.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -17,14 +25,18 @@ from pathlib import Path
 from typing import Any
 
 from kmscore import rules
+from kmscore import nonceledger, nonces
+from kmscore.anchor import ANCHOR_NAME
 from kmscore.audit import AuditLog
-from kmscore.errors import KmsError, NotFound, StoreError
+from kmscore.errors import InvalidRequest, KmsError, NotFound, StoreError, as_kms_error
 from kmscore.home import resolve_home
+from kmscore.integrity import row_ok
 from kmscore.material import LoadedKey
 from kmscore.metadata import KeyMetadata
 from kmscore.rootkey import RootKey, RootKeySource, create_key_file, default_source, load
 from kmscore.specs import DEFAULT_SERVICES, KeySpec, KeyState, KeyUsage, Origin
 from kmscore.store import DB_NAME, Store
+from kmscore.storeguard import StoreGuard
 
 DAY = 86400.0
 MAINTENANCE_INTERVAL = 60.0
@@ -95,23 +107,48 @@ class Keyring:
         caller: str = "api",
         clock: Callable[[], float] = time.time,
         refresh_interval: float = 1.0,
+        integrity: str = "strict",
     ) -> None:
+        if integrity not in ("strict", "report"):
+            raise InvalidRequest(f"integrity must be 'strict' or 'report', not {integrity!r}")
         self.home = resolve_home(home)
         self.clock = clock
         self.refresh_interval = refresh_interval
+        self.strict = integrity == "strict"
         self.notices: list[str] = []  # things a CLI should tell the user (store created, ...)
-        self._store = Store(self.home / DB_NAME)
+        source = root_key or default_source(self.home)
+        anchor_path = anchor_path_for(self.home, source)
+        db = self.home / DB_NAME
+        if not db.exists() and anchor_path.exists():
+            raise StoreError(
+                f"key store {db} is missing but its anchor {anchor_path} exists: the store was "
+                "deleted or moved. Restore it from a backup (remove the anchor only to start over)"
+            )
+        self._store = Store(db)
         try:
-            self._root = self._open_root(root_key or default_source(self.home))
+            self._root = self._open_root(source)
+            self._guard = StoreGuard(self._store, self._root, anchor_path)
+            self._guard.attach()
+            self.notices += self._guard.notices
+            self.problems = self._guard.problems()
+            if self.problems and self.strict:
+                raise StoreError(self.problems[0])
         except BaseException:
             self._store.close()
             raise
-        self._audit = AuditLog(self._store, self._root, f"{caller} uid={os.getuid()} pid={os.getpid()}")
+        self._nonce_ledger = nonceledger.Ledger()
+        self._audit = AuditLog(
+            self._store, self._root, f"{caller} uid={os.getuid()} pid={os.getpid()}", guard=self._guard,
+            housekeeping=(self.maintain, MAINTENANCE_INTERVAL) if self.strict else None,
+            fold=nonceledger.fold, merged=self._nonce_ledger.merged,
+        )
         self._cache: dict[str, CachedKey] = {}
         self._generation = self._store.generation()
         self._next_refresh = time.monotonic() + refresh_interval
-        self._next_maintenance = 0.0
-        self._maybe_maintain()
+        if self.strict:  # then every MAINTENANCE_INTERVAL in the audit thread, off the hot path
+            self.maintain(tokens=False)
+        elif not self.problems:  # "report" does no maintenance, but merges dead processes' records
+            self._audit.recover()
 
     # -- opening -------------------------------------------------------------------
     def _open_root(self, source: RootKeySource) -> RootKey:
@@ -139,8 +176,16 @@ class Keyring:
         return root
 
     def close(self) -> None:
-        self._audit.close()
-        self._store.close()
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
+        try:
+            self._audit.close()
+            if self.strict:
+                self._guard.advance_anchor()
+        finally:
+            self._audit._closed = True  # a failed close is not retried at exit, over a closed store
+            self._store.close()
 
     def __enter__(self):
         return self
@@ -154,11 +199,12 @@ class Keyring:
         if now < self._next_refresh:
             return
         self._next_refresh = now + self.refresh_interval
+        if self.strict:
+            self._guard.check()  # rows, head, anchor: fail closed if the store was tampered with
         generation = self._store.generation()
         if generation != self._generation:
             self._generation = generation
             self._cache = {}
-        self._maybe_maintain()
 
     def _invalidate(self) -> None:
         self._cache = {}
@@ -168,6 +214,7 @@ class Keyring:
         """The key's row, read from the store now; default keys are made on first use."""
         if not isinstance(name, str) or not name:
             raise NotFound("no key named: give a key id or an alias")
+        rules.check_text(name, "the key name")
         row = self._store.key_by_id(str(uuid.UUID(name))) if _is_uuid(name) else self._store.key_by_alias(name)
         if row is None:
             service = name[: -len("/default")] if name.endswith("/default") else None
@@ -185,8 +232,10 @@ class Keyring:
         key = self._cache.get(name)
         if key is None:
             row = self._row(name)
+            spec = KeySpec(row["spec"])
             versions = {
-                v: LoadedKey(row["key_id"], v, KeySpec(row["spec"]), self._unseal(row["key_id"], v, sealed))
+                v: LoadedKey(row["key_id"], v, spec, self._unseal(row["key_id"], v, sealed),
+                             budget=self._nonce_budget(row["key_id"], v) if spec is KeySpec.AES_256 else None)
                 for v, sealed in self._store.versions(row["key_id"]).items()
             }
             key = CachedKey(facts_of(row), row, versions)
@@ -201,17 +250,22 @@ class Keyring:
         try:
             key = self._cached(name)
             rules.check_use(key.facts, op, self.clock())
-        except KmsError as e:
+        except Exception as e:
+            e = as_kms_error(e)
             key_id = key.facts.key_id if key else self._known_id(name)
             self._audit.record(audit_op, key_id, f"denied: {e}")
-            raise
+            raise e from None
         return key
 
     def _known_id(self, name: str | None) -> str | None:
         """The id of an existing key by id or alias, for audit records of refusals."""
         if not isinstance(name, str) or not name:
             return None
-        row = self._store.key_by_id(str(uuid.UUID(name))) if _is_uuid(name) else self._store.key_by_alias(name)
+        try:
+            uid = str(uuid.UUID(name)) if _is_uuid(name) else None
+            row = self._store.key_by_id(uid, verify=False) if uid else self._store.key_by_alias(name, verify=False)
+        except (UnicodeError, sqlite3.Error, KmsError):
+            return None  # a name the store cannot even look up names no key
         return row["key_id"] if row else None
 
     def _reload(self, key_id: str) -> CachedKey:
@@ -232,25 +286,80 @@ class Keyring:
     def _unseal(self, key_id: str, version: int, sealed: bytes) -> bytes:
         return self._root.unseal(sealed, self._aad(key_id, version))
 
+    # -- nonce budget ------------------------------------------------------------------
+    def _nonce_budget(self, key_id: str, version: int) -> nonces.NonceBudget:
+        return nonces.NonceBudget(lambda n: self._reserve_nonces(key_id, version, n))
+
+    def _reserve_nonces(self, key_id: str, version: int, n: int) -> None:
+        """Count `n` more random-nonce encryptions under one key version, in the store
+        (so every process sharing it adds to one count); rotate or refuse near the bound.
+
+        Never waits for another process's write lock: if the store cannot take the count
+        now (locked, full, read-only), it goes to this process's audit journal and is
+        added to the row when the journal is merged (kmscore.nonceledger)."""
+        ledger = self._nonce_ledger
+        try:
+            with self._store.write(synced=False, wait=False):
+                pending = ledger.pending(key_id, version)  # before the row: see nonceledger
+                row = self._store.key_by_id(key_id)
+                if row is None:
+                    raise NotFound(f"key {key_id} was deleted")
+                uses = nonces.parse_uses(row["nonce_uses"])
+                total = nonces.check_reserve(facts_of(row).name, version, uses.get(version, 0) + pending, n)
+                uses[version] = uses.get(version, 0) + n
+                self._store.update_key(key_id, bump=False, nonce_uses=nonces.format_uses(uses))
+        except StoreError:
+            self._guard.check()  # a tampered store is refused, not worked around (a read)
+            pending = ledger.pending(key_id, version)
+            row = self._store.key_by_id(key_id)  # a read: never waits; verified
+            if row is None:
+                raise NotFound(f"key {key_id} was deleted") from None
+            used = nonces.parse_uses(row["nonce_uses"]).get(version, 0) + pending
+            total = nonces.check_reserve(facts_of(row).name, version, used, n)
+            self._audit.add(nonceledger.OPERATION, key_id, nonceledger.outcome(version), n)
+            ledger.took(key_id, version, n)
+            if ledger.pending_total() > nonceledger.PENDING_CAP:
+                self._audit.flush()  # the store must take them now: AuditError if not (fail closed)
+        if nonces.should_rotate(total) and version == row["current_version"] and rules.rotates(facts_of(row)):
+            self._rotate_for_nonces(key_id, version)
+
+    def _guard_row_ok(self, row: dict[str, Any]) -> bool:
+        """For rows read with verify=False (maintenance skips rows it cannot trust)."""
+        return row_ok(self._root, row, row["versions"])
+
+    def _rotate_for_nonces(self, key_id: str, version: int) -> None:
+        raise NotImplementedError  # provided by LifecycleMixin
+
     # -- lifecycle plumbing ----------------------------------------------------------
     @contextlib.contextmanager
     def _change(self, audit_op: str, name: str | None) -> Iterator[None]:
-        """Run a key change in one write transaction together with its audit record."""
+        """Run a key change in one write transaction together with its audit record
+        (`AuditLog.append_now` inside the block); a refusal is recorded after the
+        rollback. Never generate key material inside: it would hold the write lock."""
+        said = len(self.notices)
         try:
             with self._store.write():
                 yield
-                self._audit.flush()
-        except KmsError as e:
+        except Exception as e:
+            del self.notices[said:]  # e.g. "created default key": rolled back too
+            e = as_kms_error(e)
             self._audit.record(audit_op, self._known_id(name), f"denied: {e}")
-            raise
+            raise e from None
         finally:
             self._invalidate()
 
-    def _maybe_maintain(self) -> None:
-        now = time.monotonic()
-        if now >= self._next_maintenance:
-            self._next_maintenance = now + MAINTENANCE_INTERVAL
-            self.maintain()
-
-    def maintain(self) -> None:
+    def maintain(self, store: Store | None = None, *, tokens: bool = True) -> None:
         raise NotImplementedError  # provided by LifecycleMixin
+
+
+def anchor_path_for(home: Path, source: RootKeySource) -> Path:
+    """Where a store's anchor lives: next to its root key file, else in the home.
+
+    A root key file outside the home (e.g. /etc/keyhold/root.key) gets an anchor named
+    after the store's path beside it, so several homes can share one root key file."""
+    if source.kind == "file":
+        key_dir = Path(source.value).expanduser().resolve().parent
+        if key_dir != home:
+            tag = hashlib.sha256(str(home / DB_NAME).encode()).hexdigest()[:16]
+            return key_dir / f"keys-{tag}.anchor"
+    return home / ANCHOR_NAME

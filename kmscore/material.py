@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from kmscore import blob as blobfmt
 from kmscore.errors import InvalidCiphertext, InvalidRequest, KeyImportError, KeyRuleViolation
+from kmscore.nonces import NonceBudget
 from kmscore.specs import (
     HMAC_SPEC_ALGORITHM,
     EncryptionAlgorithm,
@@ -86,6 +87,7 @@ class LoadedKey:
     _aead: AESGCM | None = field(default=None, repr=False)
     _private: object = field(default=None, repr=False)
     _prefix: bytes = field(default=b"", repr=False)
+    budget: NonceBudget | None = field(default=None, repr=False)  # random nonces are counted
 
     def __post_init__(self) -> None:
         if self.spec is KeySpec.AES_256:
@@ -101,10 +103,23 @@ class LoadedKey:
         raise TypeError("key handles cannot be pickled")
 
     # -- symmetric -------------------------------------------------------------
-    def seal(self, plaintext: bytes, context: bytes) -> bytes:
+    def seal(self, plaintext: bytes, context: bytes, nonce: bytes | None = None) -> bytes:
+        """A KMS blob; `nonce` (12 random bytes) may come from the caller's own urandom call."""
+        budget = self.budget
+        if budget is not None:  # NonceBudget.take(), inlined
+            ticket = next(budget.tickets)
+            if ticket >= budget.allowed:
+                budget.refill(ticket)
         prefix = self._prefix
-        nonce = os.urandom(blobfmt.NONCE_SIZE)
+        if nonce is None:
+            nonce = os.urandom(blobfmt.NONCE_SIZE)
         return prefix + nonce + self._aead.encrypt(nonce, plaintext, prefix + context)  # type: ignore[union-attr]
+
+    def seal_new_secret(self, size: int, context: bytes) -> tuple[bytes, bytes]:
+        """(fresh random secret, its blob): one urandom call gives both secret and nonce."""
+        raw = os.urandom(size + blobfmt.NONCE_SIZE)
+        secret = raw[:size]
+        return secret, self.seal(secret, context, raw[size:])
 
     def open(self, parts: blobfmt.BlobParts, context: bytes) -> bytes:
         try:

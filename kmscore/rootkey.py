@@ -123,7 +123,7 @@ def _stretch(passphrase: str, salt: bytes, where: str) -> "RootKey":
 class RootKey:
     """Seals and unseals key material; derives the audit MAC and fingerprint keys."""
 
-    __slots__ = ("_seal", "_fingerprint", "_audit")
+    __slots__ = ("_seal", "_fingerprint", "_audit", "_integrity")
 
     def __init__(self, key: bytes) -> None:
         def derive(purpose: bytes) -> bytes:
@@ -132,6 +132,7 @@ class RootKey:
         self._seal = AESGCM(derive(b"seal"))
         self._fingerprint = derive(b"fingerprint")
         self._audit = derive(b"audit")
+        self._integrity = derive(b"integrity")
 
     def __repr__(self) -> str:
         return "<RootKey>"
@@ -157,3 +158,7 @@ class RootKey:
 
     def audit_mac(self, data: bytes) -> bytes:
         return hmac.new(self._audit, data, hashlib.sha256).digest()
+
+    def integrity_mac(self, data: bytes) -> bytes:
+        """MAC of store metadata (key rows, the log head, the anchor): see kmscore.integrity."""
+        return hmac.new(self._integrity, data, hashlib.sha256).digest()

@@ -13,10 +13,15 @@ from dataclasses import dataclass
 from kmscore.errors import InvalidRequest, KeyRuleViolation, KeyUnavailable
 from kmscore.specs import DEFAULT_SERVICES, KeySpec, KeyState, KeyUsage, Origin
 
-ALIAS_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]*(/[A-Za-z0-9][A-Za-z0-9_\-]*)*$")
+# used with fullmatch only: `$` would also match before a trailing newline
+ALIAS_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]*(?:/[A-Za-z0-9][A-Za-z0-9_\-]*)*")
+CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+MAX_EXPIRY = 253402300799.0  # 9999-12-31T23:59:59Z: the last time every tool can print
 ALIAS_MAX = 256
 DESCRIPTION_MAX = 8192
 DELETION_DAYS = (7, 1096)
+DESTROY_GRACE = 86400.0
+"""Destruction waits for a second sighting of a due deletion this long after the first."""
 ROTATION_DAYS = (30, 365)
 
 USAGES = {
@@ -90,9 +95,9 @@ def default_alias(service: str) -> str:
 
 def check_alias(alias: str, *, system: bool = False) -> str:
     """Validate a user alias. Only the KMS itself (system=True) may use `*/default`."""
-    if not alias or len(alias) > ALIAS_MAX or not ALIAS_RE.match(alias):
+    if not isinstance(alias, str) or not alias or len(alias) > ALIAS_MAX or not ALIAS_RE.fullmatch(alias):
         raise InvalidRequest(
-            f"invalid alias {alias!r}: use letters, digits, '_', '-' and '/'-separated parts "
+            f"invalid alias {ascii(alias)}: use letters, digits, '_', '-' and '/'-separated parts "
             f"(at most {ALIAS_MAX} characters), e.g. 'app/db'"
         )
     if is_default_alias(alias) and not system:
@@ -110,9 +115,41 @@ def check_alias(alias: str, *, system: bool = False) -> str:
 
 
 def check_description(description: str) -> str:
+    """Free text, but printable: no control characters (terminal escapes, newlines that
+    forge extra lines in listings and logs, bidi overrides) and valid Unicode."""
+    if not isinstance(description, str):
+        raise InvalidRequest("a description is text")
     if len(description) > DESCRIPTION_MAX:
         raise InvalidRequest(f"description is longer than {DESCRIPTION_MAX} characters")
+    check_text(description, "the description")
     return description
+
+
+def check_text(text: str, what: str) -> str:
+    """Refuse control characters and text that is not valid Unicode (e.g. a non-UTF-8
+    command-line argument, which Python carries as lone surrogates)."""
+    bad = CONTROL_RE.search(text)
+    if bad:
+        raise InvalidRequest(f"{what} contains the control character {ascii(bad.group())}: use printable text")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidRequest(f"{what} is not valid UTF-8 text") from None
+    return text
+
+
+def check_expiry(expires_at: float | None, now: float) -> float | None:
+    """A material expiry: a finite time in the future, before year 10000 (NaN, infinity
+    and overflowing values are refused before anything is saved)."""
+    if expires_at is None:
+        return None
+    if isinstance(expires_at, bool) or not isinstance(expires_at, (int, float)):
+        raise InvalidRequest("the material expiry is a time (seconds since the epoch)")
+    if not (expires_at == expires_at) or not now < expires_at <= MAX_EXPIRY:  # NaN fails the first
+        raise InvalidRequest(
+            "the material expiry must be a finite time in the future, before 9999-12-31T23:59:59Z"
+        )
+    return float(expires_at)
 
 
 def resolve_create(spec: KeySpec, usage: KeyUsage | None, origin: Origin) -> KeyUsage:
@@ -135,7 +172,7 @@ def resolve_create(spec: KeySpec, usage: KeyUsage | None, origin: Origin) -> Key
 def check_days(days: int, bounds: tuple[int, int], what: str) -> int:
     low, high = bounds
     if not isinstance(days, int) or not low <= days <= high:
-        raise InvalidRequest(f"{what} must be between {low} and {high} days, got {days}")
+        raise InvalidRequest(f"{what} must be between {low} and {high} days, got {days!r}")
     return days
 
 
@@ -220,6 +257,48 @@ def check_rotation(key: KeyFacts) -> None:
         raise KeyRuleViolation(
             f"key {key.name} is {key.spec.value}: only AES_256 keys can rotate"
         )
+
+
+def rotates(key: KeyFacts) -> bool:
+    """Whether the key may rotate now (by hand, on schedule or for its nonce budget)."""
+    return key.origin is Origin.KMS and key.spec is KeySpec.AES_256 and key.state is KeyState.ENABLED
+
+
+def deletion_step(deletion_date: float, due_seen: float | None, now: float) -> str | None:
+    """What maintenance does with a PendingDeletion key, as a table of the clock readings.
+
+    One process's wall clock decides nothing irreversible alone. The deadline must be
+    seen twice: the first sighting is recorded (`KeyDeletionDue`); destruction needs a
+    later sighting at least DESTROY_GRACE after it. A clock that has not reached the
+    deadline, but finds a sighting recorded, knows a clock ahead made it and clears it
+    (`KeyDeletionDueCleared`). So a process 8 days ahead marks a key due; a correct
+    process clears the mark within a maintenance interval; and destruction happens
+    only if every process's clock agrees for a whole day (cancel stays possible until).
+    """
+    if now < deletion_date:
+        return "KeyDeletionDueCleared" if due_seen is not None else None
+    if due_seen is None or due_seen > now:
+        return "KeyDeletionDue"
+    if now >= due_seen + DESTROY_GRACE:
+        return "DestroyKey"
+    return None
+
+
+def material_gone(key: KeyFacts) -> dict[str, str | None]:
+    """State fields when a key's imported material goes (expiry or deletion): the key
+    waits for material, and remembers the state the operator gave it (Enabled or
+    Disabled) to return to it on re-import."""
+    if key.state is KeyState.PENDING_DELETION:
+        return {}
+    resume = key.state.value if key.state in (KeyState.ENABLED, KeyState.DISABLED) else None
+    return {"state": KeyState.PENDING_IMPORT.value, "resume_state": resume}
+
+
+def state_after_import(state: KeyState, resume_state: str | None) -> KeyState:
+    """A key that waited for material returns to the state it had (Enabled if new)."""
+    if state is not KeyState.PENDING_IMPORT:
+        return state
+    return KeyState(resume_state) if resume_state else KeyState.ENABLED
 
 
 def check_rotate_now(key: KeyFacts) -> None:

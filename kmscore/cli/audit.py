@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from kmscore.cli.context import CliContext
+from kmscore.cli.context import CliContext, printable
 from kmscore.cli.main import common
 
 
 def register(sub: argparse._SubParsersAction, ctx: CliContext) -> None:
     audit = sub.add_parser("audit", help="the audit log").add_subparsers(dest="audit_command", metavar="ACTION", required=True)
     p = common(audit.add_parser("verify", help="check the hash chain; exit 1 at the first broken or missing record"))
-    p.set_defaults(run=run_verify)
+    p.set_defaults(run=run_verify, integrity="report")  # open a tampered store to report on it
     p = common(audit.add_parser("list", help="print the newest records"))
     p.add_argument("--limit", type=int, default=50)
     p.set_defaults(run=run_list)
@@ -31,5 +31,5 @@ def run_list(args: argparse.Namespace, ctx: CliContext) -> int:
     else:
         for r in records:
             times = f" x{r['count']} until {r['last_time']}" if r["count"] > 1 else ""
-            print(f"{r['seq']:>6}  {r['time']}  {r['operation']:<28} {r['key_id'] or '-':<36}  {r['outcome']}{times}  [{r['caller']}]")
+            print(printable(f"{r['seq']:>6}  {r['time']}  {r['operation']:<28} {r['key_id'] or '-':<36}  {r['outcome']}{times}  [{r['caller']}]"))
     return 0

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import base64
+import binascii
 import sys
 from pathlib import Path
 
-from kmscore.cli.context import CliContext, maybe_base64, parse_context, read_file
+from kmscore.cli.context import PRIVATE, PUBLIC, CliContext, maybe_base64, parse_context, read_file, write_file
+from kmscore.errors import InvalidRequest
 from kmscore.cli.main import common
 from kmscore.specs import EncryptionAlgorithm, MacAlgorithm, MessageType, SigningAlgorithm
 
@@ -16,11 +18,36 @@ def _context_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--context", action="append", metavar="K=V", help="encryption context entry (repeatable)")
 
 
+MIN_TAG = 16  # bytes: the shortest MAC (HMAC_224, 28) or signature is longer
+
+
 def _binary_arg(value: str) -> bytes:
-    """A signature or MAC: a file holding it, or base64 text."""
-    if Path(value).is_file():
-        return maybe_base64(read_file(value))
-    return maybe_base64(value.encode())
+    """A signature or MAC: a file holding it, or base64 text.
+
+    A value that is neither (a mistyped file name) is refused here, before the key is
+    asked: otherwise its letters would be decoded as a tag, and the audit log would
+    record a false "invalid" for a check that never happened."""
+    try:
+        if Path(value).is_file():
+            return maybe_base64(read_file(value))
+    except (OSError, ValueError):  # e.g. a NUL byte, a name too long
+        pass
+    text = value.strip()
+    urlsafe = "-" in text or "_" in text
+    raw = b""
+    # one alphabet only (a path such as /tmp/my-sig mixes both), and not a file in a folder that exists
+    folder = Path(text).parent
+    if not (urlsafe and ("+" in text or "/" in text)) and not ("/" in text and folder != Path("/") and folder.is_dir()):
+        try:
+            raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_" if urlsafe else None, validate=True)
+        except (binascii.Error, ValueError):
+            raw = b""
+    if len(raw) < MIN_TAG:
+        raise InvalidRequest(
+            f"{ascii(value)} is no file here and not base64 text of a signature or MAC: "
+            "give the path of the file holding it, or the base64 text itself"
+        )
+    return raw
 
 
 def register(sub: argparse._SubParsersAction, ctx: CliContext) -> None:
@@ -36,17 +63,24 @@ def register(sub: argparse._SubParsersAction, ctx: CliContext) -> None:
     p.add_argument("--algorithm", type=str.upper, choices=[a.value for a in EncryptionAlgorithm])
     p.set_defaults(run=run_decrypt)
 
-    p = common(sub.add_parser("create-datakey", help="a fresh data key and its ciphertext"), io=True)
+    p = common(sub.add_parser(
+        "create-datakey", help="a fresh data key and its ciphertext",
+        description="Without file options, print both (base64). With files, each output goes where it is "
+        "named: --ciphertext-out for the wrapped key, --plaintext-out (0600) for the data key itself.",
+    ))
     p.add_argument("key", metavar="KEY")
     p.add_argument("--bits", type=int, default=256, choices=[256, 512])
     p.add_argument("--without-plaintext", action="store_true", help="return only the ciphertext")
+    p.add_argument("--ciphertext-out", metavar="FILE", help="write the wrapped data key (raw bytes) here")
+    p.add_argument("--plaintext-out", metavar="FILE", help="write the plaintext data key (raw bytes, mode 0600) here")
+    p.add_argument("--out", help=argparse.SUPPRESS)  # refused with a pointer to the two options above
     _context_arg(p)
     p.set_defaults(run=run_create_datakey)
 
     p = common(sub.add_parser("encrypt-datakey", help="wrap a 32- or 64-byte data key you hold"), io=True)
     p.add_argument("key", metavar="KEY")
     _context_arg(p)
-    p.set_defaults(run=lambda a, c: c.write_binary(c.kms.encrypt_datakey(a.key, maybe_base64(c.read_input()), parse_context(a.context)), "ciphertext"))
+    p.set_defaults(run=lambda a, c: c.write_binary(c.kms.encrypt_datakey(a.key, maybe_base64(c.read_input()), parse_context(a.context)), "ciphertext", mode=PUBLIC))
 
     p = common(sub.add_parser("decrypt-datakey", help="unwrap a data key ciphertext"), io=True)
     p.add_argument("key", metavar="KEY", nargs="?")
@@ -89,7 +123,7 @@ def register(sub: argparse._SubParsersAction, ctx: CliContext) -> None:
 
 def run_encrypt(args: argparse.Namespace, ctx: CliContext) -> None:
     blob = ctx.kms.encrypt_data(args.key, ctx.read_input(), parse_context(args.context), args.algorithm)
-    ctx.write_binary(blob, "ciphertext")
+    ctx.write_binary(blob, "ciphertext", mode=PUBLIC)
 
 
 def run_decrypt(args: argparse.Namespace, ctx: CliContext) -> None:
@@ -99,30 +133,45 @@ def run_decrypt(args: argparse.Namespace, ctx: CliContext) -> None:
     elif (args.out and args.out != "-") or args.base64:
         ctx.write_binary(data, "plaintext")
     else:  # decrypted data goes out as it was put in
+        ctx.settle()  # its audit record first
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
 
 
 def run_create_datakey(args: argparse.Namespace, ctx: CliContext) -> None:
+    """Two outputs, each named: the plaintext key never goes to stdout when the
+    ciphertext goes to a file unless asked for (`--plaintext-out -`)."""
+    if args.out:
+        raise InvalidRequest(
+            "create-datakey has two outputs: name them with --ciphertext-out FILE and --plaintext-out FILE "
+            "(or --without-plaintext)"
+        )
+    if args.without_plaintext and args.plaintext_out:
+        raise InvalidRequest("--plaintext-out and --without-plaintext exclude each other")
+    if args.ciphertext_out and not (args.plaintext_out or args.without_plaintext):
+        raise InvalidRequest(
+            "--ciphertext-out writes only the wrapped key: say where the plaintext key goes with "
+            "--plaintext-out FILE (or '-' for standard output), or give --without-plaintext"
+        )
     dk = ctx.kms.create_datakey(args.key, args.bits, parse_context(args.context), not args.without_plaintext)
     report = {"key_id": dk.key_id, "ciphertext": base64.b64encode(dk.ciphertext).decode()}
     if dk.plaintext is not None:
         report["plaintext"] = base64.b64encode(dk.plaintext).decode()
-    if args.out:
-        from kmscore.cli.context import write_file
-
-        write_file(args.out, dk.ciphertext)
+    if args.plaintext_out and args.plaintext_out != "-":
+        write_file(args.plaintext_out, dk.plaintext, PRIVATE)  # type: ignore[arg-type]
+        report.pop("plaintext")
+        report["plaintext_file"] = args.plaintext_out
+    if args.ciphertext_out:
+        write_file(args.ciphertext_out, dk.ciphertext, PUBLIC)
         report.pop("ciphertext")
-        report["ciphertext_file"] = args.out
+        report["ciphertext_file"] = args.ciphertext_out
     ctx.emit(report)
 
 
 def run_public_key(args: argparse.Namespace, ctx: CliContext) -> None:
     pem = ctx.kms.get_public_key(args.key)
     if args.out:
-        from kmscore.cli.context import write_file
-
-        write_file(args.out, pem.encode())
+        write_file(args.out, pem.encode(), PUBLIC)
     elif args.json:
         ctx.emit({"key_id": ctx.kms.describe_key(args.key).key_id, "public_key": pem})
     else:

@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 from kmscore import envelope
 from kmscore.blob import peek_key
-from kmscore.cli.context import CliContext
+from kmscore.cli.context import CliContext, atomic_output
 from kmscore.progress import size_of, track
 from kmscore.cli.main import common
 from kmscore.errors import InvalidRequest, KmsError
@@ -81,26 +81,14 @@ def _reader(path: str) -> Iterator[BinaryIO]:
 
 @contextlib.contextmanager
 def _writer(path: str, mode: int = 0o600) -> Iterator[BinaryIO]:
-    """A file that appears under `path` only if the block completes."""
+    """A file that appears under `path` only if the block completes (`atomic_output`:
+    a killed process leaves no partial plaintext behind)."""
     if path == "-":
         yield sys.stdout.buffer
         sys.stdout.buffer.flush()
         return
-    target = Path(path)
-    if target.is_dir():
-        raise InvalidRequest(f"cannot write {path}: it is a directory")
-    tmp = target.with_name(f".{target.name}.kms-tmp-{os.getpid()}")
-    try:
-        f = open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb")
-    except OSError as e:
-        raise InvalidRequest(f"cannot write {path}: {e.strerror}") from None
-    try:
-        with f:
-            yield f
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_output(path, mode) as f:
+        yield f
 
 
 def _chunks(f: BinaryIO) -> Iterator[bytes]:

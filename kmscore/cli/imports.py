@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import math
 
 from kmscore.cli.context import CliContext, maybe_base64, write_file
 from kmscore.cli.keys import report
@@ -12,19 +13,27 @@ from kmscore.errors import InvalidRequest
 from kmscore.specs import WrappingAlgorithm, WrappingKeySpec
 
 
+MAX_EXPIRY_DAYS = 36500  # a hundred years; later means never, and never is no --expires
+
+
 def _when(text: str | None) -> float | None:
     """An expiry: ISO 8601 date/time (UTC unless it says otherwise) or '+N' days."""
     if text is None:
         return None
     if text.startswith("+"):
         try:
-            return datetime.datetime.now(datetime.timezone.utc).timestamp() + float(text[1:]) * 86400
+            days = float(text[1:])
         except ValueError:
-            pass
+            days = None
+        if days is not None:
+            # float() takes "nan", "inf" and "1e400" (inf): none of them is a time
+            if not math.isfinite(days) or not 0 < days <= MAX_EXPIRY_DAYS:
+                raise InvalidRequest(f"expiry {ascii(text)}: +DAYS must be a number of days from 0 to {MAX_EXPIRY_DAYS}")
+            return datetime.datetime.now(datetime.timezone.utc).timestamp() + days * 86400
     try:
         moment = datetime.datetime.fromisoformat(text)
     except ValueError:
-        raise InvalidRequest(f"expiry {text!r} is not an ISO 8601 time (2027-01-31T12:00:00Z) or +DAYS") from None
+        raise InvalidRequest(f"expiry {ascii(text)} is not an ISO 8601 time (2027-01-31T12:00:00Z) or +DAYS") from None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=datetime.timezone.utc)
     return moment.timestamp()
@@ -56,7 +65,7 @@ def run_parameters(args: argparse.Namespace, ctx: CliContext) -> None:
     if params.warning:
         ctx.info(f"warning: {params.warning}")
     if args.public_key_out:
-        write_file(args.public_key_out, params.public_key_pem.encode())
+        write_file(args.public_key_out, params.public_key_pem.encode(), 0o644)
     report = params.to_dict()
     if args.token_out:  # the token is a secret handle: once, in the 0600 file, not on stdout too
         write_file(args.token_out, params.import_token.encode(), 0o600)

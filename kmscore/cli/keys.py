@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from kmscore.cli.context import CliContext
+from kmscore.cli.context import CliContext, printable
 from kmscore.cli.main import common
 from kmscore.metadata import KeyMetadata
 from kmscore.specs import KeySpec, KeyUsage, Origin
@@ -35,6 +35,13 @@ def register(sub: argparse._SubParsersAction, ctx: CliContext) -> None:
 
     p = common(sub.add_parser("list-keys", help="list every key"))
     p.set_defaults(run=run_list)
+
+    p = common(sub.add_parser(
+        "maintain", help="destroy keys that are due, delete expired material, merge dead processes' audit journals",
+        description="What every process does when it opens the store and every minute while it runs; run it "
+        "from a timer (docs/OPERATIONS.md) so expired material is deleted even when no process opens the store.",
+    ), json=False)
+    p.set_defaults(run=run_maintain)
 
     for name, method, helptext in (
         ("enable-key", "enable_key", "enable a disabled key"),
@@ -85,5 +92,11 @@ def run_list(args: argparse.Namespace, ctx: CliContext) -> int:
     header = [f.upper() for f in SUMMARY_FIELDS]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        print(printable("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()))
+    return 0
+
+
+def run_maintain(args: argparse.Namespace, ctx: CliContext) -> int:
+    ctx.kms.maintain()  # opening the Kms already ran it once; a second pass is a no-op
+    ctx.info("maintenance done")
     return 0

@@ -27,6 +27,7 @@ CORE_MODULES = (
     "kmscore.cli.imports",
     "kmscore.cli.audit",
     "kmscore.cli.envelope",
+    "kmscore.cli.store",  # km-integrity: kms store verify / reanchor
 )
 LAZY_MODULES = ("kmscore.cli.deploy", "kmscore.cli.shell", "kmscore.cli.demo")
 

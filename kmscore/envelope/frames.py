@@ -16,16 +16,18 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from kmscore.envelope.errors import FrameAuthError, Truncated
+from kmscore.errors import KeyUnavailable
 from kmscore.envelope.format import FRAME_OVERHEAD, NONCE_SIZE, Header
 
 _INDEX = struct.Struct(">QB")
 DEK_SIZE = 32
+DEK_NONCE_LIMIT = 2**32  # NIST SP 800-38D: random 96-bit nonces, at most 2^32 seals per key (kmscore.nonces)
 
 
 class FrameCipher:
     """The DEK of one envelope, ready to seal/open its frames. Never shows the DEK."""
 
-    __slots__ = ("_aead", "_fixed", "frame_size", "_random")
+    __slots__ = ("_aead", "_fixed", "frame_size", "_random", "_sealed", "_limit")
 
     def __init__(self, dek: bytes, header: Header, random: Callable[[int], bytes] = os.urandom) -> None:
         if len(dek) != DEK_SIZE:
@@ -34,6 +36,8 @@ class FrameCipher:
         self._fixed = header.bound
         self.frame_size = header.frame_size
         self._random = random  # seam for test vectors
+        self._sealed = 0  # frames sealed under this DEK with random nonces
+        self._limit = DEK_NONCE_LIMIT
 
     def __repr__(self) -> str:
         return f"<FrameCipher frame_size={self.frame_size}>"
@@ -47,12 +51,14 @@ class FrameCipher:
     def seal(self, index: int, plaintext: bytes, final: bool) -> bytes:
         """nonce || ciphertext || tag of frame `index`; non-final frames must be full."""
         self._check_length(len(plaintext), final)
+        self._spend()
         nonce = self._random(NONCE_SIZE)
         return nonce + self._aead.encrypt(nonce, plaintext, self.aad(index, final))
 
     def seal_into(self, index: int, plaintext, final: bool, out: memoryview, nonce: bytes) -> None:
         """Seal into `out` (exactly len(plaintext)+28 bytes) without extra copies."""
         self._check_length(len(plaintext), final)
+        self._spend()
         out[:NONCE_SIZE] = nonce
         self._aead.encrypt_into(nonce, plaintext, self.aad(index, final), out[NONCE_SIZE:])
 
@@ -72,6 +78,16 @@ class FrameCipher:
             self._aead.decrypt_into(frame[:NONCE_SIZE], frame[NONCE_SIZE:], self.aad(index, final), out)
         except InvalidTag:
             raise FrameAuthError(index) from None
+
+    def _spend(self) -> None:
+        """Count one random nonce; refuse before the NIST bound (a rewritten file re-seals
+        frames under the same DEK: re-encrypt it under a new DEK instead)."""
+        self._sealed += 1
+        if self._sealed > self._limit:
+            raise KeyUnavailable(
+                f"this data key has sealed {self._limit} frames with random nonces, the limit "
+                "for one AES-GCM key (NIST SP 800-38D): the data must be re-encrypted under a new data key"
+            )
 
     def _check_length(self, length: int, final: bool) -> None:
         if length > self.frame_size or (not final and length != self.frame_size):

@@ -462,7 +462,10 @@ def test_key_and_material_destroyed_when_due(kms, clock, home, kh):
     kms.maintain()
     assert kms.describe_key("app/db").state.value == "PendingDeletion"
     clock.advance(seconds=1)
-    kms.maintain()
+    kms.maintain()  # first sighting of the deadline: recorded, nothing destroyed yet
+    assert kms.describe_key("app/db").state.value == "PendingDeletion"
+    clock.advance(days=1)
+    kms.maintain()  # seen due again a day later: destroyed
     with pytest.raises(NotFound):
         kms.describe_key("app/db")
     with pytest.raises(NotFound):
@@ -480,8 +483,11 @@ def test_destruction_seen_by_another_instance(home, clock):
         a.create_key("app/db")
         a.schedule_key_deletion("app/db", 30)
     clock.advance(days=31)
-    with Kms(home, clock=clock) as b:  # maintenance runs when a Kms opens
-        assert b.list_keys() == []
+    with Kms(home, clock=clock) as b:  # maintenance runs when a Kms opens: first sighting
+        assert b.list_keys()[0].state.value == "PendingDeletion"
+    clock.advance(days=1)
+    with Kms(home, clock=clock) as c:  # seen due again a day later, by another instance
+        assert c.list_keys() == []
 
 
 def test_disable_pending_import_and_pending_deletion_refused(kms):
@@ -632,3 +638,37 @@ def test_wrong_key_for_a_blob_is_refused(kms):
     with pytest.raises(InvalidCiphertext):
         kms.decrypt_data(blob, key="app/b")
     assert kms.decrypt_data(blob, key="app/a") == b"x"
+
+
+# -- the state the operator gave a key survives its material going and coming back ------------
+
+@pytest.mark.parametrize("gone", ["expired", "deleted"])
+def test_disabled_key_stays_disabled_across_reimport(kms, clock, kh, gone):
+    """Issue 15 item 11: a Disabled key came back Enabled after its material was re-imported."""
+    material = kh.material_for("AES_256")
+    kms.create_key("ext/off", origin="EXTERNAL")
+    kh.import_material(kms, "ext/off", material, expires_at=clock() + 3 * DAY)
+    kms.disable_key("ext/off")
+    if gone == "expired":
+        clock.advance(days=4)
+        kms.maintain()
+    else:
+        kms.delete_imported_key_material("ext/off")
+    assert kms.describe_key("ext/off").state.value == "PendingImport"
+    assert kh.import_material(kms, "ext/off", material).state.value == "Disabled"
+    with pytest.raises(KeyUnavailable):
+        kms.encrypt_data("ext/off", b"x")
+
+
+def test_enabled_key_comes_back_enabled_and_cancelled_deletion_comes_back_disabled(kms, clock, kh):
+    material = kh.material_for("AES_256")
+    kms.create_key("ext/on", origin="EXTERNAL")
+    kh.import_material(kms, "ext/on", material, expires_at=clock() + 3 * DAY)
+    clock.advance(days=4)
+    kms.maintain()
+    assert kh.import_material(kms, "ext/on", material).state.value == "Enabled"
+    kms.create_key("ext/cancel", origin="EXTERNAL")  # never had material
+    kms.schedule_key_deletion("ext/cancel", 7)
+    assert kms.cancel_key_deletion("ext/cancel").state.value == "PendingImport"
+    # a cancelled deletion leaves keys Disabled (AWS semantics), material or not
+    assert kh.import_material(kms, "ext/cancel", material).state.value == "Disabled"
