@@ -403,11 +403,11 @@ class AuditLog:
             return VerifyReport(False, count, "; ".join(problems))
         return VerifyReport(True, count)
 
-    def records(self, limit: int | None = None) -> list[dict]:
+    def records(self, limit: int | None = None, filters: dict[str, object] | None = None,
+                since: float | None = None) -> list[dict]:
+        """The newest `limit` records (all with None) that match `filters`, oldest first."""
         self.flush()
-        rows = list(self._store.audit_rows())
-        if limit:
-            rows = rows[-limit:]
+        rows = self._store.audit_query(limit, filters or {}, since)
         return [
             {"seq": s, "time": _iso(t), "operation": op, "key_id": k, "caller": c, "outcome": o,
              "count": n, "last_time": _iso(last)}

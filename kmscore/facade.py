@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 
-from kmscore.errors import KmsError, as_kms_error
+from kmscore.errors import InvalidRequest, KmsError, NotFound, as_kms_error
 from kmscore.importing import ImportMixin
 from kmscore.lifecycle import LifecycleMixin
 from kmscore.operations import OperationsMixin
@@ -26,8 +26,22 @@ class Kms(LifecycleMixin, OperationsMixin, ImportMixin):
         """Walk the audit chain: a report naming the first missing or altered record."""
         return self._audit.verify()
 
-    def audit_records(self, limit: int | None = None) -> list[dict]:
-        return self._audit.records(limit)
+    def audit_records(self, limit: int | None = None, *, key: str | None = None, operation: str | None = None,
+                      outcome: str | None = None, since: float | None = None) -> list[dict]:
+        """Audit records, newest `limit` (all with None), oldest first; `key` is an id or an
+        alias (a key id of a key that no longer exists matches its old records too)."""
+        if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
+            raise InvalidRequest(f"limit must be a positive whole number, not {limit!r}")
+        filters: dict[str, object] = {}
+        if key is not None:
+            try:
+                filters["key_id"] = self.describe_key(key).key_id
+            except NotFound:
+                filters["key_id"] = key.lower()  # a destroyed key's records keep its id
+        for column, value in (("operation", operation), ("outcome", outcome)):
+            if value is not None:
+                filters[column] = value
+        return self._audit.records(limit, filters, since)
 
     def flush_audit(self) -> None:
         self._audit.flush()

@@ -510,6 +510,29 @@ class Store:
             ).fetchall()
         return iter(rows)
 
+    def audit_query(self, limit: int | None, filters: dict[str, object], since: float | None) -> list[tuple]:
+        """The newest `limit` records matching every filter (column = value), oldest first.
+
+        Reads only what it returns (ORDER BY seq DESC LIMIT), not the whole log."""
+        where, params = [], []
+        for column, value in filters.items():
+            assert column in ("key_id", "operation", "outcome", "caller")  # never user text in the SQL
+            where.append(f"{column} = ?")
+            params.append(value)
+        if since is not None:
+            where.append("last_time >= ?")
+            params.append(since)
+        sql = "SELECT seq, time, operation, key_id, caller, outcome, count, last_time, mac FROM audit"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY seq DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(limit)
+        with self._reading():
+            rows = self._db.execute(sql, params).fetchall()
+        return rows[::-1]
+
     def audit_last(self) -> tuple[int, bytes] | None:
         with self._reading():
             return self._db.execute(
