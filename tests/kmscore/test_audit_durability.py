@@ -17,6 +17,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -58,6 +59,8 @@ CHILD = textwrap.dedent(
 class Loader:
     """An encrypting child process whose returned results are countable after kill -9."""
 
+    started: list[subprocess.Popen] = []
+
     def __init__(self, tmp: Path, home: Path) -> None:
         self.counts = tmp / f"counts-{os.urandom(4).hex()}"
         self.counts.write_bytes(bytes(4096))
@@ -67,6 +70,7 @@ class Loader:
             [sys.executable, str(script), str(home), str(self.counts), str(THREADS)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         )
+        Loader.started.append(self.proc)
         line = self.proc.stdout.readline().decode().split()
         assert line[:1] == ["ready"], self.proc.stderr.read().decode()
         self.pid = int(line[1])
@@ -86,10 +90,13 @@ class Loader:
         a, f = self.merges()
         return a >= UNKNOWN or (a > attempts and f >= failures + failed)
 
-    def wait_for(self, condition) -> None:
-        """Spin until the child made progress (no time limit of ours: pytest's applies)."""
+    def wait_for(self, condition, give_up: float = 300.0) -> None:
+        """Spin until the child made progress. `give_up` is no timing bound: it only turns
+        a child that stopped making progress into a failure instead of a hung suite."""
+        deadline = time.monotonic() + give_up
         while not condition():
             assert self.proc.poll() is None, self.proc.stderr.read().decode()
+            assert time.monotonic() < deadline, f"no progress in {give_up:.0f} s: merges {self.merges()}"
             os.sched_yield()
 
     def kill(self) -> int:
@@ -99,6 +106,17 @@ class Loader:
         self._mm.close()
         os.close(self._fd)
         return n
+
+
+@pytest.fixture(autouse=True)
+def _no_loader_survives():
+    """Whatever a test does, no loader child outlives it (they spin at full speed)."""
+    before = set(Loader.started)
+    yield
+    for proc in set(Loader.started) - before:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def recorded(home: Path, pid: int) -> int:
