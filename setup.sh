@@ -100,7 +100,8 @@ system_install() {
     for cmd in kms kms-mount kms-proxy; do
         [ -e "$root$opt/bin/$cmd" ] && ln -sfn "$opt/bin/$cmd" "$root$bin/$cmd"
     done
-    install -m 0644 config/systemd/keyhold.service config/systemd/keyhold-sidecar.service "$root/etc/systemd/system/"
+    install -m 0644 config/systemd/keyhold.service config/systemd/keyhold-sidecar.service \
+        config/systemd/keyhold-maintain.service config/systemd/keyhold-maintain.timer "$root/etc/systemd/system/"
     install -d -m 0700 "$root/etc/keyhold" "$root/var/lib/keyhold" "$root/var/log/keyhold"
     [ -e "$root/etc/keyhold/keyhold.toml" ] || install -m 0644 config/production.toml "$root/etc/keyhold/keyhold.toml"
     [ -e "$root/etc/keyhold/keyhold.env" ] || install -m 0600 config/systemd/keyhold.env.example "$root/etc/keyhold/keyhold.env"

@@ -99,14 +99,20 @@ class KmsMetrics:
         self.ready = Gauge("keyhold_ready", "1 if every readiness check passes", registry=self.registry)
 
     def instrument(self, kms: Any) -> None:
+        """Count at both ways into the audit log: `record` (cryptographic operations, via
+        the journal) and `append_now` (lifecycle changes, in the change's transaction)."""
         audit = getattr(kms, "_audit", None)
         if audit is None or getattr(audit.record, "_counted", False):
             return
-        original = audit.record
+        for name in ("record", "append_now"):
+            original = getattr(audit, name, None)
+            if original is not None:
+                setattr(audit, name, self._counting(original))
 
-        def record(operation: str, key_id: str | None, outcome: str = "ok", caller: str | None = None) -> None:
-            original(operation, key_id, outcome, caller)
+    def _counting(self, original):
+        def counted(operation: str, key_id: str | None, outcome: str = "ok", *args: Any, **kwargs: Any) -> None:
+            original(operation, key_id, outcome, *args, **kwargs)
             self.operations.labels(operation, outcome.split(":", 1)[0]).inc()
 
-        record._counted = True  # type: ignore[attr-defined]
-        audit.record = record
+        counted._counted = True  # type: ignore[attr-defined]
+        return counted

@@ -187,7 +187,7 @@ def check_default_root_key(choice: HomeChoice) -> None:
     if os.environ.get(ROOT_KEY_ENV) or os.environ.get(PASSPHRASE_ENV):
         return
     key_file = choice.path / KEY_FILE_NAME
-    if choice.store.exists() and not key_file.exists():
+    if choice.store.exists() and choice.store.stat().st_size and not key_file.exists():  # an empty file: the store says why
         raise StoreError(
             f"the key store {choice.store} exists but its root key {key_file} does not: if you moved it "
             f"(e.g. to /etc/keyhold/root.key), pass --root-key-file FILE or set ${ROOT_KEY_FILE_ENV}; "
