@@ -51,6 +51,51 @@ def fs_error(code: int) -> OSError:
     return OSError(code, os.strerror(code))
 
 
+TORN_ALIGN = 4096  # a write cut short by a kill stops at a page boundary of the file
+
+
+def _mend_torn_tail(fd: int, lay: Layout, cipher: FrameCipher, length: int, name: str) -> int | None:
+    """The new backing length after mending a tail that a killed mount left torn, or None.
+
+    A kill -9 during the `pwritev` that grows a file (frames, then the end marker) can
+    stop it at a page boundary: the file then ends inside a new frame, with no marker,
+    and its last slot fails authentication. That shape alone (a page-aligned length
+    whose last slot does not open, after a full frame that does) is taken for a torn
+    write: the partial slot is cut off and an end marker is written after the last
+    whole frame, so the file opens, reads and appends again. What is dropped was written
+    after the last fsync (an fsync'ed tail is never rewritten by a growing write, except
+    the last partial frame itself: see docs/formats/fsmount.md). Anything else — or a
+    frame before it that does not open — is left alone and stays EIO.
+    """
+    whole = (length - lay.header_size) // lay.stride  # full slots on disk
+    last = (length - lay.header_size - 1) // lay.stride
+    if whole < 1:
+        return None
+    if last >= whole:  # a partial slot at the end: does it open as the final frame?
+        tail = os.pread(fd, length - lay.frame_offset(last), lay.frame_offset(last))
+        try:
+            cipher.open(last, tail, True)
+            return None  # a whole envelope: nothing torn
+        except (FrameAuthError, ValueError):
+            pass
+    try:
+        cipher.open(whole - 1, os.pread(fd, lay.stride, lay.frame_offset(whole - 1)), False)
+    except (FrameAuthError, ValueError):
+        return None
+    end = lay.frame_offset(whole)
+    marker = cipher.seal(whole, b"", True)
+    try:
+        os.ftruncate(fd, end)
+        os.pwrite(fd, marker, end)
+        os.fsync(fd)
+    except OSError as e:
+        log.error("integrity: %s: a torn tail could not be mended: %s", name, e.strerror)
+        return None
+    log.warning("integrity: %s: mended a tail torn by a crash: %d bytes after frame %d dropped "
+                "(written after the last fsync)", name, length - end, whole - 1)
+    return end + len(marker)
+
+
 def _damaged(name: str, what: str) -> OSError:
     log.error("integrity: %s: %s", name, what)
     return fs_error(errno.EIO)
@@ -92,6 +137,10 @@ class OpenFile:
         """The state of an existing backing file; EIO if its length or end marker is wrong."""
         lay = Layout(header.size, header.frame_size)
         end = slots.ending(lay, backing_length)
+        if (end is None or end.marker is None) and backing_length % TORN_ALIGN == 0:
+            mended = _mend_torn_tail(fd, lay, cipher, backing_length, name)
+            if mended is not None:
+                backing_length, end = mended, slots.ending(lay, mended)
         if end is None:
             raise _damaged(name, f"backing file length {backing_length} fits no envelope (truncated)")
         if end.marker is not None:
