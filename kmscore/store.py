@@ -340,7 +340,9 @@ class Store:
         return [v for (v,) in self._db.execute("SELECT version FROM key_versions WHERE key_id = ?", (key_id,))]
 
     def _key_row(self, where: str, arg: Any, verify: bool = True) -> dict[str, Any] | None:
-        with self._reading():
+        # One read transaction: a rotation committed by another process between reading
+        # the row and its versions would otherwise make an honest row fail its MAC.
+        with self.snapshot():
             row = self._db.execute(
                 f"SELECT {', '.join(KEY_COLUMNS)} FROM keys WHERE {where}", (arg,)
             ).fetchone()
@@ -361,7 +363,7 @@ class Store:
     def all_keys(self, *, verify: bool = True) -> list[dict[str, Any]]:
         """Every key row. verify=True: StoreError naming every row that fails authentication;
         verify=False: rows as stored, each with `versions` (list) for the caller to check."""
-        with self._reading():
+        with self.snapshot():  # rows and versions from one state of the store
             rows = [dict(zip(KEY_COLUMNS, r)) for r in self._db.execute(
                 f"SELECT {', '.join(KEY_COLUMNS)} FROM keys ORDER BY created_at, key_id"
             ).fetchall()]

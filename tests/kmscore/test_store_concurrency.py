@@ -208,3 +208,30 @@ def test_ciphertext_of_a_version_rotated_in_another_process_decrypts_eventually(
 
         assert _until(decrypts)
         assert kms.encrypt_data("app/db", b"new")[17:21] == (2).to_bytes(4, "big")  # new encryptions use the newest
+
+
+ROTATOR = r"""
+import os, sys
+from kmscore import Kms
+with Kms(sys.argv[1]) as kms:
+    for _ in range(int(sys.argv[2])):
+        kms.rotate_key("raced")
+"""
+
+
+def test_a_row_read_while_another_process_rotates_is_one_snapshot(home, kh):
+    """A key row and its versions are read in one read transaction: a rotation committed
+    between the two reads must not make an honest row look forged (CI saw this once)."""
+    with Kms(home) as kms:
+        kms.create_key("raced")
+        rotator = subprocess.Popen([sys.executable, "-c", ROTATOR, str(home), "150"],
+                                   stderr=subprocess.PIPE, env=kh.clean_env())
+        reads = 0
+        while rotator.poll() is None:
+            kms.describe_key("raced")
+            kms.list_keys()
+            reads += 1
+        _, err = rotator.communicate(timeout=120)
+        assert rotator.returncode == 0, err.decode()
+        assert kms.describe_key("raced").current_version == 151
+    assert reads > 0
