@@ -34,6 +34,8 @@ the rows' digest, and the guard's commit hook moves the anchor.
 from __future__ import annotations
 
 import atexit
+import contextlib
+import contextvars
 import dataclasses
 import json
 import os
@@ -42,7 +44,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +57,20 @@ from kmscore.storeguard import StoreGuard
 
 _pack_count = aj.COUNT_LAST.pack_into  # (mapped journal, slot offset, count, last time)
 _now = time.time
+
+_CALLER: contextvars.ContextVar[str | None] = contextvars.ContextVar("keyhold_audit_caller", default=None)
+
+
+@contextlib.contextmanager
+def calling_as(caller: str) -> Iterator[None]:
+    """Operations inside are audited as `caller` instead of the Kms's own caller: a
+    server records each request's access key (contextvars follow it into worker threads)."""
+    token = _CALLER.set(caller)
+    try:
+        yield
+    finally:
+        _CALLER.reset(token)
+
 
 def canonical(
     seq: int, when: float, operation: str, key_id: str | None, caller: str, outcome: str, count: int, last: float
@@ -145,7 +161,7 @@ class AuditLog:
 
         The hot path of every cryptographic operation: a dict lookup and one 16-byte
         store into the mapped journal; no system call."""
-        key = (operation, key_id, outcome, caller)
+        key = (operation, key_id, outcome, caller or _CALLER.get())
         lock = self._lock
         lock.acquire()  # explicit: `with` costs a third of this method
         try:
@@ -211,7 +227,7 @@ class AuditLog:
         now = time.time()
         store = store or self._store
         with store.write():
-            self._append(store, [aj.Group(operation, key_id, outcome, caller, 1, now, now)])
+            self._append(store, [aj.Group(operation, key_id, outcome, caller or _CALLER.get(), 1, now, now)])
 
     # -- the chain -----------------------------------------------------------------------
     def _append(self, store: Store, groups: list[aj.Group]) -> None:

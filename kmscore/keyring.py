@@ -257,6 +257,25 @@ class Keyring:
             raise e from None
         return key
 
+    def key_name(self, name: str) -> tuple[str | None, str | None]:
+        """(key id, alias) of a key named by id or alias: what a server checks a caller's
+        policy against before the call. Not audited (the call that follows is), and it
+        makes no default key: a default key not made yet is (None, its alias).
+        NotFound if no key has that name."""
+        try:
+            row = self._row(name) if not name.endswith("/default") else (
+                self._store.key_by_alias(name) if isinstance(name, str) else None)
+        except NotFound:
+            raise
+        except Exception as e:
+            raise as_kms_error(e) from None
+        if row is None:
+            service = name[: -len("/default")]
+            if service in DEFAULT_SERVICES:
+                return None, name
+            raise NotFound(f"no key with id or alias {name!r}")
+        return row["key_id"], row["alias"]
+
     def _known_id(self, name: str | None) -> str | None:
         """The id of an existing key by id or alias, for audit records of refusals."""
         if not isinstance(name, str) or not name:

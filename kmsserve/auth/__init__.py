@@ -1,0 +1,1 @@
+"""Who is calling: request signing schemes (sans-IO), access keys, policies, replay."""

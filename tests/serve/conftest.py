@@ -1,0 +1,115 @@
+"""Fixtures for kms serve: a real `kms serve` process on 127.0.0.1 over a real key store,
+and access keys issued by the real `kms access-key create`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+KMS_BIN = str(Path(sys.executable).parent / "kms")
+KMS_ENV_VARS = ("KMS_HOME", "KMS_ROOT_KEY", "KMS_PASSPHRASE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_KMS")
+ALLOW_ALL = '[[allow]]\noperations = ["*"]\nkeys = ["*"]\n'
+
+
+def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in KMS_ENV_VARS}
+    env.update(extra or {})
+    return env
+
+
+def kms(home: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([KMS_BIN, "--home", str(home), "--create-home", *args],
+                          capture_output=True, env=clean_env(), timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class AccessKey:
+    access_key_id: str
+    secret: str
+
+
+@dataclass
+class Server:
+    home: Path
+    url: str
+    proc: subprocess.Popen
+    log: Path
+
+    def access_key(self, policy: str = ALLOW_ALL, name: str = "test") -> AccessKey:
+        """Issue an access key with the real CLI (the server reads new keys at once)."""
+        path = self.home.parent / f"policy-{name}-{time.monotonic_ns()}.toml"
+        path.write_text(policy)
+        out = kms(self.home, "access-key", "create", "--name", name, "--policy", str(path), "--json")
+        assert out.returncode == 0, out.stderr.decode()
+        data = json.loads(out.stdout)
+        return AccessKey(data["access_key_id"], data["secret"])
+
+    def boto3(self, key: AccessKey, service: str = "kms", region: str = "eu-west-1"):
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(service, endpoint_url=self.url, region_name=region,
+                            aws_access_key_id=key.access_key_id, aws_secret_access_key=key.secret,
+                            config=Config(retries={"max_attempts": 1}))
+
+
+def start_server(home: Path, *extra: str, timeout: float = 30) -> Server:
+    assert kms(home, "init").returncode in (0, 1)
+    port = free_port()
+    log = home.parent / f"serve-{port}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([KMS_BIN, "--home", str(home), "serve", "--listen", f"127.0.0.1:{port}",
+                                 "--plain-http", *extra], stdout=out, stderr=subprocess.STDOUT,
+                                env=clean_env(), stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"kms serve exited {proc.returncode}: {log.read_text()}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return Server(home, f"http://127.0.0.1:{port}", proc, log)
+        time.sleep(0.05)
+    proc.kill()
+    raise AssertionError(f"kms serve did not listen within {timeout}s: {log.read_text()}")
+
+
+def stop_server(server: Server) -> None:
+    if server.proc.poll() is None:
+        server.proc.send_signal(signal.SIGTERM)
+        try:
+            server.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.proc.kill()
+            server.proc.wait()
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch):
+    for name in KMS_ENV_VARS:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A running `kms serve` (plain HTTP on loopback) on a fresh key store."""
+    s = start_server(tmp_path / "home")
+    try:
+        yield s
+    finally:
+        stop_server(s)
