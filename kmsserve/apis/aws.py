@@ -58,21 +58,7 @@ class AwsKms:
         return (req.header("x-amz-target") or "")[len(TARGET_PREFIX):]
 
     def authenticate(self, req: WireRequest, ctx) -> Principal:
-        found: dict[str, Principal] = {}
-
-        def secret_of(access_key_id: str) -> str | None:
-            hit = ctx.secret_of(access_key_id)
-            if hit is None:
-                return None
-            found["p"] = hit[0]
-            return hit[1]
-
-        signed = sigv4.verify(req.method, req.path, req.query, req.headers, req.body,
-                              service="kms", secret_of=secret_of, now=ctx.now())
-        principal = found["p"]
-        if ctx.seen(principal, signed.signature, signed.signed_at):
-            raise errors.Replayed("this signature was already used")
-        return principal
+        return sigv4.authenticate(req, ctx, "kms")
 
     def fields(self, req: WireRequest) -> dict[str, Any]:
         try:

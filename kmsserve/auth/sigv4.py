@@ -150,3 +150,25 @@ def verify(method: str, raw_path: str, raw_query: str, headers: Iterable[tuple[s
     if not hmac.compare_digest(expected, m["sig"]) or secret is None:
         raise AuthFailed("the signature does not match")
     return Signed(access_key_id, region, m["sig"], signed_at)
+
+
+def authenticate(req, ctx, service: str):
+    """The Principal of a SigV4-signed WireRequest (kmsserve.wire), checked against the
+    server's access keys and replay memory: what every SigV4 API's `authenticate` is."""
+    from kmsserve.errors import Replayed
+
+    found = {}
+
+    def secret_of(access_key_id: str) -> str | None:
+        hit = ctx.secret_of(access_key_id)
+        if hit is None:
+            return None
+        found["principal"] = hit[0]
+        return hit[1]
+
+    signed = verify(req.method, req.path, req.query, req.headers, req.body,
+                    service=service, secret_of=secret_of, now=ctx.now())
+    principal = found["principal"]
+    if ctx.seen(principal, signed.signature, signed.signed_at):
+        raise Replayed("this signature was already used")
+    return principal
