@@ -202,8 +202,9 @@ KEY_SPECS = Vocabulary("key spec", {
     "RSA_2048": KeySpec.RSA_2048, "RSA_3072": KeySpec.RSA_3072, "RSA_4096": KeySpec.RSA_4096,
     "ECC_NIST_P256": KeySpec.EC_P256, "ECC_NIST_P384": KeySpec.EC_P384,
     "HMAC_256": KeySpec.HMAC_256, "HMAC_384": KeySpec.HMAC_384, "HMAC_512": KeySpec.HMAC_512,
-}, frozenset("ECC_NIST_P521 ECC_SECG_P256K1 ECC_NIST_EDWARDS25519 HMAC_224 SM2 ML_DSA_44 ML_DSA_65 ML_DSA_87".split()))
-KEY_USAGES = Vocabulary("key usage", {u.value: u for u in KeyUsage}, frozenset({"KEY_AGREEMENT"}))
+}, frozenset("ECC_NIST_P521 ECC_SECG_P256K1 ECC_NIST_EDWARDS25519 HMAC_224 SM2 ML_DSA_44 ML_DSA_65 ML_DSA_87 "
+              "ML_KEM_512 ML_KEM_768 ML_KEM_1024".split()))
+KEY_USAGES = Vocabulary("key usage", {u.value: u for u in KeyUsage}, frozenset({"KEY_AGREEMENT", "ENCAPSULATE_DECAPSULATE"}))
 ORIGINS = Vocabulary("origin", {"AWS_KMS": Origin.KMS, "EXTERNAL": Origin.EXTERNAL},
                      frozenset({"AWS_CLOUDHSM", "EXTERNAL_KEY_STORE"}))
 ENCRYPTION_ALGORITHMS = Vocabulary("encryption algorithm", _same(
