@@ -90,8 +90,16 @@ def _on_key(method: str) -> Callable[..., tuple[str, Any]]:
     return call
 
 
+def _encrypt(kms, key: str, plaintext: bytes, context=None, algorithm=None) -> tuple[str, bytes]:
+    out = kms.encrypt_data(key, plaintext, context, algorithm)
+    # a SYMMETRIC_DEFAULT ciphertext is keyhold's blob, which names its key: no lookup
+    return (blobfmt.peek_key(out)[0] if algorithm == "SYMMETRIC_DEFAULT" else _key_id(kms, key)), out
+
+
 def _decrypt(kms, ciphertext: bytes, context=None, key=None, algorithm=None) -> tuple[str, bytes]:
     plaintext = kms.decrypt_data(ciphertext, context, key, algorithm)
+    if algorithm == "SYMMETRIC_DEFAULT":  # the blob named its key (and it was that key)
+        return blobfmt.peek_key(ciphertext)[0], plaintext
     return _key_id(kms, _decrypting_key(key, ciphertext)), plaintext
 
 
@@ -394,7 +402,7 @@ _ROWS = [
     Operation("DeleteAlias", _delete_alias, args=lambda f: {"alias": F.alias_name(F.required(f, "AliasName"), new=False)},
               result=_empty, keys=lambda a: (a["alias"],), action="update_key_alias"),
     # -- symmetric and RSA encryption, data keys
-    Operation("Encrypt", _on_key("encrypt_data"), args=_encrypt_args, keys=_the_key, action="encrypt_data",
+    Operation("Encrypt", _encrypt, args=_encrypt_args, keys=_the_key, action="encrypt_data",
               result=lambda out, a: {"CiphertextBlob": F.b64(out[1]), "KeyId": _arn(out[0]),
                                      "EncryptionAlgorithm": a["algorithm"]}),
     Operation("Decrypt", _decrypt, args=_decrypt_args, action="decrypt_data",
