@@ -143,8 +143,8 @@ def _list_keys(kms, limit=None, marker=None):
 def _list_aliases(kms, key=None, limit=None, marker=None):
     keys = kms.list_keys()
     if key is not None:
-        wanted = kms.key_name(key)
-        keys = [md for md in keys if (md.key_id, md.alias) == wanted or md.key_id == wanted[0]]
+        key_id = kms.key_name(key)[0]  # None: a default key not made yet, which has no alias
+        keys = [md for md in keys if md.key_id == key_id]
     return _page([(md.alias, md) for md in keys if md.alias], limit, marker)
 
 

@@ -179,6 +179,8 @@ class Vocabulary:
         self.back = {v: k for k, v in self.mapped.items()}
 
     def parse(self, value: Any) -> Any:
+        if not isinstance(value, str):
+            raise MalformedRequest(f"a {self.what} is a string")
         if value in self.mapped:
             return self.mapped[value]
         if value in self.not_offered:
