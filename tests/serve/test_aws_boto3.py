@@ -78,6 +78,13 @@ def test_create_describe_list_keys(kms):
     assert key_id in ids
 
 
+def test_arns_carry_the_region_the_request_was_signed_for(served):
+    tokyo = distinct(served.boto3(served.access_key(), region="ap-northeast-1"))
+    md = tokyo.create_key(Description="regional")["KeyMetadata"]
+    assert md["Arn"] == f"arn:aws:kms:ap-northeast-1:000000000000:key/{md['KeyId']}"
+    assert tokyo.encrypt(KeyId=ARN + md["KeyId"], Plaintext=b"x")["KeyId"] == md["Arn"]  # any region names it
+
+
 def test_list_keys_pages(kms):
     made = {new_key(kms) for _ in range(3)}
     seen, marker, pages = [], None, 0

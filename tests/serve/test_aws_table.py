@@ -60,6 +60,9 @@ def test_error_code_depends_on_the_operation_where_aws_does():
     assert aws.error_code(kms_errors.KeyDisabled("x"), "Decrypt") == ("DisabledException", 400)
     assert aws.error_code(kms_errors.KeyUnavailable("x"), "Decrypt") == ("KMSInvalidStateException", 400)
     assert aws.error_code(kms_errors.StoreError("x"), "Decrypt") == ("DependencyTimeoutException", 500)
+    assert aws.error_code(kms_errors.ExpiredImportToken("x"), "ImportKeyMaterial") == ("ExpiredImportTokenException", 400)
+    assert aws.error_code(kms_errors.IncorrectKey("x"), "ReEncrypt") == ("IncorrectKeyException", 400)
+    assert aws.error_code(kms_errors.AuditError("x"), "Encrypt") == ("KMSInternalException", 500)  # fail closed
     assert aws.error_code(RuntimeError("bug"), "Decrypt") == ("KMSInternalException", 500)
 
 
