@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import Any, NamedTuple
@@ -148,6 +149,12 @@ def _list_aliases(kms, key=None, limit=None, marker=None):
     return _page([(md.alias, md) for md in keys if md.alias], limit, marker)
 
 
+_ALIASES = threading.Lock()
+"""Alias changes are a check then a change (keyhold keys have one alias, and
+update_key_alias renames): one at a time in this server, so two CreateAlias calls on one
+key cannot both pass the check and leave only the second alias."""
+
+
 def _alias_taken(kms, alias: str) -> bool:
     try:
         kms.key_name(alias)
@@ -158,6 +165,11 @@ def _alias_taken(kms, alias: str) -> bool:
 
 def _create_alias(kms, alias: str, key: str) -> None:
     """keyhold gives a key one alias: a second is refused (LimitExceededException)."""
+    with _ALIASES:
+        _create_alias_now(kms, alias, key)
+
+
+def _create_alias_now(kms, alias: str, key: str) -> None:
     if _alias_taken(kms, alias):
         raise kms_errors.AlreadyExists(f"alias alias/{alias} already exists")
     target = kms.describe_key(key)
@@ -175,6 +187,11 @@ def _same_kind(spec: KeySpec) -> str:
 def _update_alias(kms, alias: str, key: str) -> None:
     """Move an alias to another key (of the same kind and usage, as AWS requires): off the
     old key, onto the new one; the old key gets it back if the second step fails."""
+    with _ALIASES:
+        _update_alias_now(kms, alias, key)
+
+
+def _update_alias_now(kms, alias: str, key: str) -> None:
     old = kms.describe_key(alias)
     new = kms.describe_key(key)
     if old.key_id == new.key_id:
@@ -194,7 +211,8 @@ def _update_alias(kms, alias: str, key: str) -> None:
 
 
 def _delete_alias(kms, alias: str) -> None:
-    kms.update_key_alias(alias, None)
+    with _ALIASES:
+        kms.update_key_alias(alias, None)
 
 
 def _never(kms, **args: Any) -> None:

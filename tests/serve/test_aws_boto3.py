@@ -163,6 +163,36 @@ def test_alias_refusals(kms):
     assert kms.describe_key(KeyId=name)["KeyMetadata"]["KeyId"] == key_id  # a refused move keeps it
 
 
+def test_concurrent_create_alias_on_one_key_keeps_one_alias(served, kms):
+    """keyhold keys have one alias and renaming is the facade's primitive: without the
+    adapter's serialisation two CreateAlias calls could both succeed, the first alias
+    silently replaced by the second."""
+    import threading
+
+    key_id, names = new_key(kms), [alias() for _ in range(8)]
+    shared = served.access_key(name="race")
+    clients = [distinct(served.boto3(shared)) for _ in range(8)]
+    results: dict[str, str] = {}
+    start = threading.Barrier(8)
+
+    def create(client, name):
+        start.wait()
+        try:
+            client.create_alias(AliasName=name, TargetKeyId=key_id)
+            results[name] = "ok"
+        except botocore.exceptions.ClientError as e:
+            results[name] = e.response["Error"]["Code"]
+
+    threads = [threading.Thread(target=create, args=pair) for pair in zip(clients, names)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    won = [n for n, r in results.items() if r == "ok"]
+    assert len(won) == 1 and set(results.values()) <= {"ok", "LimitExceededException"}, results
+    assert [a["AliasName"] for a in kms.list_aliases(KeyId=key_id)["Aliases"]] == won
+
+
 def test_default_keys_are_aws_managed(kms):
     md = kms.describe_key(KeyId="alias/sidecar/default")["KeyMetadata"]  # made on first use, as AWS's
     assert md["KeyManager"] == "AWS" and md["KeySpec"] == "SYMMETRIC_DEFAULT"
