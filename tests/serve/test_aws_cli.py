@@ -34,9 +34,15 @@ def cli(server, tmp_path):
         for wave in waves:
             procs = [subprocess.Popen([AWS, "kms", *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                       stdin=subprocess.DEVNULL) for argv in wave]
-            for p in procs:
-                out, err = p.communicate(timeout=60)
-                done.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+            try:
+                for p in procs:
+                    out, err = p.communicate(timeout=120)
+                    done.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+            finally:  # none outlives the test, also when one hangs
+                for p in procs:
+                    if p.poll() is None:
+                        p.kill()
+                        p.wait()
         return done
 
     return run
