@@ -42,16 +42,39 @@ class KeyUnavailable(KmsError):
     exit_code = 5
 
 
+class KeyDisabled(KeyUnavailable):
+    """The key is Disabled (an operator's choice, undone by enabling it): wire APIs tell
+    this apart from the other states (AWS: DisabledException vs KMSInvalidStateException)."""
+
+
 class InvalidCiphertext(KmsError):
     """A ciphertext, signature blob or token failed authentication or is malformed."""
 
     exit_code = 6
 
 
+class IncorrectKey(InvalidCiphertext):
+    """The ciphertext is sound but was made with another key than the one named."""
+
+
 class KeyImportError(KmsError):
-    """Key material could not be imported (bad token, wrong wrapping, other material)."""
+    """Key material could not be imported (bad token, wrong wrapping, other material).
+    Raised as such when the wrapped material cannot be unwrapped."""
 
     exit_code = 7
+
+
+class InvalidImportToken(KeyImportError):
+    """The import token is unknown, used, for another key, or failed authentication."""
+
+
+class ExpiredImportToken(KeyImportError):
+    """The import token's 24 hours are over."""
+
+
+class IncorrectKeyMaterial(KeyImportError):
+    """The unwrapped material does not fit the key's spec, or is not the material the key
+    held before."""
 
 
 class StoreError(KmsError):
@@ -92,7 +115,12 @@ __all__ = [
     "KeyRuleViolation",
     "KeyUnavailable",
     "InvalidCiphertext",
+    "IncorrectKey",
+    "KeyDisabled",
     "KeyImportError",
+    "InvalidImportToken",
+    "ExpiredImportToken",
+    "IncorrectKeyMaterial",
     "StoreError",
     "AuditError",
 ]

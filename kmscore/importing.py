@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 
 from kmscore import material as _material
 from kmscore import rules
-from kmscore.errors import KeyImportError, KmsError
+from kmscore.errors import ExpiredImportToken, IncorrectKeyMaterial, InvalidImportToken, KeyImportError, KmsError
 from kmscore.keyring import Keyring, facts_of, metadata_of
 from kmscore.lifecycle import changes
 from kmscore.metadata import ImportParameters, KeyMetadata, iso
@@ -117,17 +117,17 @@ class ImportMixin(Keyring):
             rules.check_import(facts_of(row), expires_at, now)
             found = self._store.token(import_token)
             if found is None or found[0] != row["key_id"]:
-                raise KeyImportError(
+                raise InvalidImportToken(
                     f"import token is unknown, already used, or not for key {key}: "
                     "get new parameters with `kms get-parameters-for-import`"
                 )
             _, algorithm, sealed, token_expires = found
             if token_expires <= now:
-                raise KeyImportError(f"import token expired at {iso(token_expires)}: get new parameters")
+                raise ExpiredImportToken(f"import token expired at {iso(token_expires)}: get new parameters")
             try:
                 private_der = self._root.unseal(sealed, _token_aad(import_token, row["key_id"], algorithm, token_expires))
             except KmsError:
-                raise KeyImportError(
+                raise InvalidImportToken(
                     "import token failed authentication (its key, algorithm or expiry was changed "
                     "in the key store): get new parameters with `kms get-parameters-for-import`"
                 ) from None
@@ -136,7 +136,7 @@ class ImportMixin(Keyring):
             material = _material.normalize_import(spec, raw)
             fingerprint = self._root.fingerprint(material)
             if row["material_fingerprint"] and row["material_fingerprint"] != fingerprint:
-                raise KeyImportError(
+                raise IncorrectKeyMaterial(
                     f"key {key} held different key material before: a key only ever takes back "
                     "the material it was first given"
                 )

@@ -159,10 +159,13 @@ class LifecycleMixin(Keyring):
 
         return self._transition("CancelKeyDeletion", key, decide)
 
-    def update_key_alias(self, key: str, alias: str) -> KeyMetadata:
+    def update_key_alias(self, key: str, alias: str | None) -> KeyMetadata:
+        """Give the key a new alias; None removes its alias (the key keeps its id: the
+        AWS API's DeleteAlias, and the first half of moving an alias to another key)."""
+
         def decide(facts: rules.KeyFacts, row: dict[str, Any]) -> dict[str, Any]:
             rules.check_alias_change(facts)
-            return {"alias": rules.check_alias(alias)}
+            return {"alias": None if alias is None else rules.check_alias(alias)}
 
         return self._transition("UpdateKeyAlias", key, decide)
 

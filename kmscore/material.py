@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from kmscore import blob as blobfmt
-from kmscore.errors import InvalidCiphertext, InvalidRequest, KeyImportError, KeyRuleViolation
+from kmscore.errors import IncorrectKeyMaterial, InvalidCiphertext, InvalidRequest, KeyRuleViolation
 from kmscore.nonces import NonceBudget
 from kmscore.specs import (
     HMAC_SPEC_ALGORITHM,
@@ -57,12 +57,12 @@ def normalize_import(spec: KeySpec, material: bytes) -> bytes:
     """Check imported material fits the key's spec; return it in our sealed form."""
     if spec is KeySpec.AES_256:
         if len(material) != 32:
-            raise KeyImportError(f"AES_256 material must be 32 bytes, got {len(material)}")
+            raise IncorrectKeyMaterial(f"AES_256 material must be 32 bytes, got {len(material)}")
         return material
     try:
         private = serialization.load_der_private_key(material, password=None)
     except (ValueError, TypeError):
-        raise KeyImportError(
+        raise IncorrectKeyMaterial(
             f"{spec.value} material must be a DER-encoded private key (PKCS#8 or traditional)"
         ) from None
     if spec in _RSA_BITS:
@@ -70,7 +70,7 @@ def normalize_import(spec: KeySpec, material: bytes) -> bytes:
     else:
         ok = isinstance(private, ec.EllipticCurvePrivateKey) and isinstance(private.curve, _CURVES[spec])
     if not ok:
-        raise KeyImportError(f"the imported private key is not a {spec.value} key")
+        raise IncorrectKeyMaterial(f"the imported private key is not a {spec.value} key")
     return private.private_bytes(
         serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )

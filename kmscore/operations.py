@@ -15,7 +15,7 @@ from collections.abc import Mapping
 
 from kmscore import blob as blobfmt
 from kmscore import rules
-from kmscore.errors import InvalidCiphertext, InvalidRequest, KeyRuleViolation, KmsError, as_kms_error
+from kmscore.errors import IncorrectKey, InvalidCiphertext, InvalidRequest, KeyRuleViolation, KmsError, as_kms_error
 from kmscore.keyring import CachedKey, Keyring
 from kmscore.metadata import DataKey
 from kmscore.specs import (
@@ -91,7 +91,7 @@ class OperationsMixin(Keyring):
         named = self._use(parts.key_id, op, audit_op)
         try:
             if key is not None and named.facts.key_id != k.facts.key_id:
-                raise InvalidCiphertext(f"the ciphertext was not made with key {key}")
+                raise IncorrectKey(f"the ciphertext was not made with key {key}")
             if algorithm is not None:
                 _symmetric_only(algorithm)
             version = named.versions.get(parts.key_version)

@@ -10,7 +10,7 @@ import enum
 import re
 from dataclasses import dataclass
 
-from kmscore.errors import InvalidRequest, KeyRuleViolation, KeyUnavailable
+from kmscore.errors import InvalidRequest, KeyDisabled, KeyRuleViolation, KeyUnavailable
 from kmscore.specs import DEFAULT_SERVICES, KeySpec, KeyState, KeyUsage, Origin
 
 # used with fullmatch only: `$` would also match before a trailing newline
@@ -201,7 +201,8 @@ def check_use(key: KeyFacts, op: Op, now: float) -> None:
     if key.state is KeyState.ENABLED and material_expired(key, now):
         raise KeyUnavailable(f"key {key.name}: its imported key material has expired")
     if key.state is not KeyState.ENABLED:
-        raise KeyUnavailable(f"key {key.name} is {key.state.value}: {_state_hint(key.state)}")
+        unavailable = KeyDisabled if key.state is KeyState.DISABLED else KeyUnavailable
+        raise unavailable(f"key {key.name} is {key.state.value}: {_state_hint(key.state)}")
 
 
 def _state_hint(state: KeyState) -> str:
