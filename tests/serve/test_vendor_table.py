@@ -1,0 +1,88 @@
+"""The vendor table itself (sans-IO): it covers every operation the issue lists, each row
+names a facade operation a policy can name, each row's path is one the vendor SDK calls,
+and each refusal of kmscore's rules gets the vendor's code (the classification reads
+kmscore.rules' messages, so a reworded rule fails here, not silently in production)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from kmscore import errors as kms_errors
+from kmscore import rules
+from kmscore.rules import KeyFacts
+from kmscore.specs import KeySpec, KeyState, KeyUsage, Origin
+from kmsserve import errors
+from kmsserve.apis import vendor
+from kmsserve.operations import FACADE_OPERATIONS
+
+LISTED = set("""create-key describe-key list-keys enable-key disable-key schedule-key-deletion cancel-key-deletion
+update-key-alias update-key-description encrypt-data decrypt-data create-datakey create-datakey-without-plaintext
+encrypt-datakey decrypt-datakey gen-random sign verify get-publickey enable-key-rotation disable-key-rotation
+update-key-rotation-interval get-key-rotation-status rotate-on-demand get-parameters-for-import import-key-material
+delete-imported-key-material generate-mac verify-mac""".split())
+
+
+def test_the_table_has_every_listed_operation_and_policies_can_name_each():
+    assert set(vendor.OPERATIONS) == LISTED
+    assert {op.action for op in vendor.OPERATIONS.values()} <= FACADE_OPERATIONS
+
+
+def test_every_row_is_a_path_the_vendor_sdk_calls():
+    kmsclient = pytest.importorskip("huaweicloudsdkkms.v2.kms_client")
+    paths = set(re.findall(r'"POST",\s*"resource_path": "/v1\.0/\{project_id\}/kms/([a-z-]+)"',
+                           Path(kmsclient.__file__).read_text()))
+    assert LISTED <= paths
+
+
+def facts(state=KeyState.ENABLED, spec=KeySpec.AES_256, origin=Origin.KMS, alias="app/is-Disabled"):
+    usage = KeyUsage.SIGN_VERIFY if spec.is_asymmetric else KeyUsage.ENCRYPT_DECRYPT
+    return KeyFacts("0d0466b0-e727-4d9c-b35d-f84bb474a37f", alias, spec, usage, origin, state)
+
+
+CASES = [
+    (lambda: rules.check_use(facts(KeyState.DISABLED), rules.Op.ENCRYPT, 0), "KMS.0209"),
+    (lambda: rules.check_use(facts(KeyState.PENDING_DELETION), rules.Op.ENCRYPT, 0), "KMS.0210"),
+    (lambda: rules.check_use(facts(KeyState.PENDING_IMPORT), rules.Op.ENCRYPT, 0), "KMS.1301"),
+    (lambda: rules.next_state_enable(facts(KeyState.PENDING_DELETION)), "KMS.0210"),
+    (lambda: rules.next_state_disable(facts(KeyState.PENDING_IMPORT)), "KMS.1301"),
+    (lambda: rules.next_state_schedule_deletion(facts(KeyState.PENDING_DELETION)), "KMS.1402"),
+    (lambda: rules.next_state_cancel_deletion(facts(), True), "KMS.1501"),
+    (lambda: rules.next_state_disable(facts(alias="sidecar/default")), "KMS.0211"),
+    (lambda: rules.check_rotation(facts(origin=Origin.EXTERNAL)), "KMS.0312"),
+    (lambda: rules.check_rotation(facts(spec=KeySpec.RSA_2048)), "KMS.0324"),
+    (lambda: rules.check_import(facts(), None, 0), "KMS.0309"),
+    (lambda: rules.check_delete_material(facts(KeyState.PENDING_IMPORT, origin=Origin.EXTERNAL)), "KMS.2701"),
+    (lambda: rules.check_use(facts(spec=KeySpec.RSA_2048), rules.Op.DATAKEY, 0), "KMS.0308"),
+]
+
+
+@pytest.mark.parametrize("refusal, code", CASES)
+def test_each_rule_refusal_gets_the_vendors_code(refusal, code):
+    with pytest.raises(kms_errors.KmsError) as e:
+        refusal()
+    assert vendor.error_code(e.value)[0] == code
+
+
+def test_import_refusals_and_everything_else():
+    from kmscore.importing import ImportMixin  # noqa: F401  (the messages below are its own)
+    from kmscore.material import normalize_import
+
+    with pytest.raises(kms_errors.KeyImportError) as e:
+        normalize_import(KeySpec.AES_256, b"short")
+    assert vendor.error_code(e.value) == ("KMS.2604", 400)
+    assert vendor.error_code(kms_errors.KeyImportError("import token expired at 2026-12-02T00:00:00Z")) == ("KMS.2601", 400)
+    assert vendor.error_code(kms_errors.KeyImportError("key k held different key material before")) == ("KMS.2606", 400)
+    assert vendor.error_code(kms_errors.StoreError("the key store failed: disk I/O error")) == ("KMS.0101", 500)
+    assert vendor.error_code(RuntimeError("a bug")) == ("KMS.0101", 500)
+    assert vendor.error_code(errors.Replayed("x")) == ("APIGW.0301", 401)
+    assert vendor.error_code(errors.AccessDenied("x")) == ("KMS.0306", 403)
+
+
+def test_internal_errors_say_nothing():
+    out = vendor.API.fail(kms_errors.StoreError("the key store /var/lib/keyhold/keys.db failed"), "rid")
+    assert out.status == 500 and b"keys.db" not in out.body and b"KMS.0101" in out.body
+    out = vendor.API.fail(errors.AuthFailed("the credential scope is wrong for key KHAK123"), "rid")
+    assert b"KHAK123" not in out.body and b"scope" not in out.body
