@@ -433,6 +433,7 @@ ERRORS: list[tuple[type[BaseException], str | None, str, int]] = [
     (kms_errors.KeyImportError, "material must be 32 bytes", "KMS.2604", 400),
     (kms_errors.KeyImportError, None, "KMS.2605", 400),
     (kms_errors.InvalidCiphertext, None, "KMS.0308", 400),
+    (kms_errors.InvalidRequest, "material expiry", "KMS.2602", 400),
     (kms_errors.InvalidRequest, None, "KMS.0308", 400),
     (kms_errors.KmsError, None, "KMS.0101", 500),
 ]

@@ -56,6 +56,7 @@ CASES = [
     (lambda: rules.check_import(facts(), None, 0), "KMS.0309"),
     (lambda: rules.check_delete_material(facts(KeyState.PENDING_IMPORT, origin=Origin.EXTERNAL)), "KMS.2701"),
     (lambda: rules.check_use(facts(spec=KeySpec.RSA_2048), rules.Op.DATAKEY, 0), "KMS.0308"),
+    (lambda: rules.check_expiry(1.0, 100.0), "KMS.2602"),
 ]
 
 
