@@ -309,3 +309,19 @@ def test_import_asymmetric_material(kms, spec):
         private.public_key().verify(sig, b"imported signer", ec.ECDSA(hashes.SHA256()))
     else:
         private.public_key().verify(sig, b"imported signer", padding.PKCS1v15(), hashes.SHA256())
+
+
+def test_rsa_encrypt_and_decrypt_data(kms):
+    key_id = create(kms, key_spec="RSA_2048", key_usage="ENCRYPT_DECRYPT")
+    out = kms.encrypt_data(EncryptDataRequest(body=EncryptDataRequestBody(
+        key_id=key_id, plain_text="rsa secret", encryption_algorithm="RSAES_OAEP_SHA_256", sequence=seq())))
+    assert out.key_id == key_id and len(base64.b64decode(out.cipher_text)) == 256
+    back = kms.decrypt_data(DecryptDataRequest(body=DecryptDataRequestBody(
+        key_id=key_id, cipher_text=out.cipher_text, encryption_algorithm="RSAES_OAEP_SHA_256", sequence=seq())))
+    assert back.plain_text == "rsa secret"
+    pem = kms.show_public_key(ShowPublicKeyRequest(body=on_key(key_id))).public_key
+    mine = serialization.load_pem_public_key(pem.encode()).encrypt(b"from outside", OAEP)  # an outside encryption
+    back = kms.decrypt_data(DecryptDataRequest(body=DecryptDataRequestBody(
+        key_id=key_id, cipher_text=base64.b64encode(mine).decode(), encryption_algorithm="RSAES_OAEP_SHA_256",
+        sequence=seq())))
+    assert base64.b64decode(back.plain_text_base64) == b"from outside"
