@@ -87,3 +87,43 @@ def test_internal_errors_say_nothing():
     assert out.status == 500 and b"keys.db" not in out.body and b"KMS.0101" in out.body
     out = vendor.API.fail(errors.AuthFailed("the credential scope is wrong for key KHAK123"), "rid")
     assert b"KHAK123" not in out.body and b"scope" not in out.body
+
+
+@pytest.mark.parametrize("value, ok", [("7", 7), (7, 7), ("1096", 1096), ("6", None), ("1097", None), (True, None),
+                                       (7.0, None), ("7.0", None), ("-7", None), ("", "missing"), (None, "missing")])
+def test_numbers_come_as_strings_or_numbers_within_the_vendors_range(value, ok):
+    f = {"pending_days": value}
+    if isinstance(ok, int):
+        assert vendor._number(f, "pending_days", 7, 1096, "KMS.1401") == ok
+    else:
+        with pytest.raises(vendor.VendorError) as e:
+            vendor._number(f, "pending_days", 7, 1096, "KMS.1401")
+        assert e.value.code == ("KMS.0204" if ok == "missing" else "KMS.1401")
+
+
+def test_the_encryption_context_is_never_ignored():
+    assert vendor._context({"additional_authenticated_data": "x"}) == {"additional_authenticated_data": "x"}
+    assert vendor._context({"encryption_context": {"a": "b"}}) == {"a": "b"}
+    assert vendor._context({}) is None
+    for bad in ({"encryption_context": {"a": 1}}, {"encryption_context": "a=b"},
+                {"additional_authenticated_data": "x", "encryption_context": {"a": "b"}}):
+        with pytest.raises(vendor.VendorError) as e:
+            vendor._context(bad)
+        assert e.value.code == "KMS.0208"
+    with pytest.raises(vendor.VendorError):
+        vendor._context({"additional_authenticated_data": 5})
+
+
+def test_encrypt_datakey_plain_text_is_the_dek_and_its_digest():
+    import hashlib
+
+    dek = bytes(range(32))
+    good = (dek + hashlib.sha256(dek).digest()).hex()
+    assert vendor._dek_with_digest({"plain_text": good, "datakey_plain_length": "32"}) == dek
+    assert vendor._dek_with_digest({"plain_text": good}) == dek  # the length follows from the text
+    for fields, code in (({"plain_text": good, "datakey_plain_length": "64"}, "KMS.2104"),
+                         ({"plain_text": (dek + bytes(32)).hex()}, "KMS.2103"),
+                         ({"plain_text": "zz"}, "KMS.2101")):
+        with pytest.raises(vendor.VendorError) as e:
+            vendor._dek_with_digest(fields)
+        assert e.value.code == code
