@@ -434,6 +434,7 @@ ERRORS: list[tuple[type[BaseException], str | None, str, int]] = [
     (kms_errors.KeyImportError, None, "KMS.2605", 400),
     (kms_errors.InvalidCiphertext, None, "KMS.0308", 400),
     (kms_errors.InvalidRequest, "material expiry", "KMS.2602", 400),
+    (kms_errors.InvalidRequest, " digest is ", "KMS.0329", 400),  # DIGEST message of the wrong length
     (kms_errors.InvalidRequest, None, "KMS.0308", 400),
     (kms_errors.KmsError, None, "KMS.0101", 500),
 ]

@@ -82,6 +82,16 @@ def test_import_refusals_and_everything_else():
     assert vendor.error_code(errors.AccessDenied("x")) == ("KMS.0306", 403)
 
 
+def test_a_digest_of_the_wrong_length_is_the_vendors_code():
+    from kmscore.material import LoadedKey, generate
+    from kmscore.specs import MessageType, SigningAlgorithm
+
+    key = LoadedKey("0d0466b0-e727-4d9c-b35d-f84bb474a37f", 1, KeySpec.EC_P256, generate(KeySpec.EC_P256))
+    with pytest.raises(kms_errors.InvalidRequest) as e:
+        key.sign(b"not a digest", SigningAlgorithm.ECDSA_SHA_256, MessageType.DIGEST)
+    assert vendor.error_code(e.value) == ("KMS.0329", 400)
+
+
 def test_internal_errors_say_nothing():
     out = vendor.API.fail(kms_errors.StoreError("the key store /var/lib/keyhold/keys.db failed"), "rid")
     assert out.status == 500 and b"keys.db" not in out.body and b"KMS.0101" in out.body
