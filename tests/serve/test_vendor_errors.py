@@ -127,6 +127,8 @@ def test_a_replayed_request_is_refused_and_audited(server):
     assert (e.status_code, e.error_code) == (401, "APIGW.0301") and "already used" in e.error_msg
     recs = records(server, "vendor.encrypt-data")
     assert recs[-1]["outcome"] == "denied: Replayed" and recs[-1]["caller"] == "unauthenticated"
+    log = server.log.read_text()
+    assert "pay 10" not in log and key.secret not in log  # neither plaintext nor secret reaches the log
 
 
 def test_policy_refusal_is_the_vendors_code_and_audited_with_the_access_key(server):
