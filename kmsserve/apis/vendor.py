@@ -58,7 +58,22 @@ def _text(f: Mapping[str, Any], name: str, required: bool = True) -> str | None:
         return None
     if not isinstance(value, str):
         raise VendorError("KMS.0308", f"Invalid {name}: a string is expected")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate, which JSON's \ud800 escape can carry
+            raise VendorError("KMS.0308", f"Invalid {name}: not valid Unicode text") from None
     return value
+
+
+def _whole(value: Any) -> bool:
+    """A JSON number that is whole, or a short string of ASCII digits (`str.isdigit` also
+    takes "²", which int() refuses; a 5000-digit string would overflow int()'s limit)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return True
+    return isinstance(value, str) and 0 < len(value) <= 18 and value.isascii() and value.isdigit()
 
 
 def _number(f: Mapping[str, Any], name: str, low: int, high: int, code: str, default: int | None = None) -> int:
@@ -69,7 +84,7 @@ def _number(f: Mapping[str, Any], name: str, low: int, high: int, code: str, def
         if default is None:
             raise VendorError("KMS.0204", f"the request lacks the required parameter {name}")
         return default
-    if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and value.isdigit())):
+    if not _whole(value):
         raise VendorError(code, f"Invalid {name}: a whole number is expected")
     number = int(value)
     if not low <= number <= high:
@@ -180,8 +195,7 @@ def _import_args(f: Mapping[str, Any]) -> dict[str, Any]:
     material = _decoded(f, "encrypted_key_material", "base64")
     private = _decoded(f, "encrypted_privatekey", "base64", required=False)
     expires = f.get("expiration_time")
-    if expires is not None and (isinstance(expires, bool) or not isinstance(expires, (int, str))
-                                or not str(expires).isdigit()):
+    if expires is not None and not _whole(expires):
         raise VendorError("KMS.2602", "Invalid expiration_time: seconds since the epoch")
     return {"key": _key(f), "import_token": _text(f, "import_token"),
             "encrypted_material": material + (private or b""),  # type: ignore[operator]

@@ -9,6 +9,8 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kmscore import errors as kms_errors
 from kmscore import rules
@@ -100,7 +102,7 @@ def test_internal_errors_say_nothing():
 
 
 @pytest.mark.parametrize("value, ok", [("7", 7), (7, 7), ("1096", 1096), ("6", None), ("1097", None), (True, None),
-                                       (7.0, None), ("7.0", None), ("-7", None), ("", "missing"), (None, "missing")])
+                                       (7.0, None), ("7.0", None), ("-7", None), ("²", None), ("9" * 5000, None), ("", "missing"), (None, "missing")])
 def test_numbers_come_as_strings_or_numbers_within_the_vendors_range(value, ok):
     f = {"pending_days": value}
     if isinstance(ok, int):
@@ -137,3 +139,31 @@ def test_encrypt_datakey_plain_text_is_the_dek_and_its_digest():
         with pytest.raises(vendor.VendorError) as e:
             vendor._dek_with_digest(fields)
         assert e.value.code == code
+
+
+FIELDS = sorted({"key_id", "key_alias", "key_spec", "key_usage", "key_description", "origin", "pending_days",
+                 "plain_text", "cipher_text", "encryption_algorithm", "additional_authenticated_data",
+                 "encryption_context", "datakey_length", "datakey_plain_length", "datakey_cipher_length",
+                 "random_data_length", "message", "signature", "signing_algorithm", "message_type", "mac",
+                 "mac_algorithm", "rotation_interval", "wrapping_algorithm", "import_token",
+                 "encrypted_key_material", "encrypted_privatekey", "expiration_time", "limit", "marker",
+                 "key_state", "sequence"})
+JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
+                    | st.sampled_from(["7", "256", "AES_256", "kms", "external", "RSA_2048", "aGk=", "00ff",
+                                     "²", "9" * 5000, 10**40, "\ud800"]),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+                    max_leaves=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(name=st.sampled_from(sorted(LISTED)), fields=st.dictionaries(st.sampled_from(FIELDS), JSON, max_size=8))
+def test_any_request_body_gives_a_clear_error_never_a_crash(name, fields):
+    """Whatever the body holds, reading it is either arguments or one of the errors the
+    API maps to its codes (anything else would be a 500 with a traceback in the log)."""
+    op = vendor.OPERATIONS[name]
+    try:
+        args = op.args(fields)
+        op.keys(args)
+    except (errors.ServeError, kms_errors.KmsError) as e:
+        code, status = vendor.error_code(e)
+        assert status == 400 and code.startswith("KMS.")
