@@ -428,6 +428,7 @@ ERRORS: list[tuple[type[BaseException], str | None, str, int]] = [
     (errors.AuthFailed, None, "APIGW.0301", 401),
     (errors.AccessDenied, None, "KMS.0306", 403),
     (errors.UnknownOperation, None, "APIGW.0101", 404),
+    (errors.MalformedRequest, "request body ", "KMS.0203", 413),  # over the server's size or time limit
     (errors.MalformedRequest, None, "KMS.0202", 400),
     (kms_errors.NotFound, None, "KMS.0207", 404),
     (kms_errors.AlreadyExists, None, "KMS.1104", 400),

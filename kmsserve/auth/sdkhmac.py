@@ -21,10 +21,12 @@ gateway); the body is covered (an `X-Sdk-Content-Sha256` header, which the SDK s
 JSON and its body is what matters). The signature is compared in constant time and is
 computed even for an unknown access key, so timing does not tell whether one exists.
 
-Replays: the scheme carries no nonce, only the second of signing and the body, so a
-repeated signature inside the window is refused (`authenticate`). Identical requests
-within one second are therefore indistinguishable from a replay; the vendor's request
-bodies carry an optional `sequence` (a fresh UUID per request) for exactly that.
+Replays: the scheme carries no nonce, only the second of signing and the body, so
+identical requests made in the same second carry the same signature and cannot be told
+from a replay. `authenticate` asks the server's replay memory (ServeContext.seen), which
+refuses a signature used before (an immediate honest repeat aside, if the memory allows
+one); the vendor's request bodies carry an optional `sequence` (a fresh UUID per
+request) that makes every request distinct.
 """
 
 from __future__ import annotations
@@ -134,6 +136,9 @@ def verify(method: str, raw_path: str, raw_query: str, headers: Iterable[tuple[s
     if any(len(values.get(name, ())) != 1 for name in signed):
         raise AuthFailed("a signed header is missing or sent more than once")
     one = {name: values[name][0] for name in signed}
+    # looked up before the date checks, so that a refusal below is recorded for the access
+    # key it claims (a client with a wrong clock shows up by name in the audit log)
+    secret = secret_of(m["ak"])
     sdk_date = one[DATE_HEADER].strip()
     try:
         signed_at = datetime.strptime(sdk_date, DATE_FORMAT).replace(tzinfo=timezone.utc).timestamp()
@@ -145,7 +150,6 @@ def verify(method: str, raw_path: str, raw_query: str, headers: Iterable[tuple[s
     claimed = values.get(CONTENT_HASH_HEADER)
     if claimed is not None and claimed != [payload]:
         raise AuthFailed("the signature does not match")  # UNSIGNED-PAYLOAD included: the body must be covered
-    secret = secret_of(m["ak"])
     canonical = canonical_request(method, raw_path, raw_query, one, signed, payload)
     expected = _signature(secret or "\0unknown", sdk_date, canonical)
     if not hmac.compare_digest(expected, m["sig"]) or secret is None:
@@ -168,6 +172,5 @@ def authenticate(req, ctx):
     signed = verify(req.method, req.path, req.query, req.headers, req.body, secret_of=secret_of, now=ctx.now())
     principal = found["principal"]
     if ctx.seen(principal, signed.signature, signed.signed_at):
-        raise Replayed("this signature was already used: identical requests within one second "
-                       "must differ (give each a fresh `sequence`)")
+        raise Replayed("this signature was already used (give each request a fresh `sequence`)")
     return principal

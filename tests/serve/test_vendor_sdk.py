@@ -4,8 +4,8 @@ against a real `kms serve` process, unchanged: the shapes it builds its models f
 keyhold answers.
 
 Two requests with the same body in the same second carry the same signature, which the
-server refuses as a replay; so every request here is made unique by a fresh `sequence`
-(the vendor's own field for that) or by its content."""
+server's replay memory may refuse; so every request here is made unique by a fresh
+`sequence` (the vendor's own field for that) or by its content."""
 
 from __future__ import annotations
 

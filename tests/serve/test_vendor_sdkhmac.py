@@ -114,3 +114,11 @@ def test_malformed_or_weakened_signatures_are_refused(case):
         headers = [(n, "yesterday" if n == "x-sdk-date" else v) for n, v in headers]
     with pytest.raises(AuthFailed):
         check(method, path, query, headers, body)
+
+
+def test_the_access_key_is_looked_up_even_when_the_date_is_refused():
+    """So that a client with a wrong clock is audited by the access key it claims."""
+    asked = []
+    with pytest.raises(RequestExpired):
+        sdkhmac.verify(*sdk_signed(when=NOW - 3600), secret_of=lambda ak: asked.append(ak) or SK, now=NOW)
+    assert asked == [AK]
