@@ -113,23 +113,3 @@ def server(tmp_path):
         yield s
     finally:
         stop_server(s)
-
-
-# -- the reference cloud's SDK (serve-vendor) ---------------------------------------------------
-
-VENDOR_PROJECT = "0123456789abcdef0123456789abcdef"
-
-
-def vendor_client(server: Server, key: AccessKey, project_id: str = VENDOR_PROJECT):
-    """The vendor's own SDK client (huaweicloudsdkkms), pointed at the server with an
-    explicit endpoint: AK = access key id, SK = its secret."""
-    from huaweicloudsdkcore.auth.credentials import BasicCredentials
-    from huaweicloudsdkcore.http.http_config import HttpConfig
-    from huaweicloudsdkkms.v2 import KmsClient
-
-    config = HttpConfig.get_default_config()
-    config.retry_times = 0
-    config.timeout = (10, 60)
-    return (KmsClient.new_builder().with_http_config(config)
-            .with_credentials(BasicCredentials(key.access_key_id, key.secret, project_id))
-            .with_endpoint(server.url).build())

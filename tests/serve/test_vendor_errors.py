@@ -15,7 +15,8 @@ import pytest
 from kmscore import Kms
 from kmsserve.apis.vendor import AUTH_MESSAGE
 from kmsserve.auth import sdkhmac
-from tests.serve.conftest import VENDOR_PROJECT, AccessKey, start_server, stop_server, vendor_client
+from tests.serve.conftest import AccessKey, start_server, stop_server
+from tests.serve.vendorsdk import VENDOR_PROJECT, vendor_client
 
 pytestmark = pytest.mark.filterwarnings("ignore:datetime.datetime.utcnow:DeprecationWarning")  # the SDK's signer
 pytest.importorskip("huaweicloudsdkkms")
