@@ -16,7 +16,7 @@ from kmscore import Kms
 from kmsserve.apis.vendor import AUTH_MESSAGE
 from kmsserve.auth import sdkhmac
 from tests.serve.conftest import AccessKey, start_server, stop_server
-from tests.serve.vendorsdk import VENDOR_PROJECT, vendor_client
+from tests.serve.vendorsdk import VENDOR_PROJECT, disable_access_key, vendor_client
 
 pytestmark = pytest.mark.filterwarnings("ignore:datetime.datetime.utcnow:DeprecationWarning")  # the SDK's signer
 pytest.importorskip("huaweicloudsdkkms")
@@ -195,18 +195,9 @@ def test_malformed_bodies_and_a_mismatched_project_are_the_vendors_errors(shared
 
 
 def test_a_disabled_access_key_gets_the_wrong_signature_answer(shared):
-    import dataclasses
-
-    from kmsserve.auth.accesskeys import AccessKeys
-
     key = shared.access_key(name="soon-disabled")
     kms = vendor_client(shared, key)
     kms.create_random(CreateRandomRequest(body=GenRandomRequestBody(random_data_length="256", sequence=seq())))
-    with Kms(shared.home) as k:  # `kms access-key disable` is serve-core's; the stored row is what counts
-        keys = AccessKeys(k)
-        try:
-            keys._put(dataclasses.replace(keys.require(key.access_key_id), enabled=False))
-        finally:
-            keys.close()
+    disable_access_key(shared, key)
     e = refused(lambda: kms.create_random(CreateRandomRequest(body=GenRandomRequestBody(random_data_length="256", sequence=seq()))))
     assert (e.status_code, e.error_code, e.error_msg) == (401, "APIGW.0301", AUTH_MESSAGE)
