@@ -113,3 +113,22 @@ def server(tmp_path):
         yield s
     finally:
         stop_server(s)
+
+
+# -- serve-remote: a server shared by a module, and RemoteKms clients of it ----------------
+@pytest.fixture(scope="module")
+def module_server(tmp_path_factory):
+    """One `kms serve` for a whole test module (its tests use their own keys)."""
+    s = start_server(tmp_path_factory.mktemp("serve") / "home")
+    try:
+        yield s
+    finally:
+        stop_server(s)
+
+
+def remote_kms(server: Server, key: AccessKey | None = None, **options):
+    """A kmscore.remote.RemoteKms on `server`, as `key` (default: a new allow-all key)."""
+    from kmscore.remote import Credentials, RemoteKms
+
+    key = key or server.access_key()
+    return RemoteKms(server.url, Credentials(key.access_key_id, key.secret), **options)
