@@ -155,6 +155,7 @@ class RemoteKms:
         fingerprint: str | None = None,
         timeout: float = DEFAULT_TIMEOUT,
         refresh_interval: float = 1.0,
+        revocation_bound: float = 5.0,
         home: str | os.PathLike | None = None,
         cli_args: tuple[str, ...] = (),
         max_connections: int = 32,
@@ -172,6 +173,8 @@ class RemoteKms:
         self.refresh_interval = refresh_interval
         """How old the server's view of the key store may be (its Kms's refresh interval,
         1 s for `kms serve`): DataKeyCache adds it to the revocation bound it keeps."""
+        self.revocation_bound = revocation_bound
+        """`[kms] revocation_bound`: what front ends on this host keep (fsmount's mounts)."""
         self.clock: Callable[[], float] = time.time
         self.notices: list[str] = []
         self.cli_args = cli_args
