@@ -47,6 +47,17 @@ from kmscore.errors import AccessDenied, InvalidRequest, KmsError, KmsUnreachabl
 
 DEFAULT_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 5.0
+KEEPALIVE = 2.0
+
+
+def is_loopback(host: str) -> bool:
+    """Plain HTTP is allowed to these only: nothing of it crosses a network."""
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 @dataclass(frozen=True)
@@ -165,6 +176,9 @@ class RemoteKms:
         parts = urlsplit(url)
         if parts.scheme not in ("https", "http") or not parts.hostname:
             raise InvalidRequest(f"the KMS url must be https://HOST[:PORT] (http:// only on loopback), not {url!r}")
+        if parts.scheme == "http" and not is_loopback(parts.hostname):
+            raise InvalidRequest(f"plain http:// is only allowed to a loopback address (keys and plaintext cross it): "
+                                 f"use https://, not {url!r}")
         if ca_file is not None and fingerprint is not None:
             raise InvalidRequest("give a CA file or a certificate fingerprint for the KMS, not both")
         self.url = url.rstrip("/")
@@ -192,7 +206,10 @@ class RemoteKms:
         self._httpx = httpx
         self._client: Any = None
         self._lock = threading.Lock()
-        self._limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        # idle connections are dropped before the server would close them (uvicorn: 5 s),
+        # so a request is rarely sent on a connection that is closing under it
+        self._limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
+                                    keepalive_expiry=KEEPALIVE)
         self._closed = False
 
     def __repr__(self) -> str:
@@ -239,25 +256,36 @@ class RemoteKms:
         spec = rw.CALLS[method]
         body = json.dumps(rw.encode_args(spec, arguments)).encode()
         path = self._base_path + rw.PATH_PREFIX + method
+        url = self.url[: len(self.url) - len(self._base_path)] + path
+        httpx = self._httpx
+        for attempt in (1, 2):
+            try:
+                response = self._http().post(url, content=body, headers=self._signed(path, body))
+                break
+            except httpx.TimeoutException as e:
+                raise KmsUnreachable(f"the KMS at {self.url} did not answer within {self.timeout:g} s ({method}): "
+                                     f"{_reason(e)}") from None
+            except (httpx.RemoteProtocolError, httpx.ReadError) as e:
+                # a pooled connection that broke under the request (the server restarted)
+                if attempt == 1 and spec.repeatable:
+                    continue
+                raise KmsUnreachable(f"the connection to the KMS at {self.url} broke ({method}): {_reason(e)}") from None
+            except httpx.TransportError as e:
+                if self._fingerprint is not None:  # perhaps a new certificate: fetch and compare it again
+                    self._drop_client()
+                raise KmsUnreachable(f"the KMS at {self.url} cannot be reached ({method}): {_reason(e)}") from None
+        return self._result(spec, response)
+
+    def _signed(self, path: str, body: bytes) -> dict[str, str]:
+        """Headers for one attempt, SigV4-signed (service `keyhold`). A signed random nonce
+        makes every signature unique: two equal calls in one second (key_usable polls,
+        a blob decrypted twice, a retry) must not look like a replay, which the server refuses."""
         from kmsserve.auth.sigv4 import sign  # sans-IO, both ends in one module (checked against botocore)
 
-        # a signed nonce: two equal calls in one second (key_usable polls, the same blob
-        # decrypted twice) must not have equal signatures, which the server refuses as replays
         headers = {"host": self._netloc, "content-type": rw.CONTENT_TYPE, rw.NONCE_HEADER: os.urandom(12).hex()}
         headers.update(sign("POST", path, "", headers, body, access_key_id=self.credentials.access_key_id,
                             secret=self.credentials.secret, region=rw.REGION, service=rw.SERVICE))
-        httpx = self._httpx
-        try:
-            response = self._http().post(self.url[: len(self.url) - len(self._base_path)] + path,
-                                         content=body, headers=headers)
-        except httpx.TimeoutException as e:
-            raise KmsUnreachable(f"the KMS at {self.url} did not answer within {self.timeout:g} s ({method}): "
-                                 f"{_reason(e)}") from None
-        except httpx.TransportError as e:
-            if isinstance(e.__context__, ssl.SSLError) or "SSL" in str(e) or "certificate" in str(e):
-                self._drop_client()
-            raise KmsUnreachable(f"the KMS at {self.url} cannot be reached ({method}): {_reason(e)}") from None
-        return self._result(spec, response)
+        return headers
 
     def _result(self, spec: rw.Call, response: Any) -> Any:
         try:

@@ -188,6 +188,13 @@ class Call:
         sig = inspect.signature(getattr(Kms, self.method))
         return sig.replace(parameters=[p for n, p in sig.parameters.items() if n != "self"])
 
+    @property
+    def repeatable(self) -> bool:
+        """May the client send it again when a connection broke before the answer? Reads
+        and cryptographic calls yes (a second ciphertext or data key does no harm); a
+        lifecycle change or an import no (it might have been done once already)."""
+        return self.method not in CHANGES
+
     def required(self) -> list[str]:
         return [n for n, p in self.signature.parameters.items() if p.default is inspect.Parameter.empty]
 
@@ -223,6 +230,13 @@ CALLS: dict[str, Call] = {c.method: c for c in [
          METADATA),
     Call("key_usable", {**_KEY, "op": NAME}, OPT_FLOAT),
 ]}
+
+
+CHANGES = frozenset(
+    "create_key enable_key disable_key schedule_key_deletion cancel_key_deletion update_key_alias "
+    "update_key_description enable_key_rotation disable_key_rotation rotate_key get_parameters_for_import "
+    "import_key_material delete_imported_key_material".split()
+)
 
 
 def encode_args(call: Call, arguments: Mapping[str, Any]) -> dict[str, Any]:

@@ -75,7 +75,9 @@ class KmsSection(_Model):
         parts = urlsplit(v)
         if parts.scheme not in ("https", "http") or not parts.hostname or parts.query or parts.fragment:
             raise ValueError(f"expected https://HOST[:PORT], got {v!r}")
-        if parts.scheme == "http" and not _loopback(parts.hostname):
+        from kmscore.remote import is_loopback
+
+        if parts.scheme == "http" and not is_loopback(parts.hostname):
             raise ValueError(f"plain http:// is only allowed to a loopback address (keys and plaintext cross it): "
                              f"use https://, got {v!r}")
         return v.rstrip("/")
@@ -131,15 +133,6 @@ class KmsSection(_Model):
         if rk is None:
             return None
         return RootKeySource("file", rk.path) if isinstance(rk, RootKeyFile) else RootKeySource(rk.source, rk.var)
-
-
-def _loopback(host: str) -> bool:
-    import ipaddress
-
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 class KeyDecl(_Model):

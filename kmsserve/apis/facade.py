@@ -19,6 +19,7 @@ from typing import Any
 from kmscore import blob
 from kmscore import errors as kms_errors
 from kmscore import remotewire as rw
+from kmscore.specs import DEFAULT_SERVICES
 from kmsserve import errors
 from kmsserve.auth import sigv4
 from kmsserve.operations import FACADE_OPERATIONS
@@ -42,7 +43,8 @@ def _blob_key(args: Mapping[str, Any]) -> tuple[str, ...]:
 
 
 def _default_key(args: Mapping[str, Any]) -> tuple[str, ...]:
-    return (f"{args['service']}/default",)
+    """A service's default key; an unknown service names no key (the facade refuses it)."""
+    return (f"{args['service']}/default",) if args["service"] in DEFAULT_SERVICES else ()
 
 
 KEYS = {
@@ -63,20 +65,26 @@ def _row(call: rw.Call) -> Operation:
 
 OPERATIONS: dict[str, Operation] = {m: _row(c) for m, c in rw.CALLS.items() if m in FACADE_OPERATIONS}
 
-# (exception class, wire error type, HTTP status): the first class the error is an instance of.
-# kmscore's own errors cross under their class name (rw.ERROR_CLASSES) with their message.
-ERRORS: list[tuple[type[BaseException], str, int]] = [
+SERVE_ERRORS: list[tuple[type[errors.ServeError], str, int]] = [
     (errors.AuthFailed, "AccessDenied", 401),
     (errors.AccessDenied, "AccessDenied", 403),
     (errors.UnknownOperation, "InvalidRequest", 404),
     (errors.MalformedRequest, "InvalidRequest", 400),
-    (kms_errors.NotFound, "NotFound", 404),
-    (kms_errors.AlreadyExists, "AlreadyExists", 409),
-    (kms_errors.KeyUnavailable, "KeyUnavailable", 409),
-    (kms_errors.StoreError, "StoreError", 500),
-    (kms_errors.AuditError, "AuditError", 500),
-    (kms_errors.KmsError, "", 400),
 ]
+"""kmsserve's own refusals, as the kmscore error the client raises (kmscore.AccessDenied,
+kmscore.InvalidRequest): (class, wire error type, HTTP status), the first that matches."""
+
+KMS_STATUS: list[tuple[type[kms_errors.KmsError], int]] = [
+    (kms_errors.NotFound, 404),
+    (kms_errors.AlreadyExists, 409),
+    (kms_errors.KeyUnavailable, 409),
+    (kms_errors.StoreError, 503),
+    (kms_errors.AuditError, 503),
+]
+"""kmscore's errors cross under their own class name with their message; the status is
+for people reading logs and proxies in between (the client goes by the name): 400 for
+the caller's mistakes, these for the rest, 500 for KmsError itself (a bug)."""
+
 AUTH_FAILED = ("the request's signature is not valid: unknown or disabled access key, wrong secret, "
                "or a clock more than 15 minutes off")
 
@@ -112,18 +120,17 @@ class FacadeApi:
         return WireResponse(200, json.dumps(fields).encode(), (*_HEADERS, ("x-request-id", request_id)))
 
     def fail(self, error: Exception, request_id: str) -> WireResponse:
-        kind, status = next(((k, s) for cls, k, s in ERRORS if isinstance(error, cls)), ("KmsError", 500))
         if isinstance(error, kms_errors.KmsError):
             name = type(error).__name__
-            kind, message = (name if name in rw.ERROR_CLASSES else "KmsError"), str(error)
-            if type(error) is kms_errors.KmsError:
-                status = 500
-        elif isinstance(error, errors.AuthFailed) and not isinstance(error, errors.RequestExpired):
-            message = AUTH_FAILED  # never which part failed
+            kind = name if name in rw.ERROR_CLASSES else "KmsError"
+            status = 500 if kind == "KmsError" else next((s for c, s in KMS_STATUS if isinstance(error, c)), 400)
+            message = str(error)  # kmscore's messages are written to be shown (no key material)
         elif isinstance(error, errors.ServeError):
-            message = str(error)
+            kind, status = next(((k, s) for c, k, s in SERVE_ERRORS if isinstance(error, c)), ("InvalidRequest", 400))
+            plain_auth = isinstance(error, errors.AuthFailed) and not isinstance(error, errors.RequestExpired)
+            message = AUTH_FAILED if plain_auth else str(error)  # never which part of a signature failed
         else:
-            message = "internal error"
+            kind, status, message = "KmsError", 500, "internal error"
         body = rw.error_body(kind, message)
         return WireResponse(status, json.dumps(body).encode(), (*_HEADERS, ("x-request-id", request_id)))
 
