@@ -24,8 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.serve.conftest import (clean_env, free_port, kms, remote_kms, start_server_at, stop_server,
-                                  write_access_key_file)
+from tests.serve.conftest import clean_env, free_port, remote_kms, start_server_at, stop_server, write_access_key_file
 
 if not os.path.exists("/dev/fuse") or not shutil.which("fusermount3"):
     pytest.skip("FUSE (/dev/fuse, fusermount3) is not available", allow_module_level=True)
@@ -226,27 +225,3 @@ def test_sidecar_and_mount_on_the_remote_facade(server, remote_host):
     finally:
         os.close(fd)
         admin.close()
-
-
-def test_check_names_an_unreachable_remote_kms(tmp_path):
-    """`kms check` on a front-end host: the file's remote settings are validated, and a
-    server that does not answer is a problem at kms.url (nothing is created locally)."""
-    host = tmp_path / "h"
-    host.mkdir()
-    (host / "app.key").write_text('{"access_key_id": "KHAKX", "secret": "s"}')
-    (host / "app.key").chmod(0o644)
-    (host / "deploy.toml").write_text(
-        f'[kms]\nurl = "http://127.0.0.1:{free_port()}"\naccess_key_file = "app.key"\n[[keys]]\nalias = "a/b"\n')
-    out = kms(host / "unused-home", "check", str(host / "deploy.toml"))
-    assert out.returncode == 2
-    assert "kms.access_key_file: the access key file" in out.stderr.decode() and "chmod 600" in out.stderr.decode()
-    (host / "app.key").chmod(0o600)
-    out = kms(host / "unused-home", "check", str(host / "deploy.toml"))
-    assert out.returncode == 2, out.stderr.decode()
-    assert "kms.url: the remote KMS did not answer the checks" in out.stderr.decode()
-    assert not list(host.rglob("keys.db"))
-    (host / "deploy.toml").write_text('[kms]\nurl = "http://kms.example.com:8443"\nfingerprint = "ab"\n'
-                                      '[[keys]]\nalias = "a/b"\n')
-    err = kms(host / "unused-home", "check", str(host / "deploy.toml")).stderr.decode()
-    assert "kms.url: " in err and "plain http:// is only allowed to a loopback address" in err
-    assert "kms.fingerprint: " in err and "64 hex digits" in err

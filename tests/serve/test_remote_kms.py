@@ -26,6 +26,7 @@ import kmscore
 from kmscore import Kms
 from kmscore.remote import Credentials, RemoteKms
 from tests.serve.conftest import AccessKey, clean_env, free_port, remote_kms, start_server_at, stop_server
+from tests.serve.conftest import kms as run_kms
 
 POLICY_APP_ONLY = """
 [[allow]]
@@ -120,6 +121,31 @@ def test_access_key_file_formats_and_mode(tmp_path):
         Credentials.load(f)
     with pytest.raises(kmscore.InvalidRequest, match="cannot read the access key file"):
         Credentials.load(tmp_path / "missing.key")
+
+
+# -- kms check on a front-end host -----------------------------------------------------------
+def test_check_names_an_unreachable_remote_kms(tmp_path):
+    """`kms check` on a front-end host: the file's remote settings are validated, and a
+    server that does not answer is a problem at kms.url (nothing is created locally)."""
+    host = tmp_path / "h"
+    host.mkdir()
+    (host / "app.key").write_text('{"access_key_id": "KHAKX", "secret": "s"}')
+    (host / "app.key").chmod(0o644)
+    (host / "deploy.toml").write_text(
+        f'[kms]\nurl = "http://127.0.0.1:{free_port()}"\naccess_key_file = "app.key"\n[[keys]]\nalias = "a/b"\n')
+    out = run_kms(host / "unused-home", "check", str(host / "deploy.toml"))
+    assert out.returncode == 2
+    assert "kms.access_key_file: the access key file" in out.stderr.decode() and "chmod 600" in out.stderr.decode()
+    (host / "app.key").chmod(0o600)
+    out = run_kms(host / "unused-home", "check", str(host / "deploy.toml"))
+    assert out.returncode == 2, out.stderr.decode()
+    assert "kms.url: the remote KMS did not answer the checks" in out.stderr.decode()
+    assert not list(host.rglob("keys.db"))
+    (host / "deploy.toml").write_text('[kms]\nurl = "http://kms.example.com:8443"\nfingerprint = "ab"\n'
+                                      '[[keys]]\nalias = "a/b"\n')
+    err = run_kms(host / "unused-home", "check", str(host / "deploy.toml")).stderr.decode()
+    assert "kms.url: " in err and "plain http:// is only allowed to a loopback address" in err
+    assert "kms.fingerprint: " in err and "64 hex digits" in err
 
 
 # -- TLS --------------------------------------------------------------------------------------------
