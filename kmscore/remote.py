@@ -32,6 +32,7 @@ import hmac
 import inspect
 import json
 import os
+import socket
 import ssl
 import stat
 import threading
@@ -237,7 +238,8 @@ class RemoteKms:
                 httpx = self._httpx
                 verify = self._verify()
                 self._client = httpx.Client(
-                    transport=httpx.HTTPTransport(verify=verify, retries=1, limits=self._limits),
+                    transport=httpx.HTTPTransport(verify=verify, retries=1, limits=self._limits,
+                                                  socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]),
                     timeout=httpx.Timeout(self.timeout, connect=min(self.timeout, CONNECT_TIMEOUT)),
                     follow_redirects=False,
                 )
