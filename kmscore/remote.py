@@ -48,6 +48,8 @@ from kmscore.errors import AccessDenied, InvalidRequest, KmsError, KmsUnreachabl
 DEFAULT_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 5.0
 KEEPALIVE = 2.0
+RETRY_AFTER = 0.5
+"""After a failed attempt, calls fail at once for this long (then one tries again)."""
 
 
 def is_loopback(host: str) -> bool:
@@ -170,6 +172,7 @@ class RemoteKms:
         home: str | os.PathLike | None = None,
         cli_args: tuple[str, ...] = (),
         max_connections: int = 32,
+        retry_after: float = RETRY_AFTER,
     ) -> None:
         import httpx  # here: `import kmscore` stays light for the embedded facade
 
@@ -211,6 +214,8 @@ class RemoteKms:
         self._limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections,
                                     keepalive_expiry=KEEPALIVE)
         self._closed = False
+        self._down_until, self._down_reason = 0.0, ""
+        self.retry_after = retry_after
 
     def __repr__(self) -> str:
         return f"<RemoteKms {self.url} as {self.credentials.access_key_id}>"
@@ -259,23 +264,40 @@ class RemoteKms:
         path = self._base_path + rw.PATH_PREFIX + method
         url = self.url[: len(self.url) - len(self._base_path)] + path
         httpx = self._httpx
+        self._fail_fast(method)
         for attempt in (1, 2):
             try:
                 response = self._http().post(url, content=body, headers=self._signed(path, body))
                 break
-            except httpx.TimeoutException as e:
-                raise KmsUnreachable(f"the KMS at {self.url} did not answer within {self.timeout:g} s ({method}): "
-                                     f"{_reason(e)}") from None
             except (httpx.RemoteProtocolError, httpx.ReadError) as e:
                 # a pooled connection that broke under the request (the server restarted)
                 if attempt == 1 and spec.repeatable:
                     continue
-                raise KmsUnreachable(f"the connection to the KMS at {self.url} broke ({method}): {_reason(e)}") from None
+                raise self._down(f"the connection to the KMS at {self.url} broke ({method}): {_reason(e)}") from None
+            except httpx.TimeoutException as e:
+                raise self._down(f"the KMS at {self.url} did not answer within {self.timeout:g} s ({method}): "
+                                 f"{_reason(e)}") from None
             except httpx.TransportError as e:
                 if self._fingerprint is not None:  # perhaps a new certificate: fetch and compare it again
                     self._drop_client()
-                raise KmsUnreachable(f"the KMS at {self.url} cannot be reached ({method}): {_reason(e)}") from None
+                raise self._down(f"the KMS at {self.url} cannot be reached ({method}): {_reason(e)}") from None
+            except KmsUnreachable as e:  # the pinned certificate could not be fetched or did not match
+                raise self._down(str(e)) from None
+        self._down_until, self._down_reason = 0.0, ""
         return self._result(spec, response)
+
+    # -- failing fast while the server is away ---------------------------------------------
+    def _down(self, reason: str) -> KmsUnreachable:
+        """Remember a failed attempt: for RETRY_AFTER seconds calls fail at once instead of
+        each waiting for its own timeout (a blackholed server would otherwise hold every
+        caller, e.g. a proxy's event loop, for the connect timeout); then calls try again."""
+        self._down_until, self._down_reason = time.monotonic() + self.retry_after, reason
+        return KmsUnreachable(reason)
+
+    def _fail_fast(self, method: str) -> None:
+        if self._down_until and time.monotonic() < self._down_until:
+            raise KmsUnreachable(f"{self._down_reason} (not tried again for {method}: calls try again "
+                                 f"{self.retry_after:g} s after the last failure)")
 
     def _signed(self, path: str, body: bytes) -> dict[str, str]:
         """Headers for one attempt, SigV4-signed (service `keyhold`). A signed random nonce

@@ -51,8 +51,40 @@ def test_server_down_fails_closed_and_the_same_client_recovers_on_restart(server
         assert isinstance(e.value, kmscore.KmsError) and e.value.exit_code == 10
         back = start_server_at(server.home, int(server.url.rsplit(":", 1)[1]))
         try:
-            assert kms.decrypt_data(blob, {"k": "v"}) == b"before"
+            assert eventually(lambda: kms.decrypt_data(blob, {"k": "v"})) == b"before"
             assert kms.decrypt_data(kms.encrypt_data("app/restart", b"after"), None) == b"after"
+        finally:
+            stop_server(back)
+    finally:
+        kms.close()
+
+
+def eventually(call, timeout: float = 30.0):
+    """The call's result once the server answers again (it fails fast for a moment after
+    a failure); bounded, never timed."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return call()
+        except kmscore.KmsUnreachable:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def test_after_a_failure_calls_fail_fast_until_the_retry_window_passes(server):
+    kms = remote_kms(server, retry_after=3600)
+    try:
+        kms.gen_random(8)
+        stop_server(server)
+        with pytest.raises(kmscore.KmsUnreachable, match="cannot be reached") as first:
+            kms.gen_random(8)
+        back = start_server_at(server.home, int(server.url.rsplit(":", 1)[1]))
+        try:
+            # the server is back, but this client does not try before its window passes
+            with pytest.raises(kmscore.KmsUnreachable, match="not tried again for gen_random") as e:
+                kms.gen_random(8)
+            assert str(first.value) in str(e.value)
         finally:
             stop_server(back)
     finally:
