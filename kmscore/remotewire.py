@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import functools
 import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -179,7 +180,7 @@ class Call:
     params: dict[str, Kind]
     result: Kind
 
-    @property
+    @functools.cached_property
     def signature(self) -> inspect.Signature:
         """The embedded facade's own signature (without self): required parameters and
         defaults come from there."""

@@ -124,6 +124,9 @@ class CliContext:
         deployment = self.deployment_file()
         if not deployment or self.deployment(deployment).kms.url is None:
             return None
+        if self.args.command == "init":
+            raise InvalidRequest(f"{deployment} names a remote KMS ([kms] url): its key store is made on the "
+                                 "KMS host (`kms init` there), not here")
         from kmscore.deploy import open_kms
 
         return open_kms(self.deployment(deployment), caller=f"cli:{self.args.command}")

@@ -180,6 +180,33 @@ def test_check_names_an_unreachable_remote_kms(tmp_path):
     assert "kms.fingerprint: " in err and "64 hex digits" in err
 
 
+def test_the_cli_on_a_remote_deployment(server, tmp_path):
+    """`kms --deployment FILE ...` works on the server; what belongs to the KMS host says so."""
+    from tests.serve.conftest import KMS_BIN, write_access_key_file
+
+    host = tmp_path / "frontend-host"
+    host.mkdir()
+    write_access_key_file(host / "cli.key", server.access_key())
+    config = host / "remote.toml"
+    config.write_text(f'[kms]\nurl = "{server.url}"\naccess_key_file = "cli.key"\n')
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([KMS_BIN, "--deployment", str(config), *args], capture_output=True, env=clean_env(),
+                              stdin=subprocess.DEVNULL, timeout=60)
+
+    made = cli("create-key", "--alias", "cli/remote", "--json")
+    assert made.returncode == 0, made.stderr.decode()
+    assert "cli/remote" in cli("list-keys").stdout.decode()
+    init = cli("init")
+    assert init.returncode == 2 and "kms init` there" in init.stderr.decode()
+    audit = cli("audit", "list")
+    assert audit.returncode == 2 and "read on the KMS host" in audit.stderr.decode()
+    stop_server(server)
+    down = cli("describe-key", "cli/remote")
+    assert down.returncode == 10 and "cannot be reached" in down.stderr.decode()
+    assert not list(host.rglob("keys.db"))
+
+
 # -- TLS --------------------------------------------------------------------------------------------
 def self_signed(folder: Path) -> tuple[Path, Path, str]:
     key = ec.generate_private_key(ec.SECP256R1())
