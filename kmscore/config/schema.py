@@ -107,7 +107,7 @@ class KmsSection(_Model):
         if self.url is None:
             given = [n for n in ("access_key_file", "ca_file", "fingerprint") if getattr(self, n) is not None]
             if given:
-                raise ValueError(f"{', '.join(given)} only mean something with url (a remote KMS)")
+                raise ValueError(f"{', '.join(given)}: only with url (a remote KMS)")
         else:
             if self.access_key_file is None:
                 raise ValueError("url needs access_key_file: the access key this host signs its requests with")
