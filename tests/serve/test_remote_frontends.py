@@ -101,6 +101,11 @@ upstream = "http://127.0.0.1:{upstream}"
 name = "store"
 match = {{ path = "/store/*", methods = ["PUT"] }}
 request = {{ action = "encrypt", key = "remote/bodies" }}
+
+[[proxy.route]]
+name = "open"
+match = {{ path = "/open/*", methods = ["PUT"] }}
+request = {{ action = "decrypt", key = "remote/bodies" }}
 """
 
 FRONTEND_POLICY = """
@@ -150,7 +155,8 @@ def remote_host(tmp_path, server, upstream):
 
 
 def put(state, path: str, body: bytes) -> httpx.Response:
-    return httpx.put(f"http://127.0.0.1:{state['listen']}{path}", content=body, timeout=20)
+    headers = {"Content-Type": "application/vnd.keyhold.envelope"} if path.startswith("/open/") else {}
+    return httpx.put(f"http://127.0.0.1:{state['listen']}{path}", content=body, headers=headers, timeout=20)
 
 
 def read_fails(fd: int) -> bool:
@@ -189,6 +195,14 @@ def test_sidecar_and_mount_on_the_remote_facade(server, remote_host):
     r = put(remote_host, "/store/a", b"top secret body")
     assert r.status_code == 200, r.text
     assert received[-1][0] == "/store/a" and b"top secret body" not in received[-1][1]
+    envelope = received[-1][1]
+    for _ in range(2):  # the second from the data-key cache
+        r = put(remote_host, "/open/a", envelope)
+        assert r.status_code == 200 and received[-1] == ("/open/a", b"top secret body"), r.text
+
+    def open_refused() -> bool:
+        r = put(remote_host, "/open/x", envelope)
+        return r.status_code == 503 and b"top secret body" not in r.content
 
     # revocation on the server reaches both within the bound
     admin = remote_kms(server)
@@ -200,10 +214,12 @@ def test_sidecar_and_mount_on_the_remote_facade(server, remote_host):
         r = put(remote_host, "/store/b", b"must not leave")
         assert r.status_code == 503 and b"must not leave" not in r.content
         assert all(p != "/store/b" for p, _ in received)
+        wait_for("the sidecar's cached data key to be refused", open_refused)
         admin.enable_key("remote/files")
         admin.enable_key("remote/bodies")
         wait_for("the open file to be readable again", lambda: read_works(fd, data))
         assert put(remote_host, "/store/c", b"again").status_code == 200
+        wait_for("decryption to work again", lambda: put(remote_host, "/open/c", envelope).status_code == 200)
 
         # the server goes away: both fail closed ...
         stop_server(server)
@@ -211,6 +227,7 @@ def test_sidecar_and_mount_on_the_remote_facade(server, remote_host):
         r = put(remote_host, "/store/d", b"nobody to ask")
         assert r.status_code == 503 and b"nobody to ask" not in r.content
         assert all(p != "/store/d" for p, _ in received)
+        wait_for("the sidecar to refuse decryption with the KMS gone", open_refused)
         assert remote_host["proc"].poll() is None  # kms up keeps running
 
         # ... and recover by themselves when it is back on the same port
@@ -220,6 +237,8 @@ def test_sidecar_and_mount_on_the_remote_facade(server, remote_host):
             r = put(remote_host, "/store/e", b"back")
             assert r.status_code == 200, r.text
             assert received[-1][0] == "/store/e" and b"back" not in received[-1][1]
+            wait_for("decryption after the restart", lambda: put(remote_host, "/open/e", envelope).status_code == 200)
+            assert received[-1] == ("/open/e", b"top secret body")
         finally:
             stop_server(back)
     finally:
