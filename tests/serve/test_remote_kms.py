@@ -208,7 +208,7 @@ def test_the_cli_on_a_remote_deployment(server, tmp_path):
 
 
 # -- TLS --------------------------------------------------------------------------------------------
-def self_signed(folder: Path) -> tuple[Path, Path, str]:
+def self_signed(folder: Path, ca: bool = True) -> tuple[Path, Path, str]:
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "keyhold test")])
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -216,7 +216,7 @@ def self_signed(folder: Path) -> tuple[Path, Path, str]:
             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
             .not_valid_after(now + datetime.timedelta(days=7))
             .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), True)
             .sign(key, hashes.SHA256()))
     cert_file, key_file = folder / "cert.pem", folder / "key.pem"
     cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
@@ -240,10 +240,11 @@ uvicorn.run(app, host="127.0.0.1", port=int(port), ssl_certfile=cert, ssl_keyfil
 """
 
 
-@pytest.fixture
-def tls_server(server, tmp_path):
-    """The real app over TLS (uvicorn, a self-signed certificate), on `server`'s key store."""
-    cert, key, fingerprint = self_signed(tmp_path)
+@pytest.fixture(params=["CA:TRUE", "CA:FALSE"])
+def tls_server(server, tmp_path, request):
+    """The real app over TLS (uvicorn, a self-signed certificate that does or does not say
+    it is a CA: a pin must hold for both), on `server`'s key store."""
+    cert, key, fingerprint = self_signed(tmp_path, ca=request.param == "CA:TRUE")
     port = free_port()
     log = tmp_path / "tls.log"
     with open(log, "wb") as out:
