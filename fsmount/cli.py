@@ -99,7 +99,7 @@ def run_mount(args: argparse.Namespace, ctx: CliContext) -> int:
         config = cipherdir.prepare(ctx.kms, args.cipher_dir, opts.key, opts.frame_size, opts.force_key)
         mounting.check_mount_point(args.mount_point)
         log_file = args.log or str(ctx.kms.home / "logs" / f"fsmount-{_slug(args.mount_point)}.log")
-        argv = ["--home", str(ctx.kms.home)]
+        argv = list(getattr(ctx.kms, "cli_args", ()) or ["--home", str(ctx.kms.home)])  # a RemoteKms: its deployment
         if getattr(args, "root_key_file", None):
             argv += ["--root-key-file", args.root_key_file]
         argv += [os.path.abspath(args.cipher_dir), os.path.abspath(args.mount_point), "--key", config.key_id,
@@ -182,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--home", help="KMS home folder (default: $KMS_HOME or ~/.local/share/keyhold)")
     p.add_argument("--root-key-file", help="root key file (default: $KMS_ROOT_KEY, $KMS_PASSPHRASE or HOME/root.key)")
+    p.add_argument("--deployment", metavar="CONFIG", help="use the KMS of this deployment file's [kms] (a remote one with url)")
     return p
 
 

@@ -143,8 +143,10 @@ class MountService:
 
     def __init__(self, kms: Kms) -> None:
         self.home = str(kms.home)
-        # `kms up` opens its Kms with refresh_interval = [kms].revocation_bound
-        self.revocation_bound = float(getattr(kms, "refresh_interval", 5.0))
+        # `kms up` opens its Kms with refresh_interval = [kms].revocation_bound; a RemoteKms
+        # carries the bound itself, and the options that open it in the mount process
+        self.revocation_bound = float(getattr(kms, "revocation_bound", None) or getattr(kms, "refresh_interval", 5.0))
+        self.kms_args = list(getattr(kms, "cli_args", ()) or ["--home", self.home])
         self.running: dict[MountEntry, _Mount] = {}
 
     def apply(self, entries: Sequence[MountEntry]) -> list[str]:
@@ -214,7 +216,7 @@ class MountService:
                         "writes at the mount point land in the folder underneath", e.mount_point)
 
     def _argv(self, e: MountEntry, log_file: str) -> list[str]:
-        argv = ["--home", self.home, e.cipher_dir, e.mount_point, "--key", e.key, "--frame-size", str(e.frame_size),
+        argv = [*self.kms_args, e.cipher_dir, e.mount_point, "--key", e.key, "--frame-size", str(e.frame_size),
                 "--log", log_file, "--revocation-bound", str(self.revocation_bound)]
         if e.force_key:
             argv.append("--force-key")

@@ -89,6 +89,21 @@ class AuditError(KmsError):
     exit_code = 9
 
 
+# -- the remote facade (kmscore.remote) ------------------------------------------------------
+class KmsUnreachable(KmsError):
+    """The remote KMS (`[kms] url`) cannot be reached or did not answer as a keyhold
+    server: nothing was done, and a front end fails closed until it is back."""
+
+    exit_code = 10
+
+
+class AccessDenied(KmsError):
+    """The remote KMS refused the caller: its access key or signature is not valid, or
+    its policy does not allow this operation on this key."""
+
+    exit_code = 11
+
+
 def as_kms_error(e: BaseException) -> KmsError:
     """kmscore's own error for an exception raised below the facade, so that callers
     of the Python API catch one hierarchy: misuse (wrong types, text that is not
@@ -123,4 +138,6 @@ __all__ = [
     "IncorrectKeyMaterial",
     "StoreError",
     "AuditError",
+    "KmsUnreachable",
+    "AccessDenied",
 ]

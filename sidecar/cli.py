@@ -140,7 +140,7 @@ def run(args, ctx) -> int:
         entries, dep = load_config(args.config)
     else:
         entries = entries_from_args(args)
-    if dep is not None and (dep.home is not None or dep.root_key is not None):
+    if dep is not None and (dep.home is not None or dep.root_key is not None or dep.kms.url is not None):
         from kmscore.deploy import open_kms  # the KMS the file's [kms] section names
 
         kms = open_kms(dep, caller="kms proxy")

@@ -100,6 +100,8 @@ class CliContext:
 
     @property
     def kms(self) -> Kms:
+        if self._kms is None and (remote := self._remote_kms()) is not None:
+            self._kms = remote
         if self._kms is None:
             args = self.args
             choice = self.home_choice()
@@ -115,6 +117,19 @@ class CliContext:
             for notice in self._kms.notices:
                 self.info(notice)
         return self._kms
+
+    def _remote_kms(self):
+        """With a deployment whose `[kms]` names a `url`: the remote facade (no local store
+        is opened or created); else None."""
+        deployment = self.deployment_file()
+        if not deployment or self.deployment(deployment).kms.url is None:
+            return None
+        if self.args.command == "init":
+            raise InvalidRequest(f"{deployment} names a remote KMS ([kms] url): its key store is made on the "
+                                 "KMS host (`kms init` there), not here")
+        from kmscore.deploy import open_kms
+
+        return open_kms(self.deployment(deployment), caller=f"cli:{self.args.command}")
 
     def close(self) -> None:
         if self._kms is not None:

@@ -15,7 +15,8 @@ import signal
 import sys
 from pathlib import Path
 
-from kmscore.config import ConfigError, Deployment, NoKeyStore, check_deployment, load_config
+from kmscore.config import ConfigError, Deployment, NoKeyStore, Problem, check_deployment, load_config
+from kmscore.errors import KmsError
 from kmscore.home import resolve_home
 from kmscore.store import DB_NAME
 from kmscore.frontend import load_frontends
@@ -79,7 +80,13 @@ def run_check(args: argparse.Namespace, ctx) -> int:
         dep, frontends = _load(args.config)
     except ConfigError as e:
         return _print_problems(e.problems, args.json, args.config)
-    if store_exists(dep):
+    if dep.kms.url is not None:  # a remote KMS: checked against the server, which must answer
+        try:
+            with open_kms(dep, caller="kms check") as kms:
+                found = check_deployment(dep, kms, frontends, warnings=True)
+        except KmsError as e:
+            found = [Problem(dep.file, "kms.url", f"the remote KMS did not answer the checks: {e}")]
+    elif store_exists(dep):
         with open_kms(dep, caller="kms check") as kms:
             found = check_deployment(dep, kms, frontends, warnings=True)
     else:  # a fresh host: check against an empty store, create nothing
@@ -109,7 +116,7 @@ def run_status(args: argparse.Namespace, ctx) -> int:
         dep, _frontends = _load(args.config)
     except ConfigError as e:
         return _print_problems(e.problems, args.json, args.config)
-    if store_exists(dep):
+    if dep.kms.url is not None or store_exists(dep):
         with open_kms(dep, caller="kms status") as kms:
             checks = deployment_status(dep, kms)
     else:

@@ -43,6 +43,8 @@ EXIT_CODES = (
     (7, "key material could not be imported"),
     (8, "the key store, its home or the root key cannot be used"),
     (9, "the audit log is broken or cannot be written"),
+    (10, "the remote KMS ([kms] url) cannot be reached"),
+    (11, "the remote KMS refused the access key or its policy refused the call"),
     (70, "an internal error (a bug: please report it)"),
     (130, "interrupted (Ctrl-C)"),
 )

@@ -113,6 +113,29 @@ def _core_problems(file: str, kms: KmsSection | None, keys: list[KeyDecl | None]
     root = kms.root_key if kms is not None else None
     if root is not None and not isinstance(root, RootKeyFile) and not env.get(root.var):
         out.append(Problem(file, "kms.root_key.var", f"environment variable ${root.var} is not set"))
+    if kms is not None and kms.url is not None:
+        out.extend(_remote_problems(file, kms))
+    return out
+
+
+def _remote_problems(file: str, kms: KmsSection) -> list[Problem]:
+    """A remote KMS's files: the access key file readable and private, the CA file a CA."""
+    import ssl
+
+    from kmscore.errors import KmsError
+    from kmscore.remote import Credentials
+
+    out = []
+    try:
+        Credentials.load(kms.access_key_file)  # type: ignore[arg-type]
+    except KmsError as e:
+        out.append(Problem(file, "kms.access_key_file", str(e)))
+    if kms.ca_file is not None:
+        try:
+            ssl.create_default_context(cafile=kms.ca_file)
+        except (OSError, ssl.SSLError) as e:
+            out.append(Problem(file, "kms.ca_file", f"cannot use {kms.ca_file} as a CA file: "
+                               f"{getattr(e, 'strerror', None) or e}"))
     return out
 
 

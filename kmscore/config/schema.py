@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from kmscore import rules
 from kmscore.errors import KmsError
@@ -51,6 +51,73 @@ class KmsSection(_Model):
     audit: AuditSettings = AuditSettings()
     metrics: str | None = None
     """host:port for `kms up`'s /metrics, /healthz and /readyz (kmscore.health)."""
+
+    # -- a remote KMS (kmscore.remote): front ends on a host without the key store --------
+    url: str | None = None
+    """`https://HOST:PORT` of a `kms serve` (http:// only to loopback): with it, this host
+    opens no key store and front ends use the remote facade."""
+    access_key_file: str | None = None
+    """With `url`: a 0600 file holding the access key (`kms access-key create --json`'s output)."""
+    ca_file: str | None = None
+    """With `url`: the CA (PEM) that signed the server's certificate (default: the system's)."""
+    fingerprint: str | None = None
+    """With `url`: the SHA-256 fingerprint of the server's self-signed certificate, pinned."""
+    timeout: float = Field(default=10.0, gt=0, le=300)
+    """With `url`: seconds a call may take before it fails closed (KmsUnreachable)."""
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(v)
+        if parts.scheme not in ("https", "http") or not parts.hostname or parts.query or parts.fragment:
+            raise ValueError(f"expected https://HOST[:PORT], got {v!r}")
+        from kmscore.remote import is_loopback
+
+        if parts.scheme == "http" and not is_loopback(parts.hostname):
+            raise ValueError(f"plain http:// is only allowed to a loopback address (keys and plaintext cross it): "
+                             f"use https://, got {v!r}")
+        return v.rstrip("/")
+
+    @field_validator("access_key_file", "ca_file")
+    @classmethod
+    def _path(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None:
+            return v
+        base = (info.context or {}).get("config_dir")
+        return str(Path(base or ".", Path(v).expanduser()).resolve())
+
+    @field_validator("fingerprint")
+    @classmethod
+    def _fingerprint(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        from kmscore.remote import normalize_fingerprint
+
+        try:
+            return normalize_fingerprint(v)
+        except KmsError as e:
+            raise ValueError(str(e)) from None
+
+    @model_validator(mode="after")
+    def _remote(self) -> "KmsSection":
+        if self.url is None:
+            given = [n for n in ("access_key_file", "ca_file", "fingerprint") if getattr(self, n) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)}: only with url (a remote KMS)")
+        else:
+            if self.access_key_file is None:
+                raise ValueError("url needs access_key_file: the access key this host signs its requests with")
+            if self.root_key is not None:
+                raise ValueError("with url the key store is remote: this host holds no root key (drop root_key)")
+            if self.ca_file is not None and self.fingerprint is not None:
+                raise ValueError("give ca_file or fingerprint, not both")
+            if self.url.startswith("http://") and (self.ca_file or self.fingerprint):
+                raise ValueError("ca_file and fingerprint are for https:// urls")
+        return self
 
     @field_validator("metrics")
     @classmethod

@@ -54,6 +54,8 @@ def plan_reload(old: Deployment, new: Deployment) -> Plan:
             ("kms.revocation_bound", old.kms.revocation_bound, new.kms.revocation_bound),
             ("kms.audit", old.kms.audit, new.kms.audit),
             ("kms.metrics", old.kms.metrics, new.kms.metrics),
+            *((f"kms.{f}", getattr(old.kms, f), getattr(new.kms, f))  # the remote KMS (kmscore.remote)
+              for f in ("url", "access_key_file", "ca_file", "fingerprint", "timeout")),
         )
         if before != after
     ]

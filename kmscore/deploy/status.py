@@ -37,7 +37,7 @@ def _listening(address: str, timeout: float = 0.5) -> bool:
 def key_checks(dep: Deployment, kms: Any) -> list[dict[str, Any]]:
     """The store answers, and every key the file names (keys, mounts, routes) is usable."""
     out = []
-    store_ok, store_detail = True, str(kms.home)
+    store_ok, store_detail = True, str(getattr(kms, "url", None) or kms.home)  # a RemoteKms: its server
     for alias in sorted(named_keys(dep)):
         try:
             state = kms.describe_key(alias).state
@@ -95,8 +95,12 @@ def banner(dep: Deployment, kms_home: Path, *, log_format: str, metrics: str | N
     """What runs where, how to reach it and how to stop it (printed once at start-up)."""
     config = str(Path(dep.file).absolute())
     lines = [f"running {Path(dep.file).name} ({config}, pid {pid})"]
-    lines.append(f"  key store  {kms_home}")
-    lines.append(f"             the CLI on it: kms --deployment {config} list-keys   (or: export KMS_HOME={kms_home})")
+    if dep.kms.url is not None:
+        lines.append(f"  KMS        {dep.kms.url} (remote: no key store on this host)")
+        lines.append(f"             the CLI on it: kms --deployment {config} list-keys")
+    else:
+        lines.append(f"  key store  {kms_home}")
+        lines.append(f"             the CLI on it: kms --deployment {config} list-keys   (or: export KMS_HOME={kms_home})")
     for entry in dep.entries("mount"):
         slug = str(entry.mount_point).strip("/").replace("/", "_")  # fsmount's default log name
         log = getattr(entry, "log", None) or f"{kms_home}/logs/fsmount-{slug}.log"

@@ -27,16 +27,25 @@ TICK = 0.1
 
 
 def open_kms(dep: Deployment, caller: str = "kms up"):
-    """The Kms described by `[kms]` (not the CLI's --home)."""
+    """The Kms described by `[kms]` (not the CLI's --home): the embedded facade on the
+    local key store, or with `[kms] url` the remote one (kmscore.remote.RemoteKms), for
+    which no local store is opened or created. Front ends cannot tell them apart."""
     from kmscore.facade import Kms
     from kmscore.home import check_home, choose_home
 
+    if dep.kms.url is not None:
+        from kmscore.remote import Credentials, RemoteKms
+
+        return RemoteKms(dep.kms.url, Credentials.load(dep.kms.access_key_file), ca_file=dep.kms.ca_file,
+                         fingerprint=dep.kms.fingerprint, timeout=dep.kms.timeout, home=dep.home,
+                         revocation_bound=dep.kms.revocation_bound,
+                         cli_args=("--deployment", str(dep.path.absolute())))
     check_home(choose_home(dep.home, named_by=f"{dep.file} [kms] home"), may_create=True)  # world-writable?
     return Kms(dep.home, root_key=dep.root_key, caller=caller, refresh_interval=dep.kms.revocation_bound)
 
 
 def verify_audit(kms, dep: Deployment) -> None:
-    if dep.kms.audit.verify_on_start:
+    if dep.kms.audit.verify_on_start and dep.kms.url is None:  # a remote KMS's log is checked on its host
         report = kms.verify_audit()
         if not report.ok:
             raise AuditError(f"audit log check failed: {report.problem} (see `kms audit verify`; "
@@ -66,7 +75,10 @@ def run(dep: Deployment, kms, frontends: Sequence[Frontend]) -> int:
     try:
         verify_audit(kms, dep)
         source = dep.root_key.describe() if dep.root_key else "default"
-        log.info("key store %s (root key: %s)", kms.home, deployer.scrub(source))
+        if dep.kms.url is not None:
+            log.info("remote KMS %s (no local key store)", dep.kms.url)
+        else:
+            log.info("key store %s (root key: %s)", kms.home, deployer.scrub(source))
         watcher.start()  # before starting: an edit made while mounts come up is not lost
         deployer.start()
         if not deployer.services:

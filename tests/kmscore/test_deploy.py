@@ -61,7 +61,7 @@ def test_several_problems_in_keys_and_kms_at_once():
         dep(kms={"home": 1, "colour": "x"}, keys=[{"alias": "ok/x", "spec": "AES_128"}, {"spec": "AES_256"}])
     assert [str(p) for p in e.value.problems] == [
         f"{PATH}: kms.home: expected a string, got an integer",
-        f"{PATH}: kms.colour: unknown key 'colour' (expected one of: audit, home, metrics, revocation_bound, root_key)",
+        f"{PATH}: kms.colour: unknown key 'colour' (expected one of: access_key_file, audit, ca_file, fingerprint, home, metrics, revocation_bound, root_key, timeout, url)",
         f"{PATH}: keys[0].spec: expected 'AES_256', 'HMAC_256', 'HMAC_384', 'HMAC_512', 'RSA_2048', "
         "'RSA_3072', 'RSA_4096', 'EC_P256' or 'EC_P384'",
         f"{PATH}: keys[1].alias: required key is missing",

@@ -113,3 +113,56 @@ def server(tmp_path):
         yield s
     finally:
         stop_server(s)
+
+
+# -- serve-remote: a server shared by a module, and RemoteKms clients of it ----------------
+@pytest.fixture(scope="module")
+def module_server(tmp_path_factory):
+    """One `kms serve` for a whole test module (its tests use their own keys)."""
+    s = start_server(tmp_path_factory.mktemp("serve") / "home")
+    try:
+        yield s
+    finally:
+        stop_server(s)
+
+
+def remote_kms(server: Server, key: AccessKey | None = None, **options):
+    """A kmscore.remote.RemoteKms on `server`, as `key` (default: a new allow-all key)."""
+    from kmscore.remote import Credentials, RemoteKms
+
+    key = key or server.access_key()
+    return RemoteKms(server.url, Credentials(key.access_key_id, key.secret), **options)
+
+
+def start_server_at(home: Path, port: int, *extra: str, timeout: float = 30) -> Server:
+    """`kms serve` on a given port (e.g. the one a stopped server had: a restart)."""
+    log = home.parent / f"serve-{port}-{time.monotonic_ns()}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([KMS_BIN, "--home", str(home), "serve", "--listen", f"127.0.0.1:{port}",
+                                 "--plain-http", *extra], stdout=out, stderr=subprocess.STDOUT,
+                                env=clean_env(), stdin=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"kms serve exited {proc.returncode}: {log.read_text()}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return Server(home, f"http://127.0.0.1:{port}", proc, log)
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    raise AssertionError(f"kms serve did not listen on {port} within {timeout}s: {log.read_text()}")
+
+
+def restart_server(server: Server) -> Server:
+    """Stop `server` (SIGTERM) and start it again on the same port and key store."""
+    stop_server(server)
+    return start_server_at(server.home, int(server.url.rsplit(":", 1)[1]))
+
+
+def write_access_key_file(path: Path, key: AccessKey) -> Path:
+    """What `kms access-key create --json` printed, saved 0600 (as an operator would)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"access_key_id": key.access_key_id, "secret": key.secret}, f)
+    return path

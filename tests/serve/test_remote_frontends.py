@@ -1,0 +1,246 @@
+"""Front ends on a host without the key store: `kms up` with `[kms] url` runs a real
+sidecar (mitmproxy) and a real FUSE mount on the remote facade of a `kms serve` in
+another process. No key store is opened or created on the front ends' side; a key
+disabled on the server is refused by both within the revocation bound; with the
+server gone both fail closed, and both recover by themselves when it is back on the
+same port.
+
+Effects are awaited "up to N seconds" (never timed)."""
+
+from __future__ import annotations
+
+import errno
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.serve.conftest import clean_env, free_port, remote_kms, start_server_at, stop_server, write_access_key_file
+
+if not os.path.exists("/dev/fuse") or not shutil.which("fusermount3"):
+    pytest.skip("FUSE (/dev/fuse, fusermount3) is not available", allow_module_level=True)
+if importlib.util.find_spec("mitmproxy") is None:
+    pytest.skip("the sidecar needs mitmproxy (Python >= 3.12)", allow_module_level=True)
+
+KMS = str(Path(sys.executable).with_name("kms"))
+WAIT = 30.0
+
+
+def wait_for(what: str, predicate, timeout: float = WAIT):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:.0f} s: {what}")
+        time.sleep(0.1)
+
+
+def mounted(path: Path) -> bool:
+    with open("/proc/self/mounts") as f:
+        return any(line.split()[1] == str(path) and line.split()[2].startswith("fuse") for line in f)
+
+
+@pytest.fixture
+def upstream():
+    received: list[tuple[str, bytes]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *a):
+            pass
+
+        def do_PUT(self):
+            received.append((self.path, self.rfile.read(int(self.headers.get("Content-Length") or 0))))
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_address[1], received
+    server.shutdown()
+    server.server_close()
+
+
+CONFIG = """
+[kms]
+url = "{url}"
+access_key_file = "app.key"
+home = "local"
+revocation_bound = 2
+
+[[keys]]
+alias = "remote/files"
+
+[[keys]]
+alias = "remote/bodies"
+
+[[mount]]
+cipher_dir = "cipher"
+mount_point = "plain"
+key = "remote/files"
+
+[[proxy]]
+listen = "127.0.0.1:{listen}"
+upstream = "http://127.0.0.1:{upstream}"
+
+[[proxy.route]]
+name = "store"
+match = {{ path = "/store/*", methods = ["PUT"] }}
+request = {{ action = "encrypt", key = "remote/bodies" }}
+
+[[proxy.route]]
+name = "open"
+match = {{ path = "/open/*", methods = ["PUT"] }}
+request = {{ action = "decrypt", key = "remote/bodies" }}
+"""
+
+FRONTEND_POLICY = """
+[[allow]]
+operations = ["list_keys", "create_key"]
+keys = ["*"]
+
+[[allow]]
+operations = ["describe_key", "key_usable", "default_key", "encrypt_data", "decrypt_data",
+              "create_datakey", "decrypt_datakey"]
+keys = ["remote/*", "sidecar/default", "fsmount/default"]
+"""
+
+
+@pytest.fixture
+def remote_host(tmp_path, server, upstream):
+    """A front-end host: a folder with a config naming the server, and `kms up` on it."""
+    port, received = upstream
+    host = tmp_path / "frontend-host"
+    host.mkdir()
+    write_access_key_file(host / "app.key", server.access_key(FRONTEND_POLICY, name="frontends"))
+    listen = free_port()
+    (host / "deploy.toml").write_text(CONFIG.format(url=server.url, listen=listen, upstream=port))
+    log = host / "up.log"
+    env = clean_env()
+    proc = subprocess.Popen([KMS, "up", str(host / "deploy.toml")], stdout=log.open("wb"), stderr=subprocess.STDOUT,
+                            env=env, cwd="/", stdin=subprocess.DEVNULL)
+    state = {"proc": proc, "host": host, "log": log, "listen": listen, "received": received}
+    try:
+        wait_for("kms up running", lambda: proc.poll() is not None or "running deploy.toml" in log.read_text())
+        assert proc.poll() is None, log.read_text()
+        yield state
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        plain = host / "plain"
+        if mounted(plain):
+            subprocess.run(["fusermount3", "-u", "-z", str(plain)], check=False)
+        with open("/proc/self/mounts") as f:
+            if any(line.split()[1] == str(plain) for line in f):  # a guard left by a failed test
+                subprocess.run(["umount", "-l", str(plain)], check=False)
+
+
+def put(state, path: str, body: bytes) -> httpx.Response:
+    headers = {"Content-Type": "application/vnd.keyhold.envelope"} if path.startswith("/open/") else {}
+    return httpx.put(f"http://127.0.0.1:{state['listen']}{path}", content=body, headers=headers, timeout=20)
+
+
+def read_fails(fd: int) -> bool:
+    try:
+        os.pread(fd, 100, 0)
+    except OSError as e:
+        assert e.errno == errno.ENOKEY, e
+        return True
+    return False
+
+
+def read_works(fd: int, data: bytes) -> bool:
+    try:
+        return os.pread(fd, len(data), 0) == data
+    except OSError as e:
+        assert e.errno == errno.ENOKEY, e
+        return False
+
+
+def test_sidecar_and_mount_on_the_remote_facade(server, remote_host):
+    host, received = remote_host["host"], remote_host["received"]
+    plain = host / "plain"
+    assert mounted(plain)
+    # no key store on this host: nothing but logs in its home, no root key
+    assert not list(host.rglob("keys.db")) and not list(host.rglob("root.key"))
+    assert "remote KMS http://127.0.0.1" in remote_host["log"].read_text()
+
+    # the mount: files written are envelopes under the server's key
+    data = os.urandom(50_000) + b"attack at dawn"
+    (plain / "f").write_bytes(data)
+    assert (plain / "f").read_bytes() == data
+    backing = b"".join(p.read_bytes() for p in (host / "cipher").rglob("*") if p.is_file())
+    assert backing and b"attack at dawn" not in backing
+
+    # the sidecar: the upstream receives an envelope, never the body
+    r = put(remote_host, "/store/a", b"top secret body")
+    assert r.status_code == 200, r.text
+    assert received[-1][0] == "/store/a" and b"top secret body" not in received[-1][1]
+    envelope = received[-1][1]
+    for _ in range(2):  # the second from the data-key cache
+        r = put(remote_host, "/open/a", envelope)
+        assert r.status_code == 200 and received[-1] == ("/open/a", b"top secret body"), r.text
+
+    def open_refused() -> bool:
+        r = put(remote_host, "/open/x", envelope)
+        return r.status_code == 503 and b"top secret body" not in r.content
+
+    # revocation on the server reaches both within the bound
+    admin = remote_kms(server)
+    fd = os.open(plain / "f", os.O_RDONLY)
+    try:
+        admin.disable_key("remote/files")
+        admin.disable_key("remote/bodies")
+        wait_for("the open file to become unreadable", lambda: read_fails(fd))
+        r = put(remote_host, "/store/b", b"must not leave")
+        assert r.status_code == 503 and b"must not leave" not in r.content
+        assert all(p != "/store/b" for p, _ in received)
+        wait_for("the sidecar's cached data key to be refused", open_refused)
+        admin.enable_key("remote/files")
+        admin.enable_key("remote/bodies")
+        wait_for("the open file to be readable again", lambda: read_works(fd, data))
+        assert put(remote_host, "/store/c", b"again").status_code == 200
+        wait_for("decryption to work again", lambda: put(remote_host, "/open/c", envelope).status_code == 200)
+
+        # the server goes away: both fail closed ...
+        stop_server(server)
+        wait_for("reads to fail with the KMS gone", lambda: read_fails(fd))
+        r = put(remote_host, "/store/d", b"nobody to ask")
+        assert r.status_code == 503 and b"nobody to ask" not in r.content
+        assert all(p != "/store/d" for p, _ in received)
+        wait_for("the sidecar to refuse decryption with the KMS gone", open_refused)
+        assert remote_host["proc"].poll() is None  # kms up keeps running
+
+        # ... and recover by themselves when it is back on the same port
+        back = start_server_at(server.home, int(server.url.rsplit(":", 1)[1]))
+        try:
+            wait_for("reads to work again", lambda: read_works(fd, data))
+            r = put(remote_host, "/store/e", b"back")
+            assert r.status_code == 200, r.text
+            assert received[-1][0] == "/store/e" and b"back" not in received[-1][1]
+            wait_for("decryption after the restart", lambda: put(remote_host, "/open/e", envelope).status_code == 200)
+            assert received[-1] == ("/open/e", b"top secret body")
+        finally:
+            stop_server(back)
+    finally:
+        os.close(fd)
+        admin.close()
