@@ -35,6 +35,10 @@ def add_mount_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key", help="CMK for new files (default: the cipher directory's, else fsmount/default)")
     p.add_argument("--force-key", action="store_true", help="accept a --key other than the cipher directory's")
     p.add_argument("--frame-size", type=frame_size, default=None, help="plaintext bytes per frame for a new cipher directory (default 32k)")
+    p.add_argument("--names", choices=("encrypted", "deterministic", "plain"), default=None,
+                   help="file names of a NEW cipher directory: encrypted (default; per-directory values), "
+                        "deterministic (equal names give equal backing names everywhere: for tools that sync "
+                        "directories independently) or plain (visible, as format 1); recorded in its config")
     p.add_argument("--background", action="store_true", help="run detached; return once mounted")
     p.add_argument("--log", metavar="FILE", help="log file (default: stderr; with --background, HOME/logs/fsmount-*.log)")
     p.add_argument("--allow-other", action=argparse.BooleanOptionalAction, default=None, help="let other users in (default: when run by root)")
@@ -88,6 +92,7 @@ def register_cli(sub: argparse._SubParsersAction, ctx: CliContext) -> None:
 def run_mount(args: argparse.Namespace, ctx: CliContext) -> int:
     opts = mounting.MountOptions(
         key=args.key, force_key=args.force_key, frame_size=args.frame_size or mounting.DEFAULT_FRAME_SIZE,
+        names=args.names,
         allow_other=args.allow_other, debug=args.debug, revocation_bound=args.revocation_bound,
         xattrs=args.xattrs,
     )
@@ -96,7 +101,7 @@ def run_mount(args: argparse.Namespace, ctx: CliContext) -> int:
     if args.background:
         from fsmount import cipherdir
 
-        config = cipherdir.prepare(ctx.kms, args.cipher_dir, opts.key, opts.frame_size, opts.force_key)
+        config = cipherdir.prepare(ctx.kms, args.cipher_dir, opts.key, opts.frame_size, opts.force_key, opts.names)
         mounting.check_mount_point(args.mount_point)
         log_file = args.log or str(ctx.kms.home / "logs" / f"fsmount-{_slug(args.mount_point)}.log")
         argv = ["--home", str(ctx.kms.home)]

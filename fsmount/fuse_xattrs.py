@@ -11,6 +11,8 @@
 | `system.*`   | refused (ENOTSUP): no POSIX ACLs; permissions are the mode bits the   |
 |              | kernel checks (default_permissions); reads answer "none"              |
 
+With encrypted names (format 2) the backing attribute's name is encrypted too
+(fsmount.names: `user.` + AES-SIV of the rest); names that do not decrypt are not listed.
 The backing file's own attributes of other namespaces are never listed. A value that
 fails to open (tampered, moved to another name, CMK revoked) is EIO or ENOKEY, logged
 without the value. The kernel checks permissions before calling us: user.* needs
@@ -62,7 +64,7 @@ class XattrOps(FsBase):
             raise fs_error(errno.E2BIG)  # the value with its envelope does not fit
         fd, proc = self._xattr_target(path)
         try:
-            os.setxattr(proc, name, stored, options)
+            os.setxattr(proc, self.names.xattr_in(name), stored, options)
         finally:
             os.close(fd)
 
@@ -71,7 +73,7 @@ class XattrOps(FsBase):
             raise fs_error(ENOATTR)
         fd, proc = self._xattr_target(path)
         try:
-            stored = os.getxattr(proc, name)
+            stored = os.getxattr(proc, self.names.xattr_in(name))
         finally:
             os.close(fd)
         label = f"{path} ({name})"
@@ -88,13 +90,14 @@ class XattrOps(FsBase):
             names = os.listxattr(proc)
         finally:
             os.close(fd)
-        return [n for n in names if rule(n) == SEALED]
+        shown = (self.names.xattr_out(n) for n in names if rule(n) == SEALED)
+        return [n for n in shown if n is not None]
 
     def removexattr(self, path: str, name: str) -> None:
         if rule(name) != SEALED:
             raise fs_error(errno.ENOTSUP)
         fd, proc = self._xattr_target(path)
         try:
-            os.removexattr(proc, name)
+            os.removexattr(proc, self.names.xattr_in(name))
         finally:
             os.close(fd)

@@ -19,7 +19,7 @@ from kmscore.errors import KmsError
 from kmscore.facade import Kms
 from kmscore.progress import track
 
-from fsmount import cipherdir, slots, xattr_rewrap
+from fsmount import cipherdir, names, slots, xattr_rewrap
 from fsmount.errors import CipherDirError, DamagedFile, MountError
 from fsmount.fs_base import read_header
 from fsmount.layout import Layout
@@ -163,8 +163,9 @@ def _tracked(pairs, header: Header, length: int, src, progress: bool, verb: str 
 
 
 # -- whole trees ---------------------------------------------------------------------------
-def backing_files(cipher_dir: str | os.PathLike) -> list[Path]:
-    """Every regular file of a cipher directory but its config, in a stable order."""
+def backing_files(cipher_dir: str | os.PathLike, encrypted_names: bool = False) -> list[Path]:
+    """Every regular file of a cipher directory but its config (and, with encrypted
+    names, the directories' values and long-name side files), in a stable order."""
     root = Path(cipher_dir)
     out = []
     for top, dirs, files in os.walk(root):
@@ -172,6 +173,8 @@ def backing_files(cipher_dir: str | os.PathLike) -> list[Path]:
         for name in sorted(files):
             p = Path(top, name)
             if p.parent == root and name == cipherdir.CONFIG_NAME:
+                continue
+            if encrypted_names and name.startswith("keyhold.") and not names.is_long(name):
                 continue
             if p.is_file() and not p.is_symlink():
                 out.append(p)
@@ -198,11 +201,11 @@ def fsck(
     With `repair`, a file whose end is broken (see `repair`) is cut back to its longest
     authentic start and sealed again; the directory must not be mounted.
     """
-    _loaded_config(kms, cipher_dir)
+    config, _ = _loaded_config(kms, cipher_dir)
     if repair and mounted_cipher_dir(cipher_dir):
         raise MountError(f"{cipher_dir} is mounted; unmount it before repairing")
     report = FsckReport()
-    paths = backing_files(cipher_dir)
+    paths = backing_files(cipher_dir, config.encrypted_names)
     for n, path in enumerate(paths):
         rel = str(path.relative_to(cipher_dir))
         report.files += 1
@@ -282,7 +285,7 @@ def rewrap(
                          f"and reload), run this again, then mount it with key = \"{to_key}\"")
     target = kms.describe_key(to_key or config.key_id)
     report = RewrapReport()
-    paths = backing_files(cipher_dir)
+    paths = backing_files(cipher_dir, config.encrypted_names)
     for n, path in enumerate(paths):
         rel = str(path.relative_to(cipher_dir))
         report.files += 1
