@@ -64,14 +64,19 @@ def register_cli(sub: argparse._SubParsersAction, ctx: CliContext) -> None:
     fs = sub.add_parser("fs", help="offline tools for cipher directories").add_subparsers(
         dest="fs_command", metavar="COMMAND", required=True
     )
-    p = fs.add_parser("info", help="header, CMK and sizes of a backing file")
-    p.add_argument("file", metavar="FILE")
+    p = fs.add_parser("info", help="a cipher directory's format and options, or a backing file's header, "
+                                   "CMK, sizes and plaintext path")
+    p.add_argument("file", metavar="FILE", help="a backing file or directory, or a cipher directory")
+    p.add_argument("--plain", metavar="PATH", help="with a cipher directory: the backing path of this plaintext "
+                                                   "path (as seen in the mount, e.g. /docs/a.txt)")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(run=lambda a, c: c.emit(tools.info(c.kms, a.file)))
+    p.set_defaults(run=lambda a, c: c.emit(tools.info(c.kms, a.file, a.plain)))
 
-    p = fs.add_parser("decrypt", help="recover one backing file's plaintext without mounting")
-    p.add_argument("file", metavar="CIPHERFILE")
-    p.add_argument("out", metavar="OUT", help="where the plaintext goes (mode 0600); - for standard output")
+    p = fs.add_parser("decrypt", help="recover one backing file's plaintext, or a whole cipher directory's "
+                                      "tree with its names, without mounting")
+    p.add_argument("file", metavar="CIPHERFILE", help="a backing file, or a cipher directory")
+    p.add_argument("out", metavar="OUT", help="where the plaintext goes (a file: mode 0600, - for standard output; "
+                                              "a cipher directory: a new or empty directory)")
     p.set_defaults(run=run_decrypt)
 
     p = fs.add_parser("fsck", help="authenticate every frame of every file")
@@ -131,6 +136,13 @@ def run_unmount(args: argparse.Namespace, ctx: CliContext) -> int:
 
 
 def run_decrypt(args: argparse.Namespace, ctx: CliContext) -> int:
+    if os.path.isdir(args.file):
+        report = tools.decrypt_tree(ctx.kms, args.file, args.out)
+        for path, why in report.failed:
+            print(f"{path}: {why}", file=sys.stderr)
+        ctx.info(f"restored {report.files} files, {report.dirs} directories, {report.links} symlinks to {args.out}"
+                 + (f"; {len(report.failed)} failed" if report.failed else ""))
+        return 1 if report.failed else 0
     n = tools.decrypt(ctx.kms, args.file, args.out, progress=not ctx.quiet)
     ctx.info(f"wrote {n} bytes to {'standard output' if args.out == '-' else args.out}")
     return 0
@@ -139,15 +151,16 @@ def run_decrypt(args: argparse.Namespace, ctx: CliContext) -> int:
 def run_fsck(args: argparse.Namespace, ctx: CliContext) -> int:
     report = tools.fsck(ctx.kms, args.cipher_dir, tools.terminal_progress("fsck"), repair=args.repair)
     if args.json:
-        ctx.emit({"files": report.files, "frames": report.frames, "clean": report.clean,
-                  "damage": [{"file": f, "frame": i, "problem": p} for f, i, p in report.damage],
+        ctx.emit({"files": report.files, "frames": report.frames, "names": report.names, "clean": report.clean,
+                  "damage": [{"file": f, "frame": i, "problem": p, **({"backing": report.backing[f]} if f in report.backing else {})}
+                             for f, i, p in report.damage],
                   "repaired": [{"file": f, "done": what} for f, what in report.repaired]})
     else:
         for f, what in report.repaired:
             print(f"{f}: {what}")
         for f, i, p in report.damage:
             print(f"{f}: {'frame ' + str(i) + ': ' if i is not None else ''}{p}")
-        print(f"{report.files} files, {report.frames} frames checked: "
+        print(f"{report.files} files, {report.frames} frames{f', {report.names} names' if report.names else ''} checked: "
               f"{'no damage' if report.clean else str(len(report.damage)) + ' damaged'}")
     return 0 if report.clean else 1
 

@@ -76,8 +76,8 @@ class FsBase:
             if found is None:
                 raise fs_error(errno.ENOENT)  # also libfuse's probe for a free hidden name
             return found
-        if not self.names.encrypted and path[1:].partition("/")[0] in HIDDEN_TOP:
-            raise fs_error(errno.EPERM)  # (encrypted names never clash with them)
+        if path[1:].partition("/")[0] in HIDDEN_TOP:
+            raise fs_error(errno.EPERM)  # (encrypted names would not clash: kept alike for every format)
         return self.names.to_backing(path)
 
     def new_name(self, path: str) -> str:
@@ -86,7 +86,7 @@ class FsBase:
         made by rename, so creating one is refused."""
         if is_hidden(path):
             raise fs_error(errno.EPERM)
-        if not self.names.encrypted and path[1:].partition("/")[0] in HIDDEN_TOP:
+        if path[1:].partition("/")[0] in HIDDEN_TOP:
             raise fs_error(errno.EPERM)
         return self.names.create_name(path)
 
