@@ -150,7 +150,9 @@ def decrypt(kms: Kms, src: str | os.PathLike, dst: str | os.PathLike, *, progres
     """Recover the plaintext of one backing file into `dst`; refuse on any damage."""
     if str(dst) == "-":
         return decrypt_to_stdout(kms, src, progress=progress)
-    tmp = Path(dst).with_name(f".{Path(dst).name}.kms-tmp-{os.getpid()}")
+    name = Path(dst).name
+    short = len(os.fsencode(name)) <= 200  # the temporary name must fit NAME_MAX too
+    tmp = Path(dst).with_name(f".{name}.kms-tmp-{os.getpid()}" if short else f".kms-tmp-{os.getpid()}-{os.urandom(4).hex()}")
     with open(src, "rb") as f:
         header = _header(f.fileno(), src)
         length = os.fstat(f.fileno()).st_size

@@ -164,7 +164,12 @@ class TreeNames:
                     if problems is not None:
                         problems.append((self._rel(path), f"name does not decrypt: {e}"))
                     continue
-                st = path.lstat()
+                try:
+                    st = path.lstat()
+                except OSError as e:  # (offline tools take whole paths: PATH_MAX is their limit)
+                    if problems is not None:
+                        problems.append((self._rel(path), f"unreadable: {e.strerror}"))
+                    continue
                 entry = Entry(f"{pdir}/{plain}", path, st)
                 yield entry
                 if stat.S_ISDIR(st.st_mode):
