@@ -70,8 +70,11 @@ class TreeOps(FsBase):
         bpath = self.backing_path(path)
         with self.backing.at(bpath) as (d, name):
             st = os.stat(name, dir_fd=d, follow_symlinks=False)
+            last_link = os.readlink(name, dir_fd=d) if stat.S_ISLNK(st.st_mode) and st.st_nlink == 1 else None
             os.unlink(name, dir_fd=d)
         self.names.tidy(bpath)
+        if last_link is not None:
+            self.names.drop_target(last_link)
         inode = inode_of(st)
         if is_hidden(path):
             self.unlinked.removed(inode, path)  # libfuse: the last close of an unlinked file
@@ -94,6 +97,10 @@ class TreeOps(FsBase):
                     replaced = None if flags & RENAME_EXCHANGE else os.stat(nn, dir_fd=nd, follow_symlinks=False)
                 except FileNotFoundError:
                     replaced = None
+                last_link = None  # a symlink whose last name the rename replaces
+                if replaced is not None and stat.S_ISLNK(replaced.st_mode) and replaced.st_nlink == 1 \
+                        and not os.path.samestat(moved, replaced):
+                    last_link = os.readlink(nn, dir_fd=nd)
                 try:
                     if flags:
                         renameat2(od, on, nd, nn, flags)
@@ -108,6 +115,8 @@ class TreeOps(FsBase):
             self.names.tidy(new_b)
             raise
         self.names.tidy(old_b)
+        if last_link is not None:
+            self.names.drop_target(last_link)
         if replaced is not None and os.path.samestat(moved, replaced):
             return  # rename onto another name of the same file: POSIX says do nothing
         if replaced is not None and is_hidden(new):
@@ -160,13 +169,16 @@ class TreeOps(FsBase):
 
     def symlink(self, target: str, source: str) -> None:
         """Create the symlink `target` pointing at `source` (encrypted with the names)."""
-        stored = self.names.target_in(source)
         bpath = self.new_name(target)
+        stored = None
         try:
+            stored = self.names.target_in(source)
             with self.backing.at(bpath) as (d, name):
                 os.symlink(stored, name, dir_fd=d)
         except BaseException:
             self.names.tidy(bpath)
+            if stored is not None:
+                self.names.drop_target(stored)
             raise
         self.own(bpath)
 

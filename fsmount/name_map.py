@@ -148,6 +148,9 @@ class PlainNames:
     def target_out(self, stored: str, where: str) -> str:
         return stored
 
+    def drop_target(self, stored: str) -> None:
+        """The last name of a symlink holding `stored` is gone."""
+
     def xattr_in(self, name: str) -> str:
         return name
 
@@ -357,17 +360,61 @@ class EncryptedNames(PlainNames):
 
     # -- symlink targets and xattr names -------------------------------------------------
     def target_in(self, target: str) -> str:
+        """What the backing symlink holds. A target too long once encrypted is written to
+        `keyhold.longlinks/<hash>` first (temporary + rename) and the symlink holds
+        `keyhold.longlink.<hash>`; its nonce is always random, so the file belongs to one
+        symlink (`drop_target` removes it with the symlink's last name)."""
         try:
-            return self.cipher.encrypt_target(target)
+            stored = self.cipher.encrypt_target(target)
+            if len(stored) <= codec.LINK_MAX:
+                return stored
+            stored = self.cipher.encrypt_target(target, os.urandom(16))
         except codec.BadName:
-            raise _err(errno.ENAMETOOLONG) from None
+            raise _err(errno.EINVAL) from None
+        marker = codec.long_target(stored)
+        try:
+            os.mkdir(codec.LONG_LINK_DIR, 0o700, dir_fd=self.backing.fd)
+        except FileExistsError:
+            pass
+        blob = f"{codec.LONG_LINK_DIR}/{marker[len(codec.LONG_LINK_PREFIX):]}"
+        fd = os.open(blob + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o400,
+                     dir_fd=self.backing.fd)
+        try:
+            os.write(fd, stored.encode("ascii"))
+        finally:
+            os.close(fd)
+        os.rename(blob + ".tmp", blob, src_dir_fd=self.backing.fd, dst_dir_fd=self.backing.fd)
+        return marker
 
     def target_out(self, stored: str, where: str) -> str:
         try:
+            if codec.is_long_target(stored):
+                stored = self._long_target(stored)
             return self.cipher.decrypt_target(stored)
-        except codec.BadName as e:
+        except (codec.BadName, OSError) as e:
             log.error("integrity: symlink %s: %s", where, e)
             raise _err(errno.EIO) from None
+
+    def _long_target(self, marker: str) -> str:
+        blob = f"{codec.LONG_LINK_DIR}/{marker[len(codec.LONG_LINK_PREFIX):]}"
+        if "/" in marker[len(codec.LONG_LINK_PREFIX):]:
+            raise codec.BadName("not a long target")
+        fd = os.open(blob, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=self.backing.fd)
+        try:
+            stored = os.read(fd, 8192).decode("ascii", "replace")
+        finally:
+            os.close(fd)
+        if codec.long_target(stored) != marker:
+            raise codec.BadName("long symlink target does not match its hash")
+        return stored
+
+    def drop_target(self, stored: str) -> None:
+        if not codec.is_long_target(stored) or "/" in stored:
+            return
+        try:
+            os.unlink(f"{codec.LONG_LINK_DIR}/{stored[len(codec.LONG_LINK_PREFIX):]}", dir_fd=self.backing.fd)
+        except FileNotFoundError:
+            pass
 
     def xattr_in(self, name: str) -> str:
         try:

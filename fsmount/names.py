@@ -17,7 +17,10 @@ What is encrypted, and how (docs/formats/fsmount.md, "Format version 2"):
   `keyhold.longname.` + base64url(SHA-256(encoded name)), next to a side file of that
   name + `.name` holding the encoded name (gocryptfs's `gocryptfs.longname.*`);
 * a **symlink target** `t`: `base64url(N || AES-SIV(K, t, AD = [LINK_AD, N]))` with a
-  random 16-byte `N` (zero for deterministic names), so equal targets differ;
+  random 16-byte `N` (zero for deterministic names), so equal targets differ; one too
+  long for a symlink (targets over 3039 bytes) is kept in a file of the tree's
+  `keyhold.longlinks/` directory named by its hash, and the symlink points at
+  `keyhold.longlink.<hash>` (`long_target`);
 * a **`user.*` xattr name** `user.r`: `user.` + `base64url(AES-SIV(K, pad16(r),
   AD = [XATTR_AD]))`: deterministic (a get asks for it by name), per file system.
 
@@ -37,7 +40,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
 __all__ = [
     "BadName", "Encoded", "NameCipher", "DIRIV_NAME", "DIRIV_LEN", "ZERO_IV", "LONG_PREFIX", "LONG_SUFFIX",
-    "NAME_MAX", "KEY_LEN", "is_long", "long_name", "side_name", "b64encode", "b64decode", "pad", "unpad",
+    "NAME_MAX", "KEY_LEN", "is_long", "long_name", "long_target", "is_long_target", "side_name", "b64encode", "b64decode", "pad", "unpad",
 ]
 
 KEY_LEN = 64  # AES-SIV with AES-256: two 256-bit keys
@@ -46,6 +49,8 @@ DIRIV_LEN = 16
 ZERO_IV = bytes(DIRIV_LEN)  # deterministic names: every directory's value
 LONG_PREFIX = "keyhold.longname."
 LONG_SUFFIX = ".name"
+LONG_LINK_PREFIX = "keyhold.longlink."  # the stored target of a symlink whose target is long
+LONG_LINK_DIR = "keyhold.longlinks"  # at the top: one file per long target, named by its hash
 NAME_MAX = 255  # bytes of one name, plaintext and backing
 LINK_MAX = 4095  # bytes of a symlink target the kernel stores (PATH_MAX - 1)
 NAME_AD = b"keyhold-fsmount name v2"
@@ -97,6 +102,15 @@ def is_long(backing_name: str) -> bool:
 def long_name(encoded: str) -> str:
     """The backing name of an encoded name too long to be one: a hash of it."""
     return LONG_PREFIX + b64encode(hashlib.sha256(encoded.encode("ascii")).digest())
+
+
+def long_target(stored: str) -> str:
+    """What a symlink holds when its encrypted target `stored` is too long for one."""
+    return LONG_LINK_PREFIX + b64encode(hashlib.sha256(stored.encode("ascii")).digest())
+
+
+def is_long_target(link: str) -> bool:
+    return link.startswith(LONG_LINK_PREFIX)
 
 
 def side_name(backing_name: str) -> str:
@@ -157,14 +171,14 @@ class NameCipher:
 
     # -- symlink targets -----------------------------------------------------------------
     def encrypt_target(self, target: str, nonce: bytes | None = None) -> str:
-        """The stored form of a symlink target; a random nonce unless deterministic."""
+        """The stored form of a symlink target; a random nonce unless deterministic.
+        (Longer than LINK_MAX for targets over 3039 bytes: see `long_target`.)"""
         raw = _fs_bytes(target)
+        if not raw:
+            raise BadName("an empty symlink target")
         if nonce is None:
             nonce = bytes(_NONCE) if self.deterministic else os.urandom(_NONCE)
-        stored = b64encode(nonce + self._siv.encrypt(raw, [LINK_AD, nonce]))
-        if len(stored) > LINK_MAX:
-            raise BadName("target too long once encrypted")
-        return stored
+        return b64encode(nonce + self._siv.encrypt(raw, [LINK_AD, nonce]))
 
     def decrypt_target(self, stored: str) -> str:
         data = b64decode(stored)

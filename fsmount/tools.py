@@ -286,6 +286,8 @@ def backing_files(cipher_dir: str | os.PathLike, encrypted_names: bool = False) 
     out = []
     for top, dirs, files in os.walk(root):
         dirs.sort()
+        if encrypted_names and Path(top) == root and names.LONG_LINK_DIR in dirs:
+            dirs.remove(names.LONG_LINK_DIR)  # long symlink targets, not envelopes
         for name in sorted(files):
             p = Path(top, name)
             if p.parent == root and name == cipherdir.CONFIG_NAME:

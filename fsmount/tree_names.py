@@ -118,7 +118,18 @@ class TreeNames:
 
     def target_of(self, link: Path) -> str:
         stored = os.readlink(link)
-        return stored if self.cipher is None else self.cipher.decrypt_target(stored)
+        if self.cipher is None:
+            return stored
+        if codec.is_long_target(stored):
+            h = stored[len(codec.LONG_LINK_PREFIX):]
+            try:
+                full = (self.root / codec.LONG_LINK_DIR / h).read_bytes().decode("ascii", "replace")
+            except (OSError, ValueError) as e:
+                raise codec.BadName(f"long symlink target unreadable: {e}") from None
+            if "/" in h or codec.long_target(full) != stored:
+                raise codec.BadName("long symlink target does not match its hash")
+            stored = full
+        return self.cipher.decrypt_target(stored)
 
     def xattr_of(self, stored: str) -> str:
         return stored if self.cipher is None else self.cipher.decrypt_xattr(stored)

@@ -235,3 +235,24 @@ def _errno(call) -> int:
     with pytest.raises(OSError) as e:
         call()
     return e.value.errno
+
+
+def test_symlink_targets_up_to_path_max(mount):
+    p = mount.point
+    target = (("t" * 200 + f"/{MARKER}/") * 20)[:4095]
+    os.symlink(target, p / "long-link")
+    os.symlink("short", p / "short-link")
+    assert os.readlink(p / "long-link") == target and os.lstat(p / "long-link").st_size == len(target) == 4095
+    os.rename(p / "long-link", p / "moved")
+    os.link(p / "moved", p / "second", follow_symlinks=False)  # a hard link of the symlink itself
+    os.unlink(p / "moved")
+    assert os.readlink(p / "second") == target
+    mount.stop()
+    assert MARKER.encode() not in every_byte(mount.cipher)
+    with Kms(mount.home, caller="test") as kms:
+        assert tools.fsck(kms, mount.cipher).clean
+    mount.start()
+    assert os.readlink(p / "second") == target
+    os.rename(p / "short-link", p / "second")  # replaces the last name of the long one
+    assert os.readlink(p / "second") == "short"
+    assert os.listdir(mount.cipher / "keyhold.longlinks") == []
