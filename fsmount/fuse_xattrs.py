@@ -53,6 +53,16 @@ class XattrOps(FsBase):
         fd = self.backing.open(self.backing_path(path), os.O_PATH | os.O_NOFOLLOW)
         return fd, f"/proc/self/fd/{fd}"
 
+    def _stored_name(self, name: str) -> str:
+        """The backing name of an attribute being read or removed: one too long to have
+        been set (ERANGE when setting) is simply not there."""
+        try:
+            return self.names.xattr_in(name)
+        except OSError as e:
+            if e.errno == errno.ERANGE:
+                raise fs_error(ENOATTR) from None
+            raise
+
     def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> None:
         if rule(name) != SEALED:
             raise fs_error(errno.ENOTSUP)
@@ -71,9 +81,10 @@ class XattrOps(FsBase):
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
         if rule(name) != SEALED:
             raise fs_error(ENOATTR)
+        stored_name = self._stored_name(name)
         fd, proc = self._xattr_target(path)
         try:
-            stored = os.getxattr(proc, self.names.xattr_in(name))
+            stored = os.getxattr(proc, stored_name)
         finally:
             os.close(fd)
         label = f"{path} ({name})"
@@ -96,8 +107,9 @@ class XattrOps(FsBase):
     def removexattr(self, path: str, name: str) -> None:
         if rule(name) != SEALED:
             raise fs_error(errno.ENOTSUP)
+        stored_name = self._stored_name(name)
         fd, proc = self._xattr_target(path)
         try:
-            os.removexattr(proc, self.names.xattr_in(name))
+            os.removexattr(proc, stored_name)
         finally:
             os.close(fd)

@@ -256,3 +256,10 @@ def test_symlink_targets_up_to_path_max(mount):
     os.rename(p / "short-link", p / "second")  # replaces the last name of the long one
     assert os.readlink(p / "second") == "short"
     assert os.listdir(mount.cipher / "keyhold.longlinks") == []
+
+
+def test_an_xattr_name_too_long_to_set_reads_as_absent(mount):
+    f = mount.point / "f"
+    f.write_bytes(b"")
+    assert _errno(lambda: os.getxattr(f, "user." + "n" * 200)) == errno.ENODATA
+    assert _errno(lambda: os.removexattr(f, "user." + "n" * 200)) == errno.ENODATA
