@@ -132,18 +132,41 @@ def verify(kms: Kms, cipher_dir: str | os.PathLike, config: CipherDirConfig, sea
         )
 
 
-def write(kms: Kms, cipher_dir: str | os.PathLike, config: CipherDirConfig) -> None:
-    """Seal and write the config atomically."""
+def render(kms: Kms, config: CipherDirConfig) -> str:
+    """The config file's text, sealed (a new seal each time: KMS ciphertexts are random)."""
     seal = kms.encrypt_data(config.key_id, _SEAL_TEXT[config.version], config.context())
     fields = asdict(config)
     del fields["version"]
     if fields["name_key"] is None:
         del fields["name_key"]
     data = {"format": FORMAT, "version": config.version, **fields, "seal": base64.b64encode(seal).decode()}
+    return json.dumps(data, indent=2) + "\n"
+
+
+def new_config(kms: Kms, key: str | None, frame_size: int, names: str) -> CipherDirConfig:
+    """A new directory's config (format 2), with a fresh name key when names are encrypted."""
+    meta = kms.describe_key(key) if key else kms.default_key("fsmount")
+    config = CipherDirConfig(
+        dir_id=os.urandom(16).hex(),
+        key_id=meta.key_id,
+        key_alias=meta.alias,
+        frame_size=frame_size,
+        names=names,
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        version=VERSION,
+    )
+    if config.encrypted_names:
+        config = replace(config, name_key=_wrap_name_key(kms, config.key_id, config.dir_id, os.urandom(NAME_KEY_LEN)))
+    return config
+
+
+def write(kms: Kms, cipher_dir: str | os.PathLike, config: CipherDirConfig) -> None:
+    """Seal and write the config atomically."""
+    text = render(kms, config)
     path = config_path(cipher_dir)
     tmp = path.with_name(f".{CONFIG_NAME}.tmp-{os.getpid()}")
     try:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
+        tmp.write_text(text)
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
@@ -174,18 +197,7 @@ def prepare(
                 f"{cipher_dir} is not empty and has no {CONFIG_NAME}: not a keyhold cipher directory "
                 "(use an empty directory for a new one)"
             )
-        meta = kms.describe_key(key) if key else kms.default_key("fsmount")
-        config = CipherDirConfig(
-            dir_id=os.urandom(16).hex(),
-            key_id=meta.key_id,
-            key_alias=meta.alias,
-            frame_size=frame_size,
-            names=names or DEFAULT_NAMES,
-            created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            version=VERSION,
-        )
-        if config.encrypted_names:
-            config = replace(config, name_key=_wrap_name_key(kms, config.key_id, config.dir_id, os.urandom(NAME_KEY_LEN)))
+        config = new_config(kms, key, frame_size, names or DEFAULT_NAMES)
         if config.per_directory_iv:
             _top_value(path)
         write(kms, path, config)

@@ -39,6 +39,9 @@ def add_mount_arguments(p: argparse.ArgumentParser) -> None:
                    help="file names of a NEW cipher directory: encrypted (default; per-directory values), "
                         "deterministic (equal names give equal backing names everywhere: for tools that sync "
                         "directories independently) or plain (visible, as format 1); recorded in its config")
+    p.add_argument("--reverse", action="store_true",
+                   help="show CIPHERDIR, a PLAIN directory, encrypted and read-only at MOUNTPOINT (deterministic: "
+                        "for backups with rsync or restic; restore a copy with `kms fs decrypt COPY OUT`)")
     p.add_argument("--background", action="store_true", help="run detached; return once mounted")
     p.add_argument("--log", metavar="FILE", help="log file (default: stderr; with --background, HOME/logs/fsmount-*.log)")
     p.add_argument("--allow-other", action=argparse.BooleanOptionalAction, default=None, help="let other users in (default: when run by root)")
@@ -103,6 +106,8 @@ def run_mount(args: argparse.Namespace, ctx: CliContext) -> int:
     )
     if problem := mounting.check_paths(args.cipher_dir, args.mount_point):
         raise mounting.MountError(problem)
+    if args.reverse:
+        return run_reverse(args, ctx, opts)
     if args.background:
         from fsmount import cipherdir
 
@@ -127,6 +132,30 @@ def run_mount(args: argparse.Namespace, ctx: CliContext) -> int:
         return 0
     setup_logging(args.log, args.debug)
     mounting.run(ctx.kms, args.cipher_dir, args.mount_point, opts)
+    return 0
+
+
+def run_reverse(args: argparse.Namespace, ctx: CliContext, opts: mounting.MountOptions) -> int:
+    """`kms mount --reverse PLAINDIR MOUNTPOINT` (fsmount.reverse)."""
+    from fsmount import reverse
+
+    if args.names is not None:
+        raise mounting.MountError("--names does not apply to --reverse: a reverse view's names are deterministic")
+    if args.background:
+        reverse.prepare(ctx.kms, args.cipher_dir, opts.key, opts.frame_size)
+        mounting.check_mount_point(args.mount_point)
+        log_file = args.log or str(ctx.kms.home / "logs" / f"fsmount-{_slug(args.mount_point)}.log")
+        argv = ["--home", str(ctx.kms.home)]
+        if getattr(args, "root_key_file", None):
+            argv += ["--root-key-file", args.root_key_file]
+        argv += [os.path.abspath(args.cipher_dir), os.path.abspath(args.mount_point), "--reverse", "--log", log_file]
+        if opts.key:
+            argv += ["--key", opts.key]
+        pid = mounting.start_background(argv, args.mount_point, log_file).pid
+        ctx.info(f"reverse-mounted {args.cipher_dir} on {args.mount_point} (pid {pid}; log {log_file})")
+        return 0
+    setup_logging(args.log, args.debug)
+    reverse.run(ctx.kms, args.cipher_dir, args.mount_point, opts.key, opts.frame_size, args.debug, opts.allow_other)
     return 0
 
 
