@@ -193,6 +193,7 @@ def decrypt_tree(kms: Kms, cipher_dir: str | os.PathLike, out_dir: str | os.Path
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CipherDirError(f"{out_dir} exists and is not an empty directory")
+    made = not out.exists()
     out.mkdir(mode=0o700, exist_ok=True)
     report = TreeReport()
     problems: list[tuple[str, str]] = []
@@ -233,6 +234,10 @@ def decrypt_tree(kms: Kms, cipher_dir: str | os.PathLike, out_dir: str | os.Path
     for dst, st in reversed(dirs):  # children first: writing them changed their parent's mtime
         os.chmod(dst, stat.S_IMODE(st.st_mode))
         os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+    if made:  # the top as the mount shows it (a folder given empty keeps its own mode)
+        top = tree.root.stat()
+        os.chmod(out, stat.S_IMODE(top.st_mode))
+        os.utime(out, ns=(top.st_atime_ns, top.st_mtime_ns))
     report.failed.extend((f"(backing) {rel}", why) for rel, why in problems)
     return report
 
