@@ -86,10 +86,7 @@ class TreeOps(FsBase):
         if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or flags == RENAME_NOREPLACE | RENAME_EXCHANGE:
             raise fs_error(errno.EINVAL)  # RENAME_WHITEOUT and nonsense combinations
         old_b = self.backing_path(old)
-        if is_hidden(new):
-            new_b = trash_path(new)  # libfuse hides an open file
-        else:
-            new_b = self.names.create_name(new) if self.names.encrypted else self.backing_path(new)
+        new_b = trash_path(new) if is_hidden(new) else self.new_name(new)  # libfuse hides an open file
         try:
             with self.backing.at(old_b) as (od, on), self.backing.at(new_b) as (nd, nn):
                 moved = os.stat(on, dir_fd=od, follow_symlinks=False)

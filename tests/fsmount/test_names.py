@@ -18,7 +18,6 @@ import pytest
 from kmscore import Kms
 
 from fsmount import tools
-from fsmount.tree_names import TreeNames
 
 MARKER = "ZQXmarkerQXZ"
 CLI = [sys.executable, "-m", "kmscore.cli.main"]
