@@ -262,3 +262,20 @@ def test_an_xattr_name_too_long_to_set_reads_as_absent(mount):
     f.write_bytes(b"")
     assert _errno(lambda: os.getxattr(f, "user." + "n" * 200)) == errno.ENODATA
     assert _errno(lambda: os.removexattr(f, "user." + "n" * 200)) == errno.ENODATA
+
+
+def test_rewrap_moves_the_name_key_to_the_newest_key_version(mount, home):
+    import base64
+
+    from kmscore.blob import peek_key
+
+    (mount.point / "kept").write_bytes(b"k")
+    mount.stop()
+    with Kms(home, caller="test") as kms:
+        rotated = kms.rotate_key("fsmount/default")
+        report = tools.rewrap(kms, mount.cipher)
+    assert not report.failed
+    conf = json.loads((mount.cipher / "keyhold-fsmount.conf").read_text())
+    assert peek_key(base64.b64decode(conf["name_key"]))[1] == rotated.current_version
+    mount.start()
+    assert (mount.point / "kept").read_bytes() == b"k"
