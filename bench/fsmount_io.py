@@ -181,6 +181,10 @@ def setup(base: Path, only: list[str], kms_options: list[str]) -> tuple[dict[str
     home, c, m = base / "kmshome", base / "kms.c", base / "kms.m"
     c.mkdir()
     m.mkdir()
+    from kmscore import Kms  # a KMS home must exist before a mount names it
+
+    with Kms(home, caller="bench"):
+        pass
     log = open(base / "kms-mount.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "fsmount.cli", "--home", str(home), str(c), str(m), *kms_options], stdout=log, stderr=log)
     wait_mounted(m, proc)

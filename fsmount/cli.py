@@ -35,6 +35,13 @@ def add_mount_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key", help="CMK for new files (default: the cipher directory's, else fsmount/default)")
     p.add_argument("--force-key", action="store_true", help="accept a --key other than the cipher directory's")
     p.add_argument("--frame-size", type=frame_size, default=None, help="plaintext bytes per frame for a new cipher directory (default 32k)")
+    p.add_argument("--names", choices=("encrypted", "deterministic", "plain"), default=None,
+                   help="file names of a NEW cipher directory: encrypted (default; per-directory values), "
+                        "deterministic (equal names give equal backing names everywhere: for tools that sync "
+                        "directories independently) or plain (visible, as format 1); recorded in its config")
+    p.add_argument("--reverse", action="store_true",
+                   help="show CIPHERDIR, a PLAIN directory, encrypted and read-only at MOUNTPOINT (deterministic: "
+                        "for backups with rsync or restic; restore a copy with `kms fs decrypt COPY OUT`)")
     p.add_argument("--background", action="store_true", help="run detached; return once mounted")
     p.add_argument("--log", metavar="FILE", help="log file (default: stderr; with --background, HOME/logs/fsmount-*.log)")
     p.add_argument("--allow-other", action=argparse.BooleanOptionalAction, default=None, help="let other users in (default: when run by root)")
@@ -60,14 +67,19 @@ def register_cli(sub: argparse._SubParsersAction, ctx: CliContext) -> None:
     fs = sub.add_parser("fs", help="offline tools for cipher directories").add_subparsers(
         dest="fs_command", metavar="COMMAND", required=True
     )
-    p = fs.add_parser("info", help="header, CMK and sizes of a backing file")
-    p.add_argument("file", metavar="FILE")
+    p = fs.add_parser("info", help="a cipher directory's format and options, or a backing file's header, "
+                                   "CMK, sizes and plaintext path")
+    p.add_argument("file", metavar="FILE", help="a backing file or directory, or a cipher directory")
+    p.add_argument("--plain", metavar="PATH", help="with a cipher directory: the backing path of this plaintext "
+                                                   "path (as seen in the mount, e.g. /docs/a.txt)")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(run=lambda a, c: c.emit(tools.info(c.kms, a.file)))
+    p.set_defaults(run=lambda a, c: c.emit(tools.info(c.kms, a.file, a.plain)))
 
-    p = fs.add_parser("decrypt", help="recover one backing file's plaintext without mounting")
-    p.add_argument("file", metavar="CIPHERFILE")
-    p.add_argument("out", metavar="OUT", help="where the plaintext goes (mode 0600); - for standard output")
+    p = fs.add_parser("decrypt", help="recover one backing file's plaintext, or a whole cipher directory's "
+                                      "tree with its names, without mounting")
+    p.add_argument("file", metavar="CIPHERFILE", help="a backing file, or a cipher directory")
+    p.add_argument("out", metavar="OUT", help="where the plaintext goes (a file: mode 0600, - for standard output; "
+                                              "a cipher directory: a new or empty directory)")
     p.set_defaults(run=run_decrypt)
 
     p = fs.add_parser("fsck", help="authenticate every frame of every file")
@@ -88,15 +100,18 @@ def register_cli(sub: argparse._SubParsersAction, ctx: CliContext) -> None:
 def run_mount(args: argparse.Namespace, ctx: CliContext) -> int:
     opts = mounting.MountOptions(
         key=args.key, force_key=args.force_key, frame_size=args.frame_size or mounting.DEFAULT_FRAME_SIZE,
+        names=args.names,
         allow_other=args.allow_other, debug=args.debug, revocation_bound=args.revocation_bound,
         xattrs=args.xattrs,
     )
     if problem := mounting.check_paths(args.cipher_dir, args.mount_point):
         raise mounting.MountError(problem)
+    if args.reverse:
+        return run_reverse(args, ctx, opts)
     if args.background:
         from fsmount import cipherdir
 
-        config = cipherdir.prepare(ctx.kms, args.cipher_dir, opts.key, opts.frame_size, opts.force_key)
+        config = cipherdir.prepare(ctx.kms, args.cipher_dir, opts.key, opts.frame_size, opts.force_key, opts.names)
         mounting.check_mount_point(args.mount_point)
         log_file = args.log or str(ctx.kms.home / "logs" / f"fsmount-{_slug(args.mount_point)}.log")
         argv = list(getattr(ctx.kms, "cli_args", ()) or ["--home", str(ctx.kms.home)])  # a RemoteKms: its deployment
@@ -120,12 +135,43 @@ def run_mount(args: argparse.Namespace, ctx: CliContext) -> int:
     return 0
 
 
+def run_reverse(args: argparse.Namespace, ctx: CliContext, opts: mounting.MountOptions) -> int:
+    """`kms mount --reverse PLAINDIR MOUNTPOINT` (fsmount.reverse)."""
+    from fsmount import reverse
+
+    if args.names is not None:
+        raise mounting.MountError("--names does not apply to --reverse: a reverse view's names are deterministic")
+    if args.background:
+        reverse.prepare(ctx.kms, args.cipher_dir, opts.key, opts.frame_size)
+        mounting.check_mount_point(args.mount_point)
+        log_file = args.log or str(ctx.kms.home / "logs" / f"fsmount-{_slug(args.mount_point)}.log")
+        argv = ["--home", str(ctx.kms.home)]
+        if getattr(args, "root_key_file", None):
+            argv += ["--root-key-file", args.root_key_file]
+        argv += [os.path.abspath(args.cipher_dir), os.path.abspath(args.mount_point), "--reverse", "--log", log_file]
+        if opts.key:
+            argv += ["--key", opts.key]
+        pid = mounting.start_background(argv, args.mount_point, log_file).pid
+        ctx.info(f"reverse-mounted {args.cipher_dir} on {args.mount_point} (pid {pid}; log {log_file})")
+        return 0
+    setup_logging(args.log, args.debug)
+    reverse.run(ctx.kms, args.cipher_dir, args.mount_point, opts.key, opts.frame_size, args.debug, opts.allow_other)
+    return 0
+
+
 def run_unmount(args: argparse.Namespace, ctx: CliContext) -> int:
     mounting.unmount(args.mount_point, lazy=args.lazy)
     return 0
 
 
 def run_decrypt(args: argparse.Namespace, ctx: CliContext) -> int:
+    if os.path.isdir(args.file):
+        report = tools.decrypt_tree(ctx.kms, args.file, args.out)
+        for path, why in report.failed:
+            print(f"{path}: {why}", file=sys.stderr)
+        ctx.info(f"restored {report.files} files, {report.dirs} directories, {report.links} symlinks to {args.out}"
+                 + (f"; {len(report.failed)} failed" if report.failed else ""))
+        return 1 if report.failed else 0
     n = tools.decrypt(ctx.kms, args.file, args.out, progress=not ctx.quiet)
     ctx.info(f"wrote {n} bytes to {'standard output' if args.out == '-' else args.out}")
     return 0
@@ -134,15 +180,16 @@ def run_decrypt(args: argparse.Namespace, ctx: CliContext) -> int:
 def run_fsck(args: argparse.Namespace, ctx: CliContext) -> int:
     report = tools.fsck(ctx.kms, args.cipher_dir, tools.terminal_progress("fsck"), repair=args.repair)
     if args.json:
-        ctx.emit({"files": report.files, "frames": report.frames, "clean": report.clean,
-                  "damage": [{"file": f, "frame": i, "problem": p} for f, i, p in report.damage],
+        ctx.emit({"files": report.files, "frames": report.frames, "names": report.names, "clean": report.clean,
+                  "damage": [{"file": f, "frame": i, "problem": p, **({"backing": report.backing[f]} if f in report.backing else {})}
+                             for f, i, p in report.damage],
                   "repaired": [{"file": f, "done": what} for f, what in report.repaired]})
     else:
         for f, what in report.repaired:
             print(f"{f}: {what}")
         for f, i, p in report.damage:
             print(f"{f}: {'frame ' + str(i) + ': ' if i is not None else ''}{p}")
-        print(f"{report.files} files, {report.frames} frames checked: "
+        print(f"{report.files} files, {report.frames} frames{f', {report.names} names' if report.names else ''} checked: "
               f"{'no damage' if report.clean else str(len(report.damage)) + ' damaged'}")
     return 0 if report.clean else 1
 

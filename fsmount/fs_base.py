@@ -1,9 +1,9 @@
 """What every group of FUSE operations shares: path mapping, ownership, attributes.
 
-Names stay plain in this version: the file `/a/b` of the mount is the backing file
-CIPHERDIR/a/b. All name handling goes through `backing_path()`, the one place encrypted
-names will plug in (see docs/formats/fsmount.md), and every backing call is made
-through `self.backing` (fsmount.dirfd), relative to directory fds, so depth is no limit.
+All name handling goes through `backing_path()` and `new_name()`, which hand the mount
+path to the cipher directory's name mapping (fsmount.name_map: plain in format 1,
+encrypted or deterministic in format 2), and every backing call is made through
+`self.backing` (fsmount.dirfd), relative to directory fds, so depth is no limit.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from fsmount.kernel_cache import HardLinks, KernelCache
 from fsmount.keys import FileKeys
 from fsmount.layout import Layout
 from fsmount.libfuse import mfusepy
+from fsmount.name_map import PlainNames
 from fsmount.openfile import fs_error
 from fsmount.unlinked import TRASH, Unlinked, is_hidden
 
@@ -48,9 +49,11 @@ class FsBase:
     flag_nullpath_ok = True  # calls on open files carry the handle, not a path
     flag_nopath = True
 
-    def __init__(self, root: str, keys: FileKeys) -> None:
+    def __init__(self, root: str, keys: FileKeys, names=None) -> None:
+        """`names(backing)` makes the name mapping (default: plain names)."""
         self.root = os.path.abspath(root)
         self.backing = Backing(self.root)
+        self.names: PlainNames = (names or PlainNames)(self.backing)
         self.unlinked = Unlinked(self.backing)
         self.keys = keys
         self.handles = Handles()
@@ -68,22 +71,24 @@ class FsBase:
         The config file and the directory of unlinked open files are not reachable;
         libfuse's hidden names of unlinked open files map into that directory.
         """
-        top = path[1:].partition("/")[0]
-        if top in HIDDEN_TOP:
-            raise fs_error(errno.EPERM)
         if is_hidden(path):
             found = self.unlinked.lookup(path)
             if found is None:
                 raise fs_error(errno.ENOENT)  # also libfuse's probe for a free hidden name
             return found
-        return path
+        if path[1:].partition("/")[0] in HIDDEN_TOP:
+            raise fs_error(errno.EPERM)  # (encrypted names would not clash: kept alike for every format)
+        return self.names.to_backing(path)
 
     def new_name(self, path: str) -> str:
-        """The backing path for a name being created; libfuse's hidden names are only
-        ever made by rename, so creating one is refused."""
+        """The backing path for a name being created (a long encrypted name's side file
+        is written now: undo with `names.tidy`); libfuse's hidden names are only ever
+        made by rename, so creating one is refused."""
         if is_hidden(path):
             raise fs_error(errno.EPERM)
-        return self.backing_path(path)
+        if path[1:].partition("/")[0] in HIDDEN_TOP:
+            raise fs_error(errno.EPERM)
+        return self.names.create_name(path)
 
     # -- ownership -----------------------------------------------------------------------
     def own(self, bpath: str, fd: int | None = None, mode: int | None = None) -> None:
@@ -112,8 +117,14 @@ class FsBase:
 
     # -- attributes ----------------------------------------------------------------------
     def plaintext_size(self, bpath: str, st: os.stat_result) -> int:
-        """st_size as the mount shows it: the plaintext size of a regular file."""
+        """st_size as the mount shows it: the plaintext size of a regular file, the
+        plaintext target's length of a symlink."""
         if not stat.S_ISREG(st.st_mode):
+            if stat.S_ISLNK(st.st_mode) and self.names.encrypted:
+                try:
+                    return len(os.fsencode(self.read_target(bpath)))
+                except OSError:
+                    return st.st_size
             return st.st_size
         inode = inode_of(st)
         f = self.handles.by_inode(inode)
@@ -129,6 +140,11 @@ class FsBase:
             self._geometry[inode] = layout
         size = layout.plaintext_size(st.st_size)
         return 0 if size is None else size
+
+    def read_target(self, bpath: str) -> str:
+        """The plaintext target of the backing symlink `bpath`."""
+        with self.backing.at(bpath) as (d, name):
+            return self.names.target_out(os.readlink(name, dir_fd=d), bpath)
 
     def _read_geometry(self, bpath: str) -> Layout | None:
         try:

@@ -26,6 +26,9 @@ class FileOps(FsBase):
             fd = self.backing.open(bpath, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode & 0o7777)
         except FileExistsError:  # raced with another creator: open what is there
             return self.open(path, flags & ~(os.O_CREAT | os.O_EXCL))
+        except BaseException:
+            self.names.tidy(bpath)
+            raise
         try:
             self.own(bpath, fd, mode & 0o7777)
             header, cipher = self.keys.new(path)
@@ -35,6 +38,7 @@ class FileOps(FsBase):
             os.close(fd)
             with self.backing.at(bpath) as (d, name):
                 os.unlink(name, dir_fd=d)
+            self.names.tidy(bpath)
             raise
         fh, _ = self.handles.acquire(inode_of(os.fstat(fd)), lambda: f)
         return fh

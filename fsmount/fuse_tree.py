@@ -1,7 +1,8 @@
 """FUSE operations on names: directories, unlink, rename (with renameat2 flags), links.
 
 These are passthroughs to the backing directory (relative to directory fds, see
-fsmount.dirfd), except that the cipher directory's config file and its directory of
+fsmount.dirfd) through the cipher directory's name mapping (fsmount.name_map: names,
+symlink targets, directories' values, long-name side files), except that the cipher directory's config file and its directory of
 unlinked open files are hidden and protected, libfuse's hidden names map into that
 directory (fsmount.unlinked), and `rename` honours RENAME_NOREPLACE and RENAME_EXCHANGE
 atomically (via renameat2) instead of silently dropping them.
@@ -36,13 +37,20 @@ class TreeOps(FsBase):
     # -- directories ---------------------------------------------------------------------
     def mkdir(self, path: str, mode: int) -> None:
         bpath = self.new_name(path)
-        with self.backing.at(bpath) as (d, name):
-            os.mkdir(name, mode & 0o7777, dir_fd=d)
+        try:
+            self.names.mkdir(bpath, mode)
+        except BaseException:
+            self.names.tidy(bpath)
+            raise
         self.own(bpath, mode=mode & 0o7777)
 
     def rmdir(self, path: str) -> None:
-        with self.backing.at(self.backing_path(path)) as (d, name):
-            os.rmdir(name, dir_fd=d)
+        bpath = self.backing_path(path)
+        try:
+            self.names.rmdir(bpath)
+        finally:
+            self.names.forget(path)
+        self.names.tidy(bpath)
 
     def opendir(self, path: str) -> int:
         return self.backing.open(self.backing_path(path), os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
@@ -50,11 +58,8 @@ class TreeOps(FsBase):
     def readdir(self, path: str | None, fh: int) -> list[Any]:
         entries: list[Any] = [(".", None, 0), ("..", None, 0)]
         top = os.path.samestat(os.fstat(fh), os.fstat(self.backing.fd))
-        with os.scandir(fh) as it:
-            for e in it:
-                if top and e.name in HIDDEN_TOP:
-                    continue
-                entries.append((e.name, {"st_mode": _kind(e), "st_ino": e.inode()}, 0))
+        for name, e in self.names.entries(fh, top, HIDDEN_TOP):
+            entries.append((name, {"st_mode": _kind(e), "st_ino": e.inode()}, 0))
         return entries
 
     def releasedir(self, path: str | None, fh: int) -> None:
@@ -65,7 +70,11 @@ class TreeOps(FsBase):
         bpath = self.backing_path(path)
         with self.backing.at(bpath) as (d, name):
             st = os.stat(name, dir_fd=d, follow_symlinks=False)
+            last_link = os.readlink(name, dir_fd=d) if stat.S_ISLNK(st.st_mode) and st.st_nlink == 1 else None
             os.unlink(name, dir_fd=d)
+        self.names.tidy(bpath)
+        if last_link is not None:
+            self.names.drop_target(last_link)
         inode = inode_of(st)
         if is_hidden(path):
             self.unlinked.removed(inode, path)  # libfuse: the last close of an unlinked file
@@ -77,17 +86,34 @@ class TreeOps(FsBase):
         if flags & ~(RENAME_NOREPLACE | RENAME_EXCHANGE) or flags == RENAME_NOREPLACE | RENAME_EXCHANGE:
             raise fs_error(errno.EINVAL)  # RENAME_WHITEOUT and nonsense combinations
         old_b = self.backing_path(old)
-        new_b = trash_path(new) if is_hidden(new) else self.backing_path(new)  # libfuse hides an open file
-        with self.backing.at(old_b) as (od, on), self.backing.at(new_b) as (nd, nn):
-            moved = os.stat(on, dir_fd=od, follow_symlinks=False)
-            try:
-                replaced = None if flags & RENAME_EXCHANGE else os.stat(nn, dir_fd=nd, follow_symlinks=False)
-            except FileNotFoundError:
-                replaced = None
-            if flags:
-                renameat2(od, on, nd, nn, flags)
-            else:
-                os.rename(on, nn, src_dir_fd=od, dst_dir_fd=nd)
+        new_b = trash_path(new) if is_hidden(new) else self.new_name(new)  # libfuse hides an open file
+        try:
+            with self.backing.at(old_b) as (od, on), self.backing.at(new_b) as (nd, nn):
+                moved = os.stat(on, dir_fd=od, follow_symlinks=False)
+                try:
+                    replaced = None if flags & RENAME_EXCHANGE else os.stat(nn, dir_fd=nd, follow_symlinks=False)
+                except FileNotFoundError:
+                    replaced = None
+                last_link = None  # a symlink whose last name the rename replaces
+                if replaced is not None and stat.S_ISLNK(replaced.st_mode) and replaced.st_nlink == 1 \
+                        and not os.path.samestat(moved, replaced):
+                    last_link = os.readlink(nn, dir_fd=nd)
+                try:
+                    if flags:
+                        renameat2(od, on, nd, nn, flags)
+                    else:
+                        self._rename(on, od, nn, nd, new_b, moved, replaced)
+                finally:  # directories' cached backing paths, both ways for an exchange
+                    if stat.S_ISDIR(moved.st_mode) or (replaced is not None and stat.S_ISDIR(replaced.st_mode)) \
+                            or flags & RENAME_EXCHANGE:
+                        self.names.forget(old)
+                        self.names.forget(new)
+        except BaseException:
+            self.names.tidy(new_b)
+            raise
+        self.names.tidy(old_b)
+        if last_link is not None:
+            self.names.drop_target(last_link)
         if replaced is not None and os.path.samestat(moved, replaced):
             return  # rename onto another name of the same file: POSIX says do nothing
         if replaced is not None and is_hidden(new):
@@ -105,6 +131,18 @@ class TreeOps(FsBase):
             if replaced.st_nlink > 1:
                 self.links.changed(inode_of(replaced), gone=new)
 
+    def _rename(self, on: str, od: int, nn: str, nd: int, new_b: str, moved, replaced) -> None:
+        """rename(2); a directory over an empty one whose backing directory holds only its
+        value: that value is removed first (the backing rename would fail ENOTEMPTY)."""
+        try:
+            os.rename(on, nn, src_dir_fd=od, dst_dir_fd=nd)
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST) or replaced is None or not stat.S_ISDIR(moved.st_mode) \
+                    or not stat.S_ISDIR(replaced.st_mode) or not self.names.empty_dir(new_b):
+                raise
+            self.names.rmdir(new_b)
+            os.rename(on, nn, src_dir_fd=od, dst_dir_fd=nd)
+
     def _account_hidden(self, old: str, new: str, inode) -> None:
         """Names moving into or out of the trash directory change the shown link count."""
         into, out_of = is_hidden(new), is_hidden(old)
@@ -116,22 +154,33 @@ class TreeOps(FsBase):
     def link(self, target: str, source: str) -> None:
         """Hard link: the new name `target` for the existing `source` (shares one envelope)."""
         src_b, dst_b = self.backing_path(source), self.new_name(target)
-        with self.backing.at(src_b) as (sd, sn), self.backing.at(dst_b) as (dd, dn):
-            os.link(sn, dn, src_dir_fd=sd, dst_dir_fd=dd, follow_symlinks=False)
-            inode = inode_of(os.stat(sn, dir_fd=sd, follow_symlinks=False))
+        try:
+            with self.backing.at(src_b) as (sd, sn), self.backing.at(dst_b) as (dd, dn):
+                os.link(sn, dn, src_dir_fd=sd, dst_dir_fd=dd, follow_symlinks=False)
+                inode = inode_of(os.stat(sn, dir_fd=sd, follow_symlinks=False))
+        except BaseException:
+            self.names.tidy(dst_b)
+            raise
         self.links.add(inode, source, target)
         self.links.changed(inode)  # the other names' cached link count is stale now
 
     def symlink(self, target: str, source: str) -> None:
-        """Create the symlink `target` pointing at `source` (stored as is: names are plain)."""
+        """Create the symlink `target` pointing at `source` (encrypted with the names)."""
         bpath = self.new_name(target)
-        with self.backing.at(bpath) as (d, name):
-            os.symlink(source, name, dir_fd=d)
+        stored = None
+        try:
+            stored = self.names.target_in(source)
+            with self.backing.at(bpath) as (d, name):
+                os.symlink(stored, name, dir_fd=d)
+        except BaseException:
+            self.names.tidy(bpath)
+            if stored is not None:
+                self.names.drop_target(stored)
+            raise
         self.own(bpath)
 
     def readlink(self, path: str) -> str:
-        with self.backing.at(self.backing_path(path)) as (d, name):
-            return os.readlink(name, dir_fd=d)
+        return self.read_target(self.backing_path(path))
 
     def mknod(self, path: str, mode: int, dev: int) -> None:
         """Regular files (an empty envelope), FIFOs, sockets and, on a root mount, devices.
@@ -145,8 +194,12 @@ class TreeOps(FsBase):
         if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode) or stat.S_ISBLK(mode)):
             raise fs_error(errno.EINVAL)
         bpath = self.new_name(path)
-        with self.backing.at(bpath) as (d, name):
-            os.mknod(name, mode, dev, dir_fd=d)
+        try:
+            with self.backing.at(bpath) as (d, name):
+                os.mknod(name, mode, dev, dir_fd=d)
+        except BaseException:
+            self.names.tidy(bpath)
+            raise
         self.own(bpath, mode=mode & 0o7777)
 
 

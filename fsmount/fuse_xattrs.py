@@ -11,6 +11,8 @@
 | `system.*`   | refused (ENOTSUP): no POSIX ACLs; permissions are the mode bits the   |
 |              | kernel checks (default_permissions); reads answer "none"              |
 
+With encrypted names (format 2) the backing attribute's name is encrypted too
+(fsmount.names: `user.` + AES-SIV of the rest); names that do not decrypt are not listed.
 The backing file's own attributes of other namespaces are never listed. A value that
 fails to open (tampered, moved to another name, CMK revoked) is EIO or ENOKEY, logged
 without the value. The kernel checks permissions before calling us: user.* needs
@@ -51,6 +53,16 @@ class XattrOps(FsBase):
         fd = self.backing.open(self.backing_path(path), os.O_PATH | os.O_NOFOLLOW)
         return fd, f"/proc/self/fd/{fd}"
 
+    def _stored_name(self, name: str) -> str:
+        """The backing name of an attribute being read or removed: one too long to have
+        been set (ERANGE when setting) is simply not there."""
+        try:
+            return self.names.xattr_in(name)
+        except OSError as e:
+            if e.errno == errno.ERANGE:
+                raise fs_error(ENOATTR) from None
+            raise
+
     def setxattr(self, path: str, name: str, value: bytes, options: int, position: int = 0) -> None:
         if rule(name) != SEALED:
             raise fs_error(errno.ENOTSUP)
@@ -62,16 +74,17 @@ class XattrOps(FsBase):
             raise fs_error(errno.E2BIG)  # the value with its envelope does not fit
         fd, proc = self._xattr_target(path)
         try:
-            os.setxattr(proc, name, stored, options)
+            os.setxattr(proc, self.names.xattr_in(name), stored, options)
         finally:
             os.close(fd)
 
     def getxattr(self, path: str, name: str, position: int = 0) -> bytes:
         if rule(name) != SEALED:
             raise fs_error(ENOATTR)
+        stored_name = self._stored_name(name)
         fd, proc = self._xattr_target(path)
         try:
-            stored = os.getxattr(proc, name)
+            stored = os.getxattr(proc, stored_name)
         finally:
             os.close(fd)
         label = f"{path} ({name})"
@@ -88,13 +101,15 @@ class XattrOps(FsBase):
             names = os.listxattr(proc)
         finally:
             os.close(fd)
-        return [n for n in names if rule(n) == SEALED]
+        shown = (self.names.xattr_out(n) for n in names if rule(n) == SEALED)
+        return [n for n in shown if n is not None]
 
     def removexattr(self, path: str, name: str) -> None:
         if rule(name) != SEALED:
             raise fs_error(errno.ENOTSUP)
+        stored_name = self._stored_name(name)
         fd, proc = self._xattr_target(path)
         try:
-            os.removexattr(proc, name)
+            os.removexattr(proc, stored_name)
         finally:
             os.close(fd)

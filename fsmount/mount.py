@@ -22,7 +22,7 @@ from pathlib import Path
 
 from kmscore.facade import Kms
 
-from fsmount import cipherdir
+from fsmount import cipherdir, name_map
 from fsmount.errors import MountError
 from fsmount.keys import DEFAULT_FRAME_SIZE, FileKeys
 
@@ -39,6 +39,7 @@ class MountOptions:
     key: str | None = None
     force_key: bool = False
     frame_size: int = DEFAULT_FRAME_SIZE
+    names: str | None = None  # name scheme of a NEW cipher directory (cipherdir.NAME_SCHEMES)
     allow_other: bool | None = None  # default: when mounted by root
     revocation_bound: float = 5.0
     xattrs: bool = True  # user.* extended attributes (fsmount.fuse_xattrs)
@@ -178,10 +179,11 @@ def run(kms: Kms, cipher_dir: str, mount_point: str, opts: MountOptions) -> None
     cipher_dir, mount_point = os.path.abspath(cipher_dir), os.path.abspath(mount_point)
     if problem := check_paths(cipher_dir, mount_point):
         raise MountError(problem)
-    config = cipherdir.prepare(kms, cipher_dir, opts.key, opts.frame_size, opts.force_key)
+    config = cipherdir.prepare(kms, cipher_dir, opts.key, opts.frame_size, opts.force_key, opts.names)
     check_mount_point(mount_point)
     keys = FileKeys(kms, config.key_id, config.frame_size, opts.revocation_bound)
-    ops = KeyholdFS(cipher_dir, keys)
+    name_key = cipherdir.name_key(kms, config) if config.encrypted_names else None
+    ops = KeyholdFS(cipher_dir, keys, lambda backing: name_map.for_config(backing, config, name_key))
     if not opts.xattrs:
         ops.without_xattrs()
     allow_other = os.geteuid() == 0 if opts.allow_other is None else opts.allow_other
@@ -198,7 +200,8 @@ def run(kms: Kms, cipher_dir: str, mount_point: str, opts: MountOptions) -> None
     os.umask(0)  # the kernel already applied the caller's umask to every mode we get
     _tune_malloc()
     threading.Thread(target=_tune_read_ahead, args=(mount_point,), daemon=True).start()
-    log.info("mounting %s on %s (key %s, frame %d)", cipher_dir, mount_point, config.key_alias or config.key_id, config.frame_size)
+    log.info("mounting %s on %s (format %d, names %s, key %s, frame %d)", cipher_dir, mount_point, config.version,
+             config.names, config.key_alias or config.key_id, config.frame_size)
     try:
         KeyholdFUSE(ops, mount_point, foreground=True, debug=opts.debug, **fuse_opts)
     except RuntimeError as e:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -44,6 +45,7 @@ class MountEntry(BaseModel):
     frame_size: int = Field(default=32 * 1024, ge=4096, le=1 << 20, multiple_of=4096)
     allow_other: bool | None = None
     xattrs: bool = True  # user.* extended attributes (kms-mount --no-xattrs when false)
+    names: Literal["encrypted", "deterministic", "plain"] | None = None  # scheme of a NEW cipher dir (kms-mount --names)
     log: str | None = None
 
     @field_validator("cipher_dir", "mount_point")
@@ -83,6 +85,9 @@ def check(entries: Sequence[MountEntry], kms: Kms) -> list[tuple[str, str]]:
         except KmsError as err:
             problems.append(("cipher_dir", str(err)))
             continue
+        if loaded and e.names is not None and e.names != loaded[0].names:
+            problems.append(("names", f"{e.cipher_dir} was set up with names = {loaded[0].names!r}, not {e.names!r} "
+                                      "(a cipher directory keeps its scheme: copy the tree into a new one)"))
         if loaded and not e.force_key and kms.describe_key(e.key).key_id != loaded[0].key_id:
             problems.append(("key", f"{e.cipher_dir} was set up with key {loaded[0].key_alias or loaded[0].key_id}, not {e.key}"))
     return problems
@@ -224,6 +229,8 @@ class MountService:
             argv.append("--allow-other" if e.allow_other else "--no-allow-other")
         if not e.xattrs:
             argv.append("--no-xattrs")
+        if e.names is not None:
+            argv += ["--names", e.names]
         return argv
 
     def _down(self, m: _Mount, code: int | None, now: float) -> None:

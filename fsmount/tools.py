@@ -7,6 +7,7 @@ directory can be inspected, checked and recovered with the mount process gone.
 from __future__ import annotations
 
 import os
+import stat
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -19,11 +20,12 @@ from kmscore.errors import KmsError
 from kmscore.facade import Kms
 from kmscore.progress import track
 
-from fsmount import cipherdir, slots, xattr_rewrap
+from fsmount import cipherdir, names, slots, xattr_rewrap, xattrs
 from fsmount.errors import CipherDirError, DamagedFile, MountError
 from fsmount.fs_base import read_header
 from fsmount.layout import Layout
 from fsmount.repair import repair_file
+from fsmount.tree_names import TreeNames, find_cipher_dir
 
 BATCH = 64  # frames read per pread
 Progress = Callable[[int, int], None]  # (files done, files total)
@@ -37,8 +39,45 @@ def _header(fd: int, path: str | os.PathLike) -> Header:
         raise DamagedFile(f"{path}: not a keyhold envelope: {e}") from None
 
 
-def info(kms: Kms, path: str | os.PathLike) -> dict[str, Any]:
-    """Header fields, CMK and sizes of one backing file (nothing is decrypted)."""
+def info(kms: Kms, path: str | os.PathLike, plain: str | None = None) -> dict[str, Any]:
+    """What `kms fs info` shows: for a cipher directory its format and options (and,
+    with `plain`, the backing path of that plaintext path); for a backing file its
+    header fields, CMK, sizes and plaintext path (nothing of the contents is decrypted)."""
+    if plain is not None or (Path(path) / cipherdir.CONFIG_NAME).is_file():
+        return _dir_info(kms, path, plain)
+    mapped = _plaintext_path(kms, path)
+    if not Path(path).is_file() or Path(path).is_symlink():
+        if not mapped:
+            raise CipherDirError(f"{path} is not a backing file nor a cipher directory")
+        return {"file": str(path), **mapped}
+    return {**_file_info(kms, path), **mapped}
+
+
+def _dir_info(kms: Kms, cipher_dir: str | os.PathLike, plain: str | None) -> dict[str, Any]:
+    tree = TreeNames(kms, cipher_dir)
+    c = tree.config
+    out: dict[str, Any] = {"cipher_dir": str(cipher_dir), "format_version": c.version, "names": c.names,
+                           "dir_id": c.dir_id, "key_id": c.key_id, "key_alias": c.key_alias,
+                           "frame_size": c.frame_size, "created": c.created}
+    if plain is not None:
+        out = {"cipher_dir": str(cipher_dir), "plaintext_path": "/" + plain.strip("/"),
+               "backing_path": str(tree.backing_of(plain))}
+    return out
+
+
+def _plaintext_path(kms: Kms, path: str | os.PathLike) -> dict[str, Any]:
+    """{"cipher_dir", "plaintext_path"} of a backing path, or {} outside a cipher dir."""
+    root = find_cipher_dir(Path(path).parent if Path(path).name else path)
+    if root is None:
+        return {}
+    tree = TreeNames(kms, root)
+    try:
+        return {"cipher_dir": str(root), "plaintext_path": tree.plain_of(path)}
+    except names.BadName as e:
+        return {"cipher_dir": str(root), "plaintext_path": f"unknown: {e}"}
+
+
+def _file_info(kms: Kms, path: str | os.PathLike) -> dict[str, Any]:
     with open(path, "rb") as f:
         header = _header(f.fileno(), path)
         length = os.fstat(f.fileno()).st_size
@@ -111,7 +150,9 @@ def decrypt(kms: Kms, src: str | os.PathLike, dst: str | os.PathLike, *, progres
     """Recover the plaintext of one backing file into `dst`; refuse on any damage."""
     if str(dst) == "-":
         return decrypt_to_stdout(kms, src, progress=progress)
-    tmp = Path(dst).with_name(f".{Path(dst).name}.kms-tmp-{os.getpid()}")
+    name = Path(dst).name
+    short = len(os.fsencode(name)) <= 200  # the temporary name must fit NAME_MAX too
+    tmp = Path(dst).with_name(f".{name}.kms-tmp-{os.getpid()}" if short else f".kms-tmp-{os.getpid()}-{os.urandom(4).hex()}")
     with open(src, "rb") as f:
         header = _header(f.fileno(), src)
         length = os.fstat(f.fileno()).st_size
@@ -132,6 +173,86 @@ def decrypt(kms: Kms, src: str | os.PathLike, dst: str | os.PathLike, *, progres
         finally:
             tmp.unlink(missing_ok=True)
     return size
+
+
+@dataclass
+class TreeReport:
+    files: int = 0
+    dirs: int = 0
+    links: int = 0
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (plaintext path, why)
+
+
+def decrypt_tree(kms: Kms, cipher_dir: str | os.PathLike, out_dir: str | os.PathLike) -> TreeReport:
+    """`kms fs decrypt CIPHERDIR OUTDIR`: the whole plaintext tree with its names, modes,
+    times, symlinks, hard links and user.* attributes, into an empty or new OUTDIR.
+
+    A file that fails is reported and left out (its name goes on the list), the rest
+    is restored; a name that does not decrypt is reported by its backing path."""
+    tree = TreeNames(kms, cipher_dir)
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CipherDirError(f"{out_dir} exists and is not an empty directory")
+    made = not out.exists()
+    out.mkdir(mode=0o700, exist_ok=True)
+    report = TreeReport()
+    problems: list[tuple[str, str]] = []
+    seen: dict[tuple[int, int], Path] = {}  # backing inode -> first restored name (hard links)
+    dirs: list[tuple[Path, os.stat_result]] = []
+    for entry in tree.walk(problems):
+        dst = out / entry.plain.lstrip("/")
+        st = entry.st
+        try:
+            if stat.S_ISDIR(st.st_mode):
+                dst.mkdir(mode=0o700)
+                dirs.append((dst, st))
+                report.dirs += 1
+                _copy_xattrs(kms, tree, entry.backing, dst, entry.plain)
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                os.symlink(tree.target_of(entry.backing), dst)
+                os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+                report.links += 1
+                continue
+            inode = (st.st_dev, st.st_ino)
+            if inode in seen:
+                os.link(seen[inode], dst)
+                continue
+            if stat.S_ISREG(st.st_mode):
+                decrypt(kms, entry.backing, dst)
+                _copy_xattrs(kms, tree, entry.backing, dst, entry.plain)
+                report.files += 1
+            elif stat.S_ISFIFO(st.st_mode):
+                os.mkfifo(dst)
+            else:
+                continue  # sockets, devices: not restored
+            os.chmod(dst, stat.S_IMODE(st.st_mode))
+            os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+            seen[inode] = dst
+        except (KmsError, EnvelopeError, OSError, names.BadName, xattrs.XattrFormatError) as e:
+            report.failed.append((entry.plain, str(e) if not isinstance(e, OSError) else e.strerror or str(e)))
+    for dst, st in reversed(dirs):  # children first: writing them changed their parent's mtime
+        os.chmod(dst, stat.S_IMODE(st.st_mode))
+        os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns))
+    if made:  # the top as the mount shows it (a folder given empty keeps its own mode)
+        top = tree.root.stat()
+        os.chmod(out, stat.S_IMODE(top.st_mode))
+        os.utime(out, ns=(top.st_atime_ns, top.st_mtime_ns))
+    report.failed.extend((f"(backing) {rel}", why) for rel, why in problems)
+    return report
+
+
+def _copy_xattrs(kms: Kms, tree: TreeNames, src: Path, dst: Path, plain: str) -> None:
+    """Decrypt the user.* attributes of a backing file onto its restored copy."""
+    try:
+        stored_names = [n for n in os.listxattr(src, follow_symlinks=False) if n.startswith("user.")]
+    except OSError:
+        return
+    for stored_name in stored_names:
+        name = tree.xattr_of(stored_name)
+        stored = os.getxattr(src, stored_name, follow_symlinks=False)
+        header = xattrs.header_of(stored)
+        os.setxattr(dst, name, xattrs.open_value(header, open_envelope(kms, header), name, stored), follow_symlinks=False)
 
 
 def decrypt_to_stdout(kms: Kms, src: str | os.PathLike, *, progress: bool = False) -> int:
@@ -163,15 +284,20 @@ def _tracked(pairs, header: Header, length: int, src, progress: bool, verb: str 
 
 
 # -- whole trees ---------------------------------------------------------------------------
-def backing_files(cipher_dir: str | os.PathLike) -> list[Path]:
-    """Every regular file of a cipher directory but its config, in a stable order."""
+def backing_files(cipher_dir: str | os.PathLike, encrypted_names: bool = False) -> list[Path]:
+    """Every regular file of a cipher directory but its config (and, with encrypted
+    names, the directories' values and long-name side files), in a stable order."""
     root = Path(cipher_dir)
     out = []
     for top, dirs, files in os.walk(root):
         dirs.sort()
+        if encrypted_names and Path(top) == root and names.LONG_LINK_DIR in dirs:
+            dirs.remove(names.LONG_LINK_DIR)  # long symlink targets, not envelopes
         for name in sorted(files):
             p = Path(top, name)
             if p.parent == root and name == cipherdir.CONFIG_NAME:
+                continue
+            if encrypted_names and name.startswith("keyhold.") and not names.is_long(name):
                 continue
             if p.is_file() and not p.is_symlink():
                 out.append(p)
@@ -182,6 +308,8 @@ def backing_files(cipher_dir: str | os.PathLike) -> list[Path]:
 class FsckReport:
     files: int = 0
     frames: int = 0
+    names: int = 0  # names checked (format 2 with encrypted names)
+    backing: dict[str, str] = field(default_factory=dict)  # plaintext path -> backing path (encrypted names)
     damage: list[tuple[str, int | None, str]] = field(default_factory=list)  # (file, frame, what)
     repaired: list[tuple[str, str]] = field(default_factory=list)  # (file, what was done)
 
@@ -198,13 +326,18 @@ def fsck(
     With `repair`, a file whose end is broken (see `repair`) is cut back to its longest
     authentic start and sealed again; the directory must not be mounted.
     """
-    _loaded_config(kms, cipher_dir)
+    config, _ = _loaded_config(kms, cipher_dir)
     if repair and mounted_cipher_dir(cipher_dir):
         raise MountError(f"{cipher_dir} is mounted; unmount it before repairing")
     report = FsckReport()
-    paths = backing_files(cipher_dir)
+    shown: dict[Path, str] = {}  # backing file -> its plaintext path, with encrypted names
+    if config.encrypted_names:
+        shown = _check_names(kms, cipher_dir, report, repair)
+    paths = backing_files(cipher_dir, config.encrypted_names)
     for n, path in enumerate(paths):
-        rel = str(path.relative_to(cipher_dir))
+        rel = shown.get(path) or str(path.relative_to(cipher_dir))
+        if path in shown:
+            report.backing[rel] = str(path.relative_to(cipher_dir))
         report.files += 1
         count, damage = _check_file(kms, path, rel)
         if damage and repair:
@@ -223,6 +356,29 @@ def fsck(
         if progress:
             progress(n + 1, len(paths))
     return report
+
+
+def _check_names(kms: Kms, cipher_dir: str | os.PathLike, report: FsckReport, repair: bool) -> dict[Path, str]:
+    """Every directory's value, every name, long-name side file and symlink target;
+    returns the plaintext path (as fsck names files: relative) of every backing file."""
+    tree = TreeNames(kms, cipher_dir)
+    problems: list[tuple[str, str]] = []
+    shown: dict[Path, str] = {}
+    for entry in tree.walk(problems):
+        report.names += 1
+        shown.setdefault(entry.backing, entry.plain.lstrip("/"))
+        if stat.S_ISLNK(entry.st.st_mode):
+            try:
+                tree.target_of(entry.backing)
+            except names.BadName as e:
+                problems.append((str(entry.backing.relative_to(tree.root)), f"symlink target: {e}"))
+    for rel, what in problems:
+        if repair and what == "long-name side file without its entry":
+            (tree.root / rel).unlink(missing_ok=True)  # what a crash between the two leaves
+            report.repaired.append((rel, "orphan long-name side file removed"))
+            continue
+        report.damage.append((rel, None, what))
+    return shown
 
 
 def _check_file(kms: Kms, path: Path, rel: str) -> tuple[int, list[tuple[str, int | None, str]]]:
@@ -282,7 +438,7 @@ def rewrap(
                          f"and reload), run this again, then mount it with key = \"{to_key}\"")
     target = kms.describe_key(to_key or config.key_id)
     report = RewrapReport()
-    paths = backing_files(cipher_dir)
+    paths = backing_files(cipher_dir, config.encrypted_names)
     for n, path in enumerate(paths):
         rel = str(path.relative_to(cipher_dir))
         report.files += 1
@@ -304,6 +460,8 @@ def rewrap(
             progress(n + 1, len(paths))
     report.xattrs, failed = xattr_rewrap.rewrap_values(kms, cipher_dir, target.key_id, target.current_version)
     report.failed.extend(failed)
+    if not to_key or target.key_id == config.key_id:
+        cipherdir.rewrap_name_key(kms, cipher_dir, config)  # (a move to another key re-wraps it below)
     if to_key and not report.failed and target.key_id != config.key_id:
         cipherdir.switch_key(kms, cipher_dir, config, target.key_id)
     return report

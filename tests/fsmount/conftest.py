@@ -95,7 +95,19 @@ class Mount:
         return self.start(*extra)
 
     def backing(self, name: str) -> Path:
-        return self.cipher / name
+        """The backing path of mount path `name` (names may be encrypted: format 2)."""
+        from fsmount.tree_names import TreeNames
+
+        with Kms(self.home, caller="test") as kms:
+            return TreeNames(kms, self.cipher).backing_of(name)
+
+    def xattr(self, name: str) -> str:
+        """The backing name of extended attribute `name` (encrypted in format 2)."""
+        from fsmount.tree_names import TreeNames
+
+        with Kms(self.home, caller="test") as kms:
+            tree = TreeNames(kms, self.cipher)
+            return name if tree.cipher is None else tree.cipher.encrypt_xattr(name)
 
     def path(self, name: str) -> Path:
         return self.point / name

@@ -50,3 +50,12 @@ def test_start_apply_stop(kms, tmp_path):
     finally:
         service.stop()
     assert not is_mounted(b.mount_point)
+
+
+def test_a_mount_entry_names_the_scheme_of_a_new_cipher_dir(tmp_path):
+    from fsmount.plugin import MountEntry
+
+    e = MountEntry(cipher_dir=str(tmp_path / "c"), mount_point=str(tmp_path / "m"), names="deterministic")
+    assert e.names == "deterministic"
+    with pytest.raises(ValueError):
+        MountEntry(cipher_dir="c", mount_point="m", names="rot13")

@@ -19,7 +19,7 @@ def d(shared_mount, request):
 
 
 def backing_of(mount, p):
-    return mount.cipher / p.relative_to(mount.point)
+    return mount.backing(str(p.relative_to(mount.point)))
 
 
 def _errno(call, *args) -> int:
@@ -61,7 +61,7 @@ def test_values_are_sealed_on_disk_and_never_logged(d, shared_mount):
     f = d / "f"
     f.write_bytes(b"")
     os.setxattr(f, "user.secret", SECRET)
-    stored = os.getxattr(backing_of(shared_mount, f), "user.secret")
+    stored = os.getxattr(backing_of(shared_mount, f), shared_mount.xattr("user.secret"))
     assert SECRET not in stored and stored[:4] == b"KHEV"
     assert SECRET not in shared_mount.log.read_bytes()
 
@@ -72,14 +72,14 @@ def test_a_tampered_or_moved_value_is_eio_and_logged_without_the_value(d, shared
     os.setxattr(f, "user.a", SECRET)
     os.setxattr(f, "user.b", b"other")
     back = backing_of(shared_mount, f)
-    stored = bytearray(os.getxattr(back, "user.a"))
-    os.setxattr(back, "user.b", bytes(stored))  # a's value under the name b
+    stored = bytearray(os.getxattr(back, shared_mount.xattr("user.a")))
+    os.setxattr(back, shared_mount.xattr("user.b"), bytes(stored))  # a's value under the name b
     assert _errno(os.getxattr, f, "user.b") == errno.EIO
     stored[-1] ^= 1
-    os.setxattr(back, "user.a", bytes(stored))  # a flipped bit
+    os.setxattr(back, shared_mount.xattr("user.a"), bytes(stored))  # a flipped bit
     assert _errno(os.getxattr, f, "user.a") == errno.EIO
     g.write_bytes(b"")
-    os.setxattr(backing_of(shared_mount, g), "user.plain", b"not sealed")
+    os.setxattr(backing_of(shared_mount, g), shared_mount.xattr("user.plain"), b"not sealed")
     assert _errno(os.getxattr, g, "user.plain") == errno.EIO
     log = shared_mount.log.read_bytes()
     assert b"extended attribute user.b" in log and SECRET not in log and b"not sealed" not in log
@@ -110,7 +110,7 @@ def test_large_values_and_the_size_limit(d, shared_mount):
     big = os.urandom(3000)  # ext4 (the backing disk here) keeps all of a file's in one 4 KiB block
     os.setxattr(f, "user.big", big)
     assert os.getxattr(f, "user.big") == big
-    overhead = len(os.getxattr(backing_of(shared_mount, f), "user.big")) - len(big)
+    overhead = len(os.getxattr(backing_of(shared_mount, f), shared_mount.xattr("user.big"))) - len(big)
     assert overhead < 200
     assert _errno(os.setxattr, f, "user.huge", os.urandom(65_536)) == errno.E2BIG
     assert os.listxattr(f) == ["user.big"]
@@ -160,7 +160,7 @@ def test_rewrap_to_another_key_rewraps_the_values_too(mount):
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["xattrs"] == 2
     for p, name in ((mount.backing("f"), "user.keep"), (mount.cipher, "user.top")):
-        stored = os.getxattr(p, name)
+        stored = os.getxattr(p, mount.xattr(name))
         assert peek_key(stored[30 : 30 + int.from_bytes(stored[28:30], "big")])[0] == other
     mount.start()
     assert os.getxattr(f, "user.keep") == SECRET
