@@ -84,24 +84,24 @@ class ServerContext:
             yield
 
 
-async def _read_body(request: Request) -> bytes:
+async def _read_body(request: Request, timeout: float) -> bytes:
     """The body, at most MAX_BODY bytes, whole within BODY_TIMEOUT (RequestTooLarge)."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > MAX_BODY:
         raise RequestTooLarge(f"the request body is over {MAX_BODY} bytes")
     body = bytearray()
     try:
-        async with asyncio.timeout(BODY_TIMEOUT):
+        async with asyncio.timeout(timeout):
             async for chunk in request.stream():
                 body += chunk
                 if len(body) > MAX_BODY:
                     raise RequestTooLarge(f"the request body is over {MAX_BODY} bytes")
     except TimeoutError:
-        raise RequestTooLarge(f"the request body did not arrive within {BODY_TIMEOUT:g} seconds") from None
+        raise RequestTooLarge(f"the request body did not arrive within {timeout:g} seconds") from None
     return bytes(body)
 
 
-def create_app(apis: Sequence[WireApi], ctx: ServerContext) -> Starlette:
+def create_app(apis: Sequence[WireApi], ctx: ServerContext, *, body_timeout: float = BODY_TIMEOUT) -> Starlette:
     async def handle(request: Request) -> Response:
         scope = request.scope
         req = WireRequest(
@@ -116,7 +116,7 @@ def create_app(apis: Sequence[WireApi], ctx: ServerContext) -> Starlette:
         if api is None:
             return JSONResponse({"message": "no KMS API at this path"}, status_code=404)
         try:
-            body = await _read_body(request)
+            body = await _read_body(request, body_timeout)
         except ClientDisconnect:  # nobody left to answer
             return Response(status_code=400)
         except RequestTooLarge as e:

@@ -45,6 +45,8 @@ def register_cli(sub, ctx) -> None:
     p.add_argument("--cert", metavar="FILE", help="TLS certificate (PEM, may hold the chain)")
     p.add_argument("--key", metavar="FILE", help="TLS private key (PEM, mode 0600)")
     p.add_argument("--plain-http", action="store_true", help="no TLS (loopback addresses only)")
+    p.add_argument("--request-timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="a request's headers, and then its body, must arrive within this (default %(default)s)")
     p.add_argument("--print-fingerprint", action="store_true",
                    help="print the SHA-256 fingerprint of the certificate it serves (making the self-signed "
                    "one if there is none yet) and exit")
@@ -86,7 +88,8 @@ def register_cli(sub, ctx) -> None:
 def _serve(args: argparse.Namespace, ctx) -> int:
     from kmsserve.server import ServeSettings, run
 
-    settings = ServeSettings(listen=args.listen, cert=args.cert, key=args.key, plain_http=args.plain_http)
+    settings = ServeSettings(listen=args.listen, cert=args.cert, key=args.key, plain_http=args.plain_http,
+                             request_timeout=args.request_timeout)
     if args.print_fingerprint:
         if args.plain_http:
             raise ServeError("--print-fingerprint: with --plain-http there is no certificate")

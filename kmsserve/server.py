@@ -69,6 +69,9 @@ class ServeSettings:
     cert: str | None = None
     key: str | None = None
     plain_http: bool = False
+    request_timeout: float = HEADER_TIMEOUT
+    """Seconds for a request's line and headers to arrive (from the connection or the
+    previous response), and again for its body."""
 
 
 class _GuardedH11(H11Protocol):
@@ -77,6 +80,7 @@ class _GuardedH11(H11Protocol):
     byte at a time, would hold its connection for ever)."""
 
     _deadline: asyncio.TimerHandle | None = None
+    header_timeout = HEADER_TIMEOUT
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -84,7 +88,7 @@ class _GuardedH11(H11Protocol):
 
     def _arm(self) -> None:
         self._disarm()
-        self._deadline = self.loop.call_later(HEADER_TIMEOUT, self._too_slow)
+        self._deadline = self.loop.call_later(self.header_timeout, self._too_slow)
 
     def _disarm(self) -> None:
         if self._deadline is not None:
@@ -95,7 +99,7 @@ class _GuardedH11(H11Protocol):
         self._deadline = None
         if (self.cycle is None or self.cycle.response_complete) and not self.transport.is_closing():
             log.info("kms serve: closed a connection from %s that sent no whole request in %ss",
-                     "%s:%d" % self.client if self.client else "?", HEADER_TIMEOUT)
+                     "%s:%d" % self.client if self.client else "?", self.header_timeout)
             self.transport.close()
 
     def handle_events(self) -> None:
@@ -161,9 +165,12 @@ class RunningServer:
         scheme = "http" if self.certificate is None else "https"
         shown = f"[{host}]" if ":" in host else host
         self.url = f"{scheme}://{shown}:{self.port}"
+        if not 0 < settings.request_timeout <= 3600:
+            raise ServeError(f"the request timeout must be between 0 and 3600 seconds, not {settings.request_timeout}")
+        protocol = type("GuardedH11", (_GuardedH11,), {"header_timeout": settings.request_timeout})
         config = uvicorn.Config(
-            create_app(all_apis(), self.context), log_config=None, log_level="warning", access_log=False,
-            lifespan="off", http=_GuardedH11, ws="none", interface="asgi3",
+            create_app(all_apis(), self.context, body_timeout=settings.request_timeout), log_config=None,
+            log_level="warning", access_log=False, lifespan="off", http=protocol, ws="none", interface="asgi3",
             timeout_keep_alive=KEEP_ALIVE, timeout_graceful_shutdown=GRACEFUL_STOP,
             limit_concurrency=MAX_CONNECTIONS, h11_max_incomplete_event_size=MAX_HEADER,
             server_header=False, date_header=True,

@@ -1,4 +1,12 @@
-"""Replay memory: a signature is accepted once inside its clock-skew window.
+"""Replay memory: a signature is not accepted again inside its clock-skew window.
+
+SigV4 as botocore (boto3, the aws CLI) sends it signs no nonce: X-Amz-Date has whole
+seconds and amz-sdk-invocation-id is added after signing, so two identical calls made in
+the same second carry the same signature, and the scheme cannot tell them from a replay.
+So a signature is accepted again only within REPEAT_GRACE seconds (server clock) of its
+first use — an honest repeat arrives within that — and refused ever after, until its
+window closes. What is left is a replay within REPEAT_GRACE of the original, by someone
+who saw the request (through TLS).
 
 Bounded: at most `capacity` signatures are remembered. Each is kept until its window
 closes (signed at + window); when the memory is full the signatures whose windows close
@@ -18,39 +26,44 @@ import threading
 from kmsserve.errors import Replayed, ReplayWindowFull
 
 CAPACITY = 100_000
+REPEAT_GRACE = 2.0
 
 
 class ReplayMemory:
-    def __init__(self, window: float, capacity: int = CAPACITY) -> None:
+    def __init__(self, window: float, capacity: int = CAPACITY, grace: float = REPEAT_GRACE) -> None:
         self.window = window
+        self.grace = grace
         self.capacity = capacity
-        self._closes: dict[tuple[str, str], float] = {}
+        self._first: dict[tuple[str, str], float] = {}  # signature -> first use (server time)
         self._heap: list[tuple[float, tuple[str, str]]] = []
         self._floor = float("-inf")
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self._closes)
+        return len(self._first)
 
     def check(self, signer: str, signature: str, signed_at: float, now: float) -> None:
-        """Remember the signature; Replayed if it was seen inside its window,
+        """Remember the signature; Replayed if it was first used over REPEAT_GRACE ago,
         ReplayWindowFull if it is older than what the memory had to forget."""
         closes = signed_at + self.window
         slot = (signer, signature)
         with self._lock:
             self._forget(lambda c: c <= now)
-            if slot in self._closes:
+            first = self._first.get(slot)
+            if first is not None:
+                if now - first <= self.grace:
+                    return  # the same call made twice in one second (see above)
                 raise Replayed("this signature was already used")
             if closes <= self._floor:
                 raise ReplayWindowFull("this signature was already used")
-            self._forget(lambda c: len(self._closes) >= self.capacity, raise_floor=True)
-            self._closes[slot] = closes
+            self._forget(lambda c: len(self._first) >= self.capacity, raise_floor=True)
+            self._first[slot] = now
             heapq.heappush(self._heap, (closes, slot))
 
     def _forget(self, while_, raise_floor: bool = False) -> None:
         heap = self._heap
         while heap and while_(heap[0][0]):
             closes, slot = heapq.heappop(heap)
-            self._closes.pop(slot, None)
+            self._first.pop(slot, None)
             if raise_floor:
                 self._floor = max(self._floor, closes)
