@@ -57,7 +57,7 @@ def register_cli(sub, ctx) -> None:
                        "\"Policies\"). ACCESS_KEY is an access key id (KHAK...) or its name.")
     asub = a.add_subparsers(dest="access_key_command", metavar="ACTION", required=True)
     c = asub.add_parser("create", help="issue an access key (its secret is printed once)")
-    c.add_argument("--name", required=True, help="a name for people (unique): the application or host")
+    c.add_argument("--name", required=True, help="a name for people: the application or host (the id is what identifies it)")
     c.add_argument("--policy", required=True, metavar="FILE", help="TOML or JSON policy (see docs/API.md)")
     c.add_argument("--json", action="store_true", help="print the id and secret as JSON")
     c.set_defaults(run=_errors(_create))

@@ -117,6 +117,16 @@ class _GuardedH11(H11Protocol):
         self._disarm()
         super().connection_lost(exc)
 
+    def shutdown(self) -> None:
+        """On stop: an idle keep-alive connection is dropped at once (a TLS close would
+        wait for the client's close_notify, which an idle client never sends); one with a
+        request in flight finishes it first."""
+        if self.cycle is None or self.cycle.response_complete:
+            self._disarm()
+            self.transport.abort()
+        else:
+            super().shutdown()
+
 
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

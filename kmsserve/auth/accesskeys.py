@@ -1,4 +1,5 @@
-"""Access keys that keyhold issues: an id, a secret shown once, a policy.
+"""Access keys that keyhold issues: an id, a secret shown once, a name for people (not
+necessarily unique: the id is the handle), a policy.
 
 Kept in their own SQLite file beside the key store (`access-keys.db` in the KMS home,
 0600, WAL so that `kms access-key` can write while a server reads). Each row is sealed
@@ -31,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from kmscore.errors import AlreadyExists, InvalidRequest, NotFound, StoreError
+from kmscore.errors import InvalidRequest, NotFound, StoreError
 from kmsserve.auth.policy import Policy
 
 FILE_NAME = "access-keys.db"
@@ -192,10 +193,16 @@ class AccessKeys:
         """An access key by id or name; NotFound if none."""
         with self._lock:
             keys = self._snapshot()
-        key = keys.get(name_or_id) or next((k for k in keys.values() if k.name == name_or_id), None)
-        if key is None:
+        key = keys.get(name_or_id)
+        if key is not None:
+            return key
+        named = [k for k in keys.values() if k.name == name_or_id]
+        if not named:
             raise NotFound(f"no access key {name_or_id!r}")
-        return key
+        if len(named) > 1:
+            raise InvalidRequest(f"{len(named)} access keys are named {name_or_id!r}: name one by its id "
+                                 f"({', '.join(k.access_key_id for k in named)})")
+        return named[0]
 
     # -- writing -------------------------------------------------------------------------
     @contextmanager
@@ -240,8 +247,6 @@ class AccessKeys:
         check_name(name)
         key = AccessKey(new_id(), name, new_secret(), True, policy, time.time())
         with self._write() as rows:
-            if any(self._open(i, s).name == name for i, s in rows.items()):
-                raise AlreadyExists(f"an access key named {name!r} already exists")
             rows[key.access_key_id] = self._seal(key)
         return key
 

@@ -76,12 +76,15 @@ def test_changes_are_audited_without_secrets(srv):
     assert key.secret not in out.stdout.decode()
 
 
-def test_names_are_unique_and_checked(srv):
-    srv.access_key(name="twice")
+def test_names_are_checked_and_a_shared_name_needs_the_id(srv):
+    a = srv.access_key(name="twice")
+    b = srv.access_key(name="twice")
+    out = kms(srv.home, "access-key", "disable", "twice")
+    assert out.returncode == 2 and b"2 access keys are named 'twice': name one by its id" in out.stderr
+    ok(srv, "disable", a.access_key_id)
+    assert not works(srv, a) and works(srv, b)
     policy = srv.home.parent / "p.toml"
     policy.write_text('[[allow]]\noperations = ["*"]\nkeys = ["*"]\n')
-    again = kms(srv.home, "access-key", "create", "--name", "twice", "--policy", str(policy))
-    assert again.returncode == 1 and b"already exists" in again.stderr
     bad = kms(srv.home, "access-key", "create", "--name", "no spaces", "--policy", str(policy))
     assert bad.returncode == 2 and b"access key name" in bad.stderr
 
