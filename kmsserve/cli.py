@@ -9,6 +9,7 @@ once, by `create` and `rotate`, and never again.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 from datetime import datetime, timezone
 
@@ -41,12 +42,12 @@ def register_cli(sub, ctx) -> None:
                        description="Serve the key store over HTTPS to clients on other hosts (docs/API.md). "
                        "Without --cert/--key a self-signed certificate is made in the KMS home on first "
                        "start; clients pin its SHA-256 fingerprint. Stops cleanly on SIGTERM or Ctrl-C.")
-    p.add_argument("--listen", default="127.0.0.1:8443", metavar="HOST:PORT", help="where to listen (default %(default)s)")
+    p.add_argument("--listen", metavar="HOST:PORT", help="where to listen (default 127.0.0.1:8443, or --deployment's [serve])")
     p.add_argument("--cert", metavar="FILE", help="TLS certificate (PEM, may hold the chain)")
     p.add_argument("--key", metavar="FILE", help="TLS private key (PEM, mode 0600)")
-    p.add_argument("--plain-http", action="store_true", help="no TLS (loopback addresses only)")
-    p.add_argument("--request-timeout", type=float, default=10.0, metavar="SECONDS",
-                   help="a request's headers, and then its body, must arrive within this (default %(default)s)")
+    p.add_argument("--plain-http", action="store_true", default=None, help="no TLS (loopback addresses only)")
+    p.add_argument("--request-timeout", type=float, metavar="SECONDS",
+                   help="a request's headers, and then its body, must arrive within this (default 10)")
     p.add_argument("--print-fingerprint", action="store_true",
                    help="print the SHA-256 fingerprint of the certificate it serves (making the self-signed "
                    "one if there is none yet) and exit")
@@ -85,19 +86,39 @@ def register_cli(sub, ctx) -> None:
     chk.set_defaults(run=_errors(_check_policy))
 
 
-def _serve(args: argparse.Namespace, ctx) -> int:
-    from kmsserve.server import ServeSettings, run
+def serve_settings(args: argparse.Namespace, ctx):
+    """The options given, else `--deployment`'s `[serve]` table, else the defaults: the
+    same server as `kms up` would run from that file, in the foreground."""
+    from kmsserve.server import ServeSettings
 
-    settings = ServeSettings(listen=args.listen, cert=args.cert, key=args.key, plain_http=args.plain_http,
-                             request_timeout=args.request_timeout)
+    given = {"listen": args.listen, "cert": args.cert, "key": args.key, "plain_http": args.plain_http,
+             "request_timeout": args.request_timeout}
+    base = ServeSettings()
+    deployment = ctx.deployment_file()
+    if deployment:
+        entries = ctx.deployment(deployment).entries("serve")
+        if entries:
+            base = entries[0].settings()
+    if args.cert or args.key:  # a certificate on the command line replaces the file's pair whole
+        base = dataclasses.replace(base, cert=None, key=None)
+    return dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
+
+
+def _serve(args: argparse.Namespace, ctx) -> int:
+    from kmsserve.server import run
+
+    settings = serve_settings(args, ctx)
+    if bool(settings.cert) != bool(settings.key):
+        raise ServeError("a TLS certificate needs its key and a key its certificate: give both --cert and --key")
     if args.print_fingerprint:
-        if args.plain_http:
-            raise ServeError("--print-fingerprint: with --plain-http there is no certificate")
+        if settings.plain_http:
+            raise ServeError("--print-fingerprint: with plain HTTP there is no certificate")
         from kmsserve import tls
         from kmsserve.server import parse_listen
 
-        host, _port = parse_listen(args.listen)
-        cert = tls.load(args.cert, args.key) if args.cert or args.key else tls.self_signed(ctx.kms.home, host)
+        host, _port = parse_listen(settings.listen)
+        cert = (tls.load(settings.cert, settings.key) if settings.cert and settings.key
+                else tls.self_signed(ctx.kms.home, host))
         ctx.emit({"fingerprint": cert.fingerprint, "certificate": str(cert.cert_file)}, cert.fingerprint)
         return 0
     run(ctx.kms, settings)

@@ -48,7 +48,7 @@ class ReplayMemory:
         closes = signed_at + self.window
         slot = (signer, signature)
         with self._lock:
-            self._forget(lambda c: c <= now)
+            self._forget(lambda c: c < now)  # sigv4 accepts |now - signed at| == window itself
             first = self._first.get(slot)
             if first is not None:
                 if now - first <= self.grace:

@@ -148,3 +148,25 @@ def test_a_taken_port_fails_kms_up_at_serve(tmp_path):
     err = out.stderr.decode()
     assert out.returncode == 2 and "serve: could not start: cannot listen on" in err and "Traceback" not in err, err
     assert os.path.exists(tmp_path / "home")
+
+
+def test_kms_serve_with_deployment_runs_its_serve_table(tmp_path):
+    port = free_port()
+    config = tmp_path / "deploy.toml"
+    config.write_text(f'[kms]\nhome = "home"\n[serve]\nlisten = "127.0.0.1:{port}"\nplain_http = true\n')
+    assert kms_cmd("--home", str(tmp_path / "home"), "init").returncode == 0
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([KMS_BIN, "--deployment", str(config), "serve"], stdout=out, stderr=subprocess.STDOUT,
+                                env=clean_env(), stdin=subprocess.DEVNULL)
+    try:
+        wait_for("the listener", lambda: b"listening on" in log.read_bytes(), proc, log)
+        assert f"http://127.0.0.1:{port} (plain HTTP" in log.read_text()
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=WAIT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    out = kms_cmd("--deployment", str(config), "serve", "--print-fingerprint")
+    assert out.returncode == 1 and b"with plain HTTP there is no certificate" in out.stderr
