@@ -260,3 +260,29 @@ def test_a_signed_request_over_a_slow_body_is_not_served(srv):
         while chunk := s.recv(65536):
             got += chunk
     assert got.startswith(b"HTTP/1.1 413") and b"did not arrive within" in got
+
+
+def test_accepted_connections_have_tcp_nodelay(tmp_path):
+    """Responses are two writes (headers, body): without TCP_NODELAY every response after
+    a connection's first waited for the client's delayed ACK. asyncio sets it only on
+    sockets that say they are TCP, so the listening socket keyhold binds must."""
+    from kmscore import Kms
+    from kmsserve.server import RunningServer, ServeSettings
+
+    home = tmp_path / "home"
+    assert kms(home, "init").returncode == 0
+    with Kms(home) as k:
+        server = RunningServer(k, ServeSettings(listen=f"127.0.0.1:{free_port()}", plain_http=True))
+        server.start()
+        try:
+            with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
+                client.sendall(b"POST / HTTP/1.1\r\n")
+                deadline = time.monotonic() + 10
+                while not server._server.server_state.connections:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.01)
+                (conn,) = server._server.server_state.connections
+                sock = conn.transport.get_extra_info("socket")
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        finally:
+            server.stop()
