@@ -157,18 +157,20 @@ class RunningServer:
         self.settings = settings
         host, port = parse_listen(settings.listen)
         self.certificate: tls.Certificate | None = None
-        if settings.plain_http:
-            if not is_loopback(host):
-                raise ServeError(f"plain HTTP is only allowed on loopback, not on {host}: "
-                                 "drop --plain-http (TLS) or listen on 127.0.0.1")
-        elif settings.cert or settings.key:
-            if not (settings.cert and settings.key):
-                raise ServeError("a TLS certificate needs its key and a key its certificate: give both --cert and --key")
-            self.certificate = tls.load(settings.cert, settings.key)
-        else:
-            self.certificate = tls.self_signed(Path(kms.home), host)
-        self.access_keys = AccessKeys(kms)
+        if not 0 < settings.request_timeout <= 3600:
+            raise ServeError(f"the request timeout must be between 0 and 3600 seconds, not {settings.request_timeout}")
+        if settings.plain_http and not is_loopback(host):
+            raise ServeError(f"plain HTTP is only allowed on loopback, not on {host}: "
+                             "drop --plain-http (TLS) or listen on 127.0.0.1")
+        if settings.plain_http and (settings.cert or settings.key):
+            raise ServeError("plain HTTP serves no certificate: drop --cert/--key or --plain-http")
+        if not settings.plain_http and bool(settings.cert) != bool(settings.key):
+            raise ServeError("a TLS certificate needs its key and a key its certificate: give both --cert and --key")
+        self.access_keys = AccessKeys(kms)  # first: a Kms without a local store is refused here
         try:
+            if not settings.plain_http:
+                self.certificate = (tls.load(settings.cert, settings.key) if settings.cert and settings.key
+                                    else tls.self_signed(Path(kms.home), host))
             self.context = ServerContext(kms, self.access_keys)
             self._socket = _bind(host, port)
         except BaseException:
@@ -178,8 +180,6 @@ class RunningServer:
         scheme = "http" if self.certificate is None else "https"
         shown = f"[{host}]" if ":" in host else host
         self.url = f"{scheme}://{shown}:{self.port}"
-        if not 0 < settings.request_timeout <= 3600:
-            raise ServeError(f"the request timeout must be between 0 and 3600 seconds, not {settings.request_timeout}")
         protocol = type("GuardedH11", (_GuardedH11,), {"header_timeout": settings.request_timeout})
         config = uvicorn.Config(
             create_app(all_apis(), self.context, body_timeout=settings.request_timeout), log_config=None,

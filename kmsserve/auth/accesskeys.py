@@ -89,7 +89,9 @@ class AccessKeys:
     """The access keys of one KMS home. Thread-safe; several processes may share the file."""
 
     def __init__(self, kms) -> None:
-        self._root = kms._root  # the Kms's root key seals the rows
+        self._root = getattr(kms, "_root", None)  # the embedded Kms's root key seals the rows
+        if self._root is None or getattr(kms, "home", None) is None:  # e.g. kmscore.remote's Kms
+            raise StoreError("access keys live beside the key store: manage them (and run kms serve) on the KMS host")
         self.path = Path(kms.home) / FILE_NAME
         self._lock = threading.Lock()
         if not self.path.exists():  # created 0600 from the start, never world-readable
