@@ -286,3 +286,32 @@ def test_accepted_connections_have_tcp_nodelay(tmp_path):
                 assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
         finally:
             server.stop()
+
+
+def test_sigterm_lets_a_request_in_flight_finish(tmp_path):
+    """Stop: new connections are refused at once, a request whose body is still arriving
+    is answered, then the process exits 0."""
+    s = start_server(tmp_path / "home")
+    try:
+        key = s.access_key()
+        url, headers, body = signed_request(s.url, key, "GenerateRandom", b'{"NumberOfBytes": 8}')
+        head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        port = port_of(s)
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as c:
+            c.sendall(f"POST / HTTP/1.1\r\n{head}Content-Length: {len(body)}\r\n\r\n".encode() + body[:5])
+            s.proc.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 20
+            while True:  # the listener closes first
+                with socket.socket() as probe:
+                    if probe.connect_ex(("127.0.0.1", port)) != 0:
+                        break
+                assert time.monotonic() < deadline, "still accepting connections after SIGTERM"
+                time.sleep(0.05)
+            c.sendall(body[5:])
+            got = b""
+            while chunk := c.recv(65536):
+                got += chunk
+        assert got.startswith(b"HTTP/1.1 200") and b'"Plaintext"' in got, got[:300]
+        assert s.proc.wait(timeout=30) == 0
+    finally:
+        stop_server(s)
