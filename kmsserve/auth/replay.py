@@ -26,7 +26,7 @@ import threading
 from kmsserve.errors import Replayed, ReplayWindowFull
 
 CAPACITY = 100_000
-REPEAT_GRACE = 2.0
+REPEAT_GRACE = 5.0
 
 
 class ReplayMemory:

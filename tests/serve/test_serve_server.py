@@ -166,10 +166,10 @@ def test_16_concurrent_clients(srv):
 
     def client_run(i: int) -> int:
         client = srv.boto3(keys[0])  # each client its own connection pool
-        return sum(len(client.generate_random(NumberOfBytes=8)["Plaintext"]) for _ in range(10))
+        return sum(len(client.generate_random(NumberOfBytes=8 + i)["Plaintext"]) for _ in range(10))
 
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        assert list(pool.map(client_run, range(16))) == [80] * 16
+        assert list(pool.map(client_run, range(16))) == [10 * (8 + i) for i in range(16)]
 
 
 def port_of(srv) -> int:
