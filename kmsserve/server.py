@@ -215,7 +215,7 @@ class RunningServer:
                 self.stop()
                 raise ServeError(f"kms serve did not start: {type(self._error).__name__ if self._error else 'timeout'}")
             time.sleep(0.01)
-        log.info("kms serve: listening on %s", self.describe())
+        log.debug("kms serve: listening on %s", self.describe())  # kms serve prints it, kms up's banner shows it
 
     def _serve(self) -> None:
         try:
@@ -249,7 +249,11 @@ def _tls12(config, default):
     return ctx
 
 
-def run(kms: Any, settings: ServeSettings, *, announce=print) -> None:
+def _print(line: str) -> None:
+    print(line, flush=True)  # stdout may be a file (systemd, a test): the line must be there at once
+
+
+def run(kms: Any, settings: ServeSettings, *, announce=_print) -> None:
     """`kms serve`: serve until SIGTERM or SIGINT, then drain and return."""
     stop = threading.Event()
     previous = {s: signal.signal(s, lambda *_: stop.set()) for s in (signal.SIGTERM, signal.SIGINT)}
