@@ -81,6 +81,12 @@ def register_cli(sub, ctx) -> None:
     sp.add_argument("--policy", required=True, metavar="FILE", help="TOML or JSON policy (see docs/API.md)")
     sp.add_argument("--json", action="store_true", help="print the result as JSON")
     sp.set_defaults(run=_errors(_set_policy))
+    ra = asub.add_parser("reanchor", help="accept access-keys.db as it is, after a deliberate restore from a backup",
+                         description="After access-keys.db was restored from an older copy, every access key is "
+                         "refused (the audit log has seen newer changes). List what the copy holds, then accept it; "
+                         "disable what should not be there.")
+    ra.add_argument("--json", action="store_true", help="print the result as JSON")
+    ra.set_defaults(run=_errors(_reanchor))
     chk = asub.add_parser("check-policy", help="validate a policy file (as create and set-policy do)")
     chk.add_argument("policy", metavar="FILE")
     chk.set_defaults(run=_errors(_check_policy))
@@ -131,8 +137,11 @@ def _keys(ctx):
     return AccessKeys(ctx.kms)
 
 
-def _record(ctx, change: str, key) -> None:
-    ctx.kms.audit_event(f"AccessKey{change}", None, f"ok: {key.access_key_id} ({key.name})", caller=AUDIT_CALLER)
+def _record(ctx, change: str, key, generation: int) -> None:
+    """The change in the audit log, with the access keys' new head generation: what lets
+    a server tell that the file was put back from an older copy (kmsserve.auth.accesskeys)."""
+    ctx.kms.audit_event(f"AccessKey{change}", None, f"ok: {key.access_key_id} ({key.name}), generation {generation}",
+                        caller=AUDIT_CALLER)
 
 
 def _when(t: float | None) -> str:
@@ -159,7 +168,7 @@ def _create(args: argparse.Namespace, ctx) -> int:
         key = keys.create(args.name, policy)
     finally:
         keys.close()
-    _record(ctx, "Create", key)
+    _record(ctx, "Create", key, keys.generation)
     ctx.emit({"access_key_id": key.access_key_id, "secret": key.secret, "name": key.name},
              f"access key id: {key.access_key_id}\nsecret:        {key.secret}\n(the secret is shown only now)")
     return 0
@@ -182,47 +191,49 @@ def _list(args: argparse.Namespace, ctx) -> int:
 
 
 def _one(args, ctx, action):
+    """(the action's result, the head generation it wrote)."""
     keys = _keys(ctx)
     try:
-        return action(keys)
+        return action(keys), keys.generation
     finally:
         keys.close()
 
 
 def _show(args: argparse.Namespace, ctx) -> int:
-    key = _one(args, ctx, lambda keys: keys.require(args.access_key))
+    key, _ = _one(args, ctx, lambda keys: keys.require(args.access_key))
     rotated = f"\nrotated {_when(key.rotated_at)}" if key.rotated_at else ""
     ctx.emit(key.public(), "\n".join([_summary(key) + rotated, "policy:", *_policy_lines(key)]))
     return 0
 
 
-def _changed(ctx, change: str, key, text: str, args) -> int:
-    _record(ctx, change, key)
+def _changed(ctx, change: str, done, text: str, args) -> int:
+    key, generation = done
+    _record(ctx, change, key, generation)
     ctx.emit(key.public(), f"{key.access_key_id} ({key.name}): {text}")
     return 0
 
 
 def _disable(args, ctx) -> int:
-    key = _one(args, ctx, lambda keys: keys.set_enabled(args.access_key, False))
-    return _changed(ctx, "Disable", key, "disabled (its requests are refused from now on)", args)
+    done = _one(args, ctx, lambda keys: keys.set_enabled(args.access_key, False))
+    return _changed(ctx, "Disable", done, "disabled (its requests are refused from now on)", args)
 
 
 def _enable(args, ctx) -> int:
-    key = _one(args, ctx, lambda keys: keys.set_enabled(args.access_key, True))
-    return _changed(ctx, "Enable", key, "enabled", args)
+    done = _one(args, ctx, lambda keys: keys.set_enabled(args.access_key, True))
+    return _changed(ctx, "Enable", done, "enabled", args)
 
 
 def _delete(args, ctx) -> int:
-    key = _one(args, ctx, lambda keys: keys.delete(args.access_key))
-    _record(ctx, "Delete", key)
+    key, generation = _one(args, ctx, lambda keys: keys.delete(args.access_key))
+    _record(ctx, "Delete", key, generation)
     ctx.emit({"access_key_id": key.access_key_id, "name": key.name, "deleted": True},
              f"{key.access_key_id} ({key.name}): deleted")
     return 0
 
 
 def _rotate(args, ctx) -> int:
-    key = _one(args, ctx, lambda keys: keys.rotate(args.access_key))
-    _record(ctx, "Rotate", key)
+    key, generation = _one(args, ctx, lambda keys: keys.rotate(args.access_key))
+    _record(ctx, "Rotate", key, generation)
     ctx.emit({"access_key_id": key.access_key_id, "secret": key.secret, "name": key.name},
              f"access key id: {key.access_key_id}\nnew secret:    {key.secret}\n"
              "(shown only now; the old secret no longer works)")
@@ -233,8 +244,18 @@ def _set_policy(args, ctx) -> int:
     from kmsserve.auth.policy import Policy
 
     policy = Policy.load(args.policy)
-    key = _one(args, ctx, lambda keys: keys.set_policy(args.access_key, policy))
-    return _changed(ctx, "SetPolicy", key, "new policy:\n" + "\n".join(_policy_lines(key)), args)
+    done = _one(args, ctx, lambda keys: keys.set_policy(args.access_key, policy))
+    return _changed(ctx, "SetPolicy", done, "new policy:\n" + "\n".join(_policy_lines(done[0])), args)
+
+
+def _reanchor(args, ctx) -> int:
+    count, generation = _one(args, ctx, lambda keys: keys.reanchor())
+    ctx.kms.audit_event("AccessKeyReanchor", None, f"ok: {count} access keys accepted as they are, generation {generation}",
+                        caller=AUDIT_CALLER)
+    ctx.emit({"access_keys": count, "generation": generation},
+             f"accepted access-keys.db as it is: {count} access key{'s' if count != 1 else ''} "
+             "(check them: kms access-key list)")
+    return 0
 
 
 def _check_policy(args, ctx) -> int:

@@ -9,8 +9,13 @@ another. A sealed *head* covers the whole set — a generation number and the di
 every row — so rows cannot be rolled back one at a time, deleted, duplicated or mixed
 from two copies of the file either: a set that does not match its head is refused
 whole (every request then fails authentication, and `kms access-key list` says why).
-What a writer of the file can still do is put back a *whole* older copy of it
-(docs/SECURITY.md, "kms serve").
+Every change is also recorded in the key store's hash-chained, anchored audit log with
+the head's new generation (`AccessKeyCreate ... generation 12`, kmsserve.cli); a set
+whose head is older than the newest generation the audit log has seen was put back
+from an older copy of the file, and is refused whole too. What a writer can still do
+is roll back the key store (and its anchor) together with this file
+(docs/SECURITY.md, "kms serve"). After a deliberate restore from a backup,
+`kms access-key reanchor` accepts the file as it is.
 
 A running server sees every change at its next request: it keeps the opened set in
 memory and re-reads it when SQLite's `data_version` says another connection committed.
@@ -23,6 +28,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import sqlite3
 import threading
@@ -40,6 +46,9 @@ ID_PREFIX = "KHAK"
 _AAD = b"keyhold/access-key/"
 _HEAD_AAD = b"keyhold/access-keys-head"
 NAME_MAX = 64
+CHANGES = ("Create", "Disable", "Enable", "Rotate", "SetPolicy", "Delete", "Reanchor")
+"""The audit operations `AccessKey<change>` whose outcome ends in `generation N`."""
+_GENERATION = re.compile(r", generation (\d+)$")
 
 log = logging.getLogger("kmsserve")
 
@@ -89,6 +98,7 @@ class AccessKeys:
     """The access keys of one KMS home. Thread-safe; several processes may share the file."""
 
     def __init__(self, kms) -> None:
+        self._kms = kms
         self._root = getattr(kms, "_root", None)  # the embedded Kms's root key seals the rows
         if self._root is None or getattr(kms, "home", None) is None:  # e.g. kmscore.remote's Kms
             raise StoreError("access keys live beside the key store: manage them (and run kms serve) on the KMS host")
@@ -109,6 +119,8 @@ class AccessKeys:
         self._keys: dict[str, AccessKey] = {}
         self._problem: str | None = None
         self._reported: str | None = None
+        self.generation = 0
+        """The head's generation after this object's last write (for the audit record)."""
 
     def close(self) -> None:
         self._db.close()
@@ -142,6 +154,27 @@ class AccessKeys:
                                         "(a row was changed, rolled back or deleted outside keyhold)")
         return head["generation"], None
 
+    def audited_generation(self) -> int:
+        """The newest head generation the audit log has seen (0 if none)."""
+        best = 0
+        for change in CHANGES:
+            for record in self._kms.audit_records(5, operation=f"AccessKey{change}"):
+                m = _GENERATION.search(record["outcome"])
+                if m:
+                    best = max(best, int(m[1]))
+        return best
+
+    def _rolled_back(self, generation: int) -> str | None:
+        try:
+            audited = self.audited_generation()
+        except Exception as e:  # noqa: BLE001 - the audit log cannot be read: fail closed
+            return f"{self.path}: cannot compare with the audit log: {e}"
+        if audited > generation:
+            return (f"{self.path} is older than the audit log says (generation {generation}, the audit log has "
+                    f"seen {audited}): it was put back from an older copy. If that restore was deliberate, "
+                    "`kms access-key reanchor` accepts it")
+        return None
+
     # -- reading -------------------------------------------------------------------------
     @contextmanager
     def _read(self) -> Iterator[dict[str, bytes]]:
@@ -158,7 +191,9 @@ class AccessKeys:
             version = self._db.execute("PRAGMA data_version").fetchone()[0]
             if version != self._version:
                 with self._read() as rows:
-                    _generation, problem = self._head(rows)
+                    generation, problem = self._head(rows)
+                if problem is None:
+                    problem = self._rolled_back(generation)
                 keys: dict[str, AccessKey] = {}
                 if problem is None:
                     try:
@@ -208,14 +243,19 @@ class AccessKeys:
 
     # -- writing -------------------------------------------------------------------------
     @contextmanager
-    def _write(self) -> Iterator[dict[str, bytes]]:
+    def _write(self, *, reanchor: bool = False) -> Iterator[dict[str, bytes]]:
         """A write transaction over a verified set: the caller changes `rows` in place; the
-        rows and a new head (generation + 1) are committed together."""
+        rows and a new head (generation + 1) are committed together. `reanchor`: accept
+        rows that are authentic but older than the audit log (a deliberate restore)."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 rows = {i: s for i, s in self._db.execute("SELECT id, sealed FROM access_keys")}
                 generation, problem = self._head(rows)
+                if problem is None and not reanchor:
+                    problem = self._rolled_back(generation)
+                elif problem is None:
+                    generation = max(generation, self.audited_generation())
                 if problem is not None:
                     raise StoreError(problem)
                 before = dict(rows)
@@ -229,6 +269,7 @@ class AccessKeys:
                 self._db.execute("INSERT OR REPLACE INTO head(one, sealed) VALUES(1, ?)",
                                  (self._root.seal(json.dumps(head).encode(), _HEAD_AAD),))
                 self._db.execute("COMMIT")
+                self.generation = generation + 1
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
@@ -261,6 +302,16 @@ class AccessKeys:
     def rotate(self, name_or_id: str) -> AccessKey:
         """A new secret; the old one stops working at the server's next request."""
         return self._change(name_or_id, secret=new_secret(), rotated_at=time.time())
+
+    def reanchor(self) -> int:
+        """Accept the file as it is (after a deliberate restore from a backup): its rows must
+        still be authentic; the head moves past the newest generation the audit log has
+        seen. Returns the number of access keys."""
+        with self._write(reanchor=True) as rows:
+            for i, sealed in rows.items():
+                self._open(i, sealed)
+            count = len(rows)
+        return count
 
     def delete(self, name_or_id: str) -> AccessKey:
         key = self.require(name_or_id)

@@ -71,6 +71,7 @@ def test_changes_are_audited_without_secrets(srv):
     records = [r for r in json.loads(out.stdout) if r["operation"].startswith("AccessKey")]
     ops = {r["operation"] for r in records if key.access_key_id in r["outcome"]}
     assert ops == {"AccessKeyCreate", "AccessKeyRotate"}
+    assert all(r["outcome"].rpartition(", generation ")[2].isdigit() for r in records)
     assert key.secret not in out.stdout.decode()
 
 
@@ -162,9 +163,10 @@ def test_the_file_is_private(srv):
     assert (srv.home / "access-keys.db").stat().st_mode & 0o077 == 0
 
 
-def test_a_whole_file_put_back_is_the_documented_limit(tmp_path):
-    """docs/SECURITY.md: a writer of the file can restore a whole older copy (here: a
-    deleted access key comes back). This test pins that statement down."""
+def test_a_whole_file_put_back_is_refused_until_reanchored(tmp_path):
+    """Every change is in the anchored audit log with the head's generation, so a whole
+    older copy of access-keys.db (here: one that still holds a deleted key) is refused
+    whole; `kms access-key reanchor` accepts it after a deliberate restore."""
     home = tmp_path / "home"
     s = start_server(home)
     try:
@@ -181,6 +183,13 @@ def test_a_whole_file_put_back_is_the_documented_limit(tmp_path):
     shutil.copy(copy, home / "access-keys.db")
     s = start_server(home)
     try:
+        assert not works(s, key)
+        listed = kms(home, "access-key", "list")
+        assert listed.returncode == 8 and b"is older than the audit log says (generation 1, the audit log has seen 2)" in listed.stderr
+        assert "accepted access-keys.db as it is: 1 access key" in ok(s, "reanchor")
         assert works(s, key)
+        assert "comeback" in ok(s, "list")
+        ok(s, "delete", "comeback")  # and it goes on from there
+        assert not works(s, key)
     finally:
         stop_server(s)
