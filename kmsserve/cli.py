@@ -2,7 +2,7 @@
 
 Every change to an access key reaches a running server at its next request (it re-reads
 the access-key file when another process committed to it) and is recorded in the audit
-log as `AccessKey<Change>` with the access key's id in the outcome. A secret is printed
+log as `AccessKeyChange` (`ok: disable KHAK… (name), generation 12`). A secret is printed
 once, by `create` and `rotate`, and never again.
 """
 
@@ -140,7 +140,9 @@ def _keys(ctx):
 def _record(ctx, change: str, key, generation: int) -> None:
     """The change in the audit log, with the access keys' new head generation: what lets
     a server tell that the file was put back from an older copy (kmsserve.auth.accesskeys)."""
-    ctx.kms.audit_event(f"AccessKey{change}", None, f"ok: {key.access_key_id} ({key.name}), generation {generation}",
+    from kmsserve.auth.accesskeys import AUDIT_OPERATION
+
+    ctx.kms.audit_event(AUDIT_OPERATION, None, f"ok: {change} {key.access_key_id} ({key.name}), generation {generation}",
                         caller=AUDIT_CALLER)
 
 
@@ -168,7 +170,7 @@ def _create(args: argparse.Namespace, ctx) -> int:
         key = keys.create(args.name, policy)
     finally:
         keys.close()
-    _record(ctx, "Create", key, keys.generation)
+    _record(ctx, "create", key, keys.generation)
     ctx.emit({"access_key_id": key.access_key_id, "secret": key.secret, "name": key.name},
              f"access key id: {key.access_key_id}\nsecret:        {key.secret}\n(the secret is shown only now)")
     return 0
@@ -215,17 +217,17 @@ def _changed(ctx, change: str, done, text: str, args) -> int:
 
 def _disable(args, ctx) -> int:
     done = _one(args, ctx, lambda keys: keys.set_enabled(args.access_key, False))
-    return _changed(ctx, "Disable", done, "disabled (its requests are refused from now on)", args)
+    return _changed(ctx, "disable", done, "disabled (its requests are refused from now on)", args)
 
 
 def _enable(args, ctx) -> int:
     done = _one(args, ctx, lambda keys: keys.set_enabled(args.access_key, True))
-    return _changed(ctx, "Enable", done, "enabled", args)
+    return _changed(ctx, "enable", done, "enabled", args)
 
 
 def _delete(args, ctx) -> int:
     key, generation = _one(args, ctx, lambda keys: keys.delete(args.access_key))
-    _record(ctx, "Delete", key, generation)
+    _record(ctx, "delete", key, generation)
     ctx.emit({"access_key_id": key.access_key_id, "name": key.name, "deleted": True},
              f"{key.access_key_id} ({key.name}): deleted")
     return 0
@@ -233,7 +235,7 @@ def _delete(args, ctx) -> int:
 
 def _rotate(args, ctx) -> int:
     key, generation = _one(args, ctx, lambda keys: keys.rotate(args.access_key))
-    _record(ctx, "Rotate", key, generation)
+    _record(ctx, "rotate", key, generation)
     ctx.emit({"access_key_id": key.access_key_id, "secret": key.secret, "name": key.name},
              f"access key id: {key.access_key_id}\nnew secret:    {key.secret}\n"
              "(shown only now; the old secret no longer works)")
@@ -245,13 +247,15 @@ def _set_policy(args, ctx) -> int:
 
     policy = Policy.load(args.policy)
     done = _one(args, ctx, lambda keys: keys.set_policy(args.access_key, policy))
-    return _changed(ctx, "SetPolicy", done, "new policy:\n" + "\n".join(_policy_lines(done[0])), args)
+    return _changed(ctx, "set-policy", done, "new policy:\n" + "\n".join(_policy_lines(done[0])), args)
 
 
 def _reanchor(args, ctx) -> int:
     count, generation = _one(args, ctx, lambda keys: keys.reanchor())
-    ctx.kms.audit_event("AccessKeyReanchor", None, f"ok: {count} access keys accepted as they are, generation {generation}",
-                        caller=AUDIT_CALLER)
+    from kmsserve.auth.accesskeys import AUDIT_OPERATION
+
+    ctx.kms.audit_event(AUDIT_OPERATION, None, f"ok: reanchor ({count} access keys accepted as they are), "
+                        f"generation {generation}", caller=AUDIT_CALLER)
     ctx.emit({"access_keys": count, "generation": generation},
              f"accepted access-keys.db as it is: {count} access key{'s' if count != 1 else ''} "
              "(check them: kms access-key list)")

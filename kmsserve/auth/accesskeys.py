@@ -10,9 +10,10 @@ every row — so rows cannot be rolled back one at a time, deleted, duplicated o
 from two copies of the file either: a set that does not match its head is refused
 whole (every request then fails authentication, and `kms access-key list` says why).
 Every change is also recorded in the key store's hash-chained, anchored audit log with
-the head's new generation (`AccessKeyCreate ... generation 12`, kmsserve.cli); a set
-whose head is older than the newest generation the audit log has seen was put back
-from an older copy of the file, and is refused whole too. What a writer can still do
+the head's new generation (`AccessKeyChange  ok: disable KHAK… (app1), generation 12`,
+kmsserve.cli); a set whose head is older than the newest generation the audit log has
+seen (read once per process, then every generation this process saw) was put back from
+an older copy of the file, and is refused whole too. What a writer can still do
 is roll back the key store (and its anchor) together with this file
 (docs/SECURITY.md, "kms serve"). After a deliberate restore from a backup,
 `kms access-key reanchor` accepts the file as it is.
@@ -46,8 +47,8 @@ ID_PREFIX = "KHAK"
 _AAD = b"keyhold/access-key/"
 _HEAD_AAD = b"keyhold/access-keys-head"
 NAME_MAX = 64
-CHANGES = ("Create", "Disable", "Enable", "Rotate", "SetPolicy", "Delete", "Reanchor")
-"""The audit operations `AccessKey<change>` whose outcome ends in `generation N`."""
+AUDIT_OPERATION = "AccessKeyChange"
+"""The audit operation of every change (kmsserve.cli): its outcome ends in `generation N`."""
 _GENERATION = re.compile(r", generation (\d+)$")
 
 log = logging.getLogger("kmsserve")
@@ -121,6 +122,7 @@ class AccessKeys:
         self._reported: str | None = None
         self.generation = 0
         """The head's generation after this object's last write (for the audit record)."""
+        self._floor: int | None = None  # the newest generation seen (audit log, then this process)
 
     def close(self) -> None:
         self._db.close()
@@ -155,24 +157,29 @@ class AccessKeys:
         return head["generation"], None
 
     def audited_generation(self) -> int:
-        """The newest head generation the audit log has seen (0 if none)."""
+        """The newest head generation the audit log has seen (0 if none): one read of the
+        log, from its end back to the newest access-key change."""
         best = 0
-        for change in CHANGES:
-            for record in self._kms.audit_records(5, operation=f"AccessKey{change}"):
-                m = _GENERATION.search(record["outcome"])
-                if m:
-                    best = max(best, int(m[1]))
+        for record in self._kms.audit_records(3, operation=AUDIT_OPERATION):
+            m = _GENERATION.search(record["outcome"])
+            if m:
+                best = max(best, int(m[1]))
         return best
 
-    def _rolled_back(self, generation: int) -> str | None:
+    def _rolled_back(self, generation: int, *, ask_the_log: bool = False) -> str | None:
+        """Why a head of this generation is older than one already seen (None if it is not).
+        The audit log is read on the first call (and when asked: before a write); after
+        that the newest generation this process saw is the floor."""
         try:
-            audited = self.audited_generation()
+            if ask_the_log or self._floor is None:
+                self._floor = max(self._floor or 0, self.audited_generation())
         except Exception as e:  # noqa: BLE001 - the audit log cannot be read: fail closed
             return f"{self.path}: cannot compare with the audit log: {e}"
-        if audited > generation:
+        if self._floor > generation:
             return (f"{self.path} is older than the audit log says (generation {generation}, the audit log has "
-                    f"seen {audited}): it was put back from an older copy. If that restore was deliberate, "
+                    f"seen {self._floor}): it was put back from an older copy. If that restore was deliberate, "
                     "`kms access-key reanchor` accepts it")
+        self._floor = generation
         return None
 
     # -- reading -------------------------------------------------------------------------
@@ -253,7 +260,7 @@ class AccessKeys:
                 rows = {i: s for i, s in self._db.execute("SELECT id, sealed FROM access_keys")}
                 generation, problem = self._head(rows)
                 if problem is None and not reanchor:
-                    problem = self._rolled_back(generation)
+                    problem = self._rolled_back(generation, ask_the_log=True)
                 elif problem is None:
                     generation = max(generation, self.audited_generation())
                 if problem is not None:
@@ -269,7 +276,7 @@ class AccessKeys:
                 self._db.execute("INSERT OR REPLACE INTO head(one, sealed) VALUES(1, ?)",
                                  (self._root.seal(json.dumps(head).encode(), _HEAD_AAD),))
                 self._db.execute("COMMIT")
-                self.generation = generation + 1
+                self.generation = self._floor = generation + 1
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
