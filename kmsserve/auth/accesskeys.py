@@ -173,7 +173,7 @@ class AccessKeys:
         try:
             if ask_the_log or self._floor is None:
                 self._floor = max(self._floor or 0, self.audited_generation())
-        except Exception as e:  # noqa: BLE001 - the audit log cannot be read: fail closed
+        except Exception as e:  # noqa: BLE001 - the audit log cannot be read: fail closed (floor stays unknown)
             return f"{self.path}: cannot compare with the audit log: {e}"
         if self._floor > generation:
             return (f"{self.path} is older than the audit log says (generation {generation}, the audit log has "
@@ -201,6 +201,8 @@ class AccessKeys:
                     generation, problem = self._head(rows)
                 if problem is None:
                     problem = self._rolled_back(generation)
+                    if problem is not None and self._floor is None:  # the log could not be read:
+                        version = None  # not a verdict on the file; ask again at the next request
                 keys: dict[str, AccessKey] = {}
                 if problem is None:
                     try:
