@@ -16,7 +16,8 @@ import httpx
 import pytest
 
 from kmscore import Kms
-from tests.serve.conftest import ALLOW_ALL, AccessKey, kms, signed_request, start_server, stop_server
+from tests.serve.conftest import ALLOW_ALL, AccessKey, kms, start_server, stop_server
+from tests.serve.servecore import signed_request
 
 
 @pytest.fixture(scope="module")

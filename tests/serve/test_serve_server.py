@@ -18,7 +18,8 @@ import time
 import httpx
 import pytest
 
-from tests.serve.conftest import KMS_BIN, clean_env, free_port, kms, signed_request, start_server, start_server_with, stop_server
+from tests.serve.conftest import KMS_BIN, clean_env, free_port, kms, start_server, stop_server
+from tests.serve.servecore import signed_request, start_server_with
 
 
 def run_kms(home, *args, timeout=60):
