@@ -123,6 +123,8 @@ def _serve(args: argparse.Namespace, ctx) -> int:
         from kmsserve.server import parse_listen
 
         host, _port = parse_listen(settings.listen)
+        if not (settings.cert and settings.key) and getattr(ctx.kms, "home", None) is None:
+            raise ServeError("the self-signed certificate lives in the KMS home: run this on the KMS host")
         cert = (tls.load(settings.cert, settings.key) if settings.cert and settings.key
                 else tls.self_signed(ctx.kms.home, host))
         ctx.emit({"fingerprint": cert.fingerprint, "certificate": str(cert.cert_file)}, cert.fingerprint)
