@@ -43,6 +43,16 @@ class Kms(LifecycleMixin, OperationsMixin, ImportMixin):
                 filters[column] = value
         return self._audit.records(limit, filters, since)
 
+    def audit_event(self, operation: str, key_id: str | None, outcome: str, *, caller: str) -> None:
+        """Record something that happened outside the key operations, for `caller`: a
+        server's refusal of a request before it reached the facade (bad signature,
+        policy), or a change to its access keys. Like every record, it fails closed
+        (AuditError) when the log cannot take it."""
+        for name, value in (("operation", operation), ("outcome", outcome), ("caller", caller)):
+            if not isinstance(value, str) or not value:
+                raise InvalidRequest(f"{name} must be non-empty text")
+        self._audit.record(operation, key_id, outcome, caller)
+
     def flush_audit(self) -> None:
         self._audit.flush()
 

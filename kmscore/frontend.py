@@ -38,9 +38,14 @@ class Frontend:
     name: str
     register_cli: Callable[[argparse._SubParsersAction, "CliContext"], None]
     config_key: str | None = None
-    """The TOML array-of-tables this front end owns (`mount`, `proxy`)."""
+    """The TOML section this front end owns: an array of tables (`mount`, `proxy`), or
+    one table with `config_table`."""
     config_model: type | None = None
     """A pydantic model for one entry of that array."""
+    config_table: bool = False
+    """The section is one table (`[serve]`) instead of an array of tables: its entries
+    are then () when absent or (the table,), so reloads, checks and `kms up` treat it as
+    an array of at most one entry; problems are placed at `serve.listen`."""
     check: Callable[[Sequence[Any], "Kms"], list[tuple[str, str]]] | None = None
     """Semantic checks against the key store: (key path inside the entry, message)."""
     warnings: Callable[[Sequence[Any]], list[tuple[str, str]]] | None = None

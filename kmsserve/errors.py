@@ -14,6 +14,11 @@ class MalformedRequest(ServeError):
     """The body or a header cannot be parsed, or a field has the wrong type."""
 
 
+class RequestTooLarge(MalformedRequest):
+    """A body over the server's limit (kmsserve.app.MAX_BODY), or one that did not arrive
+    in time (kmsserve.app.BODY_TIMEOUT)."""
+
+
 class UnknownOperation(ServeError):
     """The API has no such operation (or keyhold does not offer it)."""
 
@@ -29,6 +34,12 @@ class RequestExpired(AuthFailed):
 
 class Replayed(AuthFailed):
     """A signature that was already used inside its window."""
+
+
+class ReplayWindowFull(Replayed):
+    """The replay memory had to forget signatures that are still inside their window, so a
+    request signed before the ones it forgot can no longer be told from a replay: refused
+    (kmsserve.auth.replay)."""
 
 
 class AccessDenied(ServeError):

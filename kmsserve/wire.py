@@ -147,10 +147,15 @@ class ServeContext(Protocol):
 
 def dispatch(api: WireApi, req: WireRequest, ctx: ServeContext) -> WireResponse:
     """Authenticate, find the operation, authorize, call the facade, answer; the one path
-    from a request to the facade. Blocking: the ASGI app runs it in a worker thread."""
+    from a request to the facade. Blocking: the ASGI app runs it in a worker thread.
+
+    Every refusal before the facade is audited here (the facade records its own), as the
+    access key that signed the request, or "unauthenticated"; an operation name the API
+    does not have is recorded as `<api>.(unknown)`, so a caller cannot write arbitrary
+    text into the audit log."""
     request_id = str(uuid.uuid4())
     principal: Principal | None = None
-    name, called = "?", False
+    name, called, refused_key = "?", False, None
     try:
         name = api.operation(req)
         principal = api.authenticate(req, ctx)
@@ -163,6 +168,7 @@ def dispatch(api: WireApi, req: WireRequest, ctx: ServeContext) -> WireResponse:
         policy = principal.policy
         for action, key_id, alias in checks:
             if policy is None or not policy.allows(action, key_id, alias):
+                refused_key = key_id
                 on = f" on key {key_id or alias}" if key_id or alias else ""
                 raise AccessDenied(f"access key {principal.access_key_id} is not allowed to call {op.name}{on}")
         called = True
@@ -171,11 +177,16 @@ def dispatch(api: WireApi, req: WireRequest, ctx: ServeContext) -> WireResponse:
             result = call(**args)
         return api.respond(op, op.result(result, args), request_id)
     except (ServeError, KmsError) as e:
+        shown = name if name in api.operations else "(unknown)"
         if not called:  # the facade records its own refusals
-            ctx.audit(principal, f"{api.name}.{name}", None, f"denied: {type(e).__name__}")
-        log.info("%s %s.%s refused: %s (%s)", request_id, api.name, name, type(e).__name__,
+            try:
+                ctx.audit(principal, f"{api.name}.{shown}", refused_key, f"denied: {type(e).__name__}")
+            except KmsError as audit_error:  # fail closed: no answer but the internal error
+                log.error("%s %s.%s: the refusal could not be audited: %s", request_id, api.name, shown, audit_error)
+                return api.fail(RuntimeError("internal error"), request_id)
+        log.info("%s %s.%s refused: %s (%s)", request_id, api.name, shown, type(e).__name__,
                  "unauthenticated" if principal is None else principal.access_key_id)
         return api.fail(e, request_id)
     except Exception:  # a bug: logged with its traceback here, never sent to the client
-        log.exception("%s %s.%s: internal error", request_id, api.name, name)
+        log.exception("%s %s.%s: internal error", request_id, api.name, name if name in api.operations else "(unknown)")
         return api.fail(RuntimeError("internal error"), request_id)

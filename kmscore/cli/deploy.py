@@ -101,7 +101,8 @@ def run_check(args: argparse.Namespace, ctx) -> int:
         print(json.dumps({"config": args.config, "ok": True, "problems": [], "keys": len(dep.keys),
                           **{k: len(e) for k, e in dep.sections}}, indent=2))
         return 0
-    counts = ", ".join(f"{len(e)} {k}" for k, e in dep.sections)
+    tables = {f.config_key for f in frontends if getattr(f, "config_table", False)}  # [serve]: shown when present
+    counts = ", ".join(f"{len(e)} {k}" for k, e in dep.sections if e or k not in tables)
     keys = f"{len(dep.keys)} key{'' if len(dep.keys) == 1 else 's'}"
     print(f"{args.config}: OK ({keys}{', ' + counts if counts else ''})")
     return 0

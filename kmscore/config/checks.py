@@ -111,7 +111,9 @@ def check_frontends(dep: Deployment, kms: Any, frontends: Sequence[Frontend] | N
             found += [(p, m, "warning") for p, m in _warnings(frontend, list(entries))]
             singles = None
             for path, msg, severity in found:
-                if path.startswith("[") or len(entries) == 1:
+                if getattr(frontend, "config_table", False):  # one table: no index
+                    where = join_path(frontend.config_key, path.partition("].")[2] if path.startswith("[") else path)
+                elif path.startswith("[") or len(entries) == 1:
                     where = join_path(frontend.config_key, *([] if path.startswith("[") else [0]), path)
                 else:  # a multi-entry finding without its index: find the entry alone
                     if singles is None:
@@ -132,7 +134,7 @@ def check_empty(dep: Deployment) -> list[Problem]:
     """A file that declares nothing to run (an empty file, or only `[kms]`) is a mistake."""
     if dep.keys or any(entries for _, entries in dep.sections):
         return []
-    sections = ", ".join(f"[[{key}]]" for key, _ in dep.sections)
+    sections = ", ".join(f"[{key}]" if key == "serve" else f"[[{key}]]" for key, _ in dep.sections)
     return [Problem(dep.file, "", f"the file declares nothing to run: no [[keys]]{', ' + sections if sections else ''}")]
 
 

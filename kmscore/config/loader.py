@@ -80,7 +80,12 @@ def parse_config(
     with _working_folder(base):
         for key, frontend in owners.items():
             model = frontend.config_model
-            entries = _validate_array(file, key, model, data.get(key, []), problems, base) if model else []
+            if model is None:
+                entries = []
+            elif getattr(frontend, "config_table", False):  # one table, e.g. [serve]
+                entries = [] if key not in data else [_validate(file, key, model, data[key], problems, base)]
+            else:
+                entries = _validate_array(file, key, model, data.get(key, []), problems, base)
             sections.append((key, tuple(entries)))
 
     if problems:

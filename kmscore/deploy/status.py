@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from kmscore.config import Deployment
@@ -83,6 +84,10 @@ def front_end_checks(dep: Deployment) -> list[dict[str, Any]]:
         listen = getattr(entry, "listen", "")
         up = _listening(listen)
         out.append(_check(f"proxy {getattr(entry, 'name', None) or i} {listen}", up, "listening" if up else "not listening"))
+    for entry in dep.entries("serve"):
+        listen = getattr(entry, "listen", "")
+        up = _listening(listen)
+        out.append(_check(f"serve {listen}", up, "listening" if up else "not listening"))
     return out
 
 
@@ -91,7 +96,8 @@ def deployment_status(dep: Deployment, kms: Any) -> list[dict[str, Any]]:
 
 
 # -- the banner -------------------------------------------------------------------------
-def banner(dep: Deployment, kms_home: Path, *, log_format: str, metrics: str | None, pid: int) -> list[str]:
+def banner(dep: Deployment, kms_home: Path, *, log_format: str, metrics: str | None, pid: int,
+           extra: Sequence[str] = ()) -> list[str]:
     """What runs where, how to reach it and how to stop it (printed once at start-up)."""
     config = str(Path(dep.file).absolute())
     lines = [f"running {Path(dep.file).name} ({config}, pid {pid})"]
@@ -119,6 +125,7 @@ def banner(dep: Deployment, kms_home: Path, *, log_format: str, metrics: str | N
             lines.append(f"             metrics: http://{entry.metrics}/metrics (also /healthz, /readyz)")
         access = getattr(entry, "access_log", None)
         lines.append(f"             access log: {'stderr' if access == '-' else access or 'this log (logger keyhold.sidecar.access)'}")
+    lines.extend(extra)  # what running services say of themselves (`banner()`: kms serve's URL and fingerprint)
     if metrics:
         lines.append(f"  health     http://{metrics}/healthz  /readyz  /metrics")
     lines.append(f"  logs       this terminal (stderr), format {log_format}; --log-format json for JSON lines")

@@ -82,10 +82,11 @@ def run(dep: Deployment, kms, frontends: Sequence[Frontend]) -> int:
         watcher.start()  # before starting: an edit made while mounts come up is not lost
         deployer.start()
         if not deployer.services:
-            log.warning("%s starts no front end: add [[mount]] or [[proxy]] entries", dep.file)
+            log.warning("%s starts no front end: add [[mount]], [[proxy]] or [serve]", dep.file)
         health = start_health(dep, kms, deployer, metrics)
+        extra = [line for service in deployer.services.values() for line in getattr(service, "banner", list)()]
         for line in banner(dep, kms.home, log_format=os.environ.get("KMS_LOG_FORMAT", "text"),
-                           metrics=health.address if health else None, pid=os.getpid()):
+                           metrics=health.address if health else None, pid=os.getpid(), extra=extra):
             log.info("%s", deployer.scrub(line))
         while flags.stop is None:
             time.sleep(TICK)

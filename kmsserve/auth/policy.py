@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import json
 import tomllib
+import uuid
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from kmscore import rules
+from kmscore.errors import KmsError
 from kmsserve.errors import ServeError
 
 ANY = "*"
@@ -26,6 +29,29 @@ ANY = "*"
 
 class PolicyError(ServeError):
     """A policy file that cannot be read or is not valid."""
+
+
+def key_pattern(pattern: str) -> str:
+    """A key id (normalised: lower case), an alias, `prefix/*`, or `*`; ValueError with
+    the fix otherwise."""
+    if pattern == ANY:
+        return pattern
+    try:
+        return str(uuid.UUID(pattern))
+    except ValueError:
+        pass
+    if pattern.startswith("alias/"):
+        raise ValueError(f"{pattern!r}: name keys as keyhold does, without 'alias/' ({pattern[6:]!r})")
+    if pattern.startswith("arn:"):
+        raise ValueError(f"{pattern!r}: name keys by id or alias, not by ARN")
+    alias = pattern[:-2] if pattern.endswith("/*") else pattern
+    if "*" in alias:
+        raise ValueError(f"{pattern!r}: the only wildcards are '*' (every key) and a trailing '/*' (an alias prefix)")
+    try:
+        rules.check_alias(alias, system=True)
+    except KmsError as e:
+        raise ValueError(str(e)) from None
+    return pattern
 
 
 class Statement(BaseModel):
@@ -44,6 +70,11 @@ class Statement(BaseModel):
             raise ValueError(f"unknown operation(s) {', '.join(unknown)}; known: {', '.join(sorted(FACADE_OPERATIONS))}")
         return ops
 
+    @field_validator("keys")
+    @classmethod
+    def _patterns(cls, keys: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(key_pattern(k) for k in keys)
+
     def matches(self, action: str, key_id: str | None, alias: str | None) -> bool:
         if ANY not in self.operations and action not in self.operations:
             return False
@@ -61,7 +92,9 @@ class Statement(BaseModel):
 class Policy(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    allow: tuple[Statement, ...] = ()
+    allow: tuple[Statement, ...] = Field(min_length=1)
+    """At least one statement: a policy that allows nothing is a mistake (disable the
+    access key instead)."""
 
     def allows(self, action: str, key_id: str | None, alias: str | None) -> bool:
         return any(s.matches(action, key_id, alias) for s in self.allow)
@@ -76,9 +109,21 @@ class Policy(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as e:
-            first = e.errors()[0]
-            at = ".".join(str(p) for p in first["loc"])
-            raise PolicyError(f"{where}: {at}: {first['msg']}") from None
+            problems = []
+            errors = e.errors()
+            locs = [tuple(err["loc"]) for err in errors]
+            for err in errors:
+                loc = tuple(err["loc"])
+                if any(other[:len(loc)] == loc and other != loc for other in locs):
+                    continue  # a consequence of a problem deeper inside
+                at = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err["loc"]).lstrip(".")
+                msg = err["msg"].removeprefix("Value error, ")
+                if err["type"] == "too_short":
+                    msg = "must not be empty"
+                elif err["type"] == "extra_forbidden":
+                    msg = "unknown field (a statement has operations and keys)"
+                problems.append(f"{where}: {at or '(top)'}: {msg}")
+            raise PolicyError("\n".join(problems)) from None
 
     @classmethod
     def load(cls, path: str | Path) -> "Policy":

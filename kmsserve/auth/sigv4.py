@@ -128,6 +128,9 @@ def verify(method: str, raw_path: str, raw_query: str, headers: Iterable[tuple[s
     signed = m["signed"].split(";")
     if signed != sorted(set(signed)) or "host" not in signed or "x-amz-date" not in signed:
         raise AuthFailed("the signature must cover host and x-amz-date")
+    # looked up first, so that a refusal below is recorded for the access key it claims
+    # (kmsserve.app: a client with a wrong clock shows up by name in the audit log)
+    secret = secret_of(access_key_id)
     amz_date = first.get("x-amz-date", "")
     try:
         signed_at = datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=timezone.utc).timestamp()
@@ -141,7 +144,6 @@ def verify(method: str, raw_path: str, raw_query: str, headers: Iterable[tuple[s
     claimed = first.get("x-amz-content-sha256")
     if claimed is not None and claimed != payload:
         raise AuthFailed("the signature does not match")
-    secret = secret_of(access_key_id)
     # compute anyway when the key is unknown, so timing does not tell whether it exists
     key = _key(secret or "\0unknown", day, region, service)
     scope = f"{day}/{region}/{service}/aws4_request"

@@ -27,4 +27,4 @@ def test_wrong_secret_is_refused_and_audited(server):
     server.proc.wait(timeout=15)
     with Kms(server.home) as k:
         recs = k.audit_records(operation="aws.GenerateRandom")
-    assert recs and recs[-1]["outcome"].startswith("denied: AuthFailed") and recs[-1]["caller"] == "unauthenticated"
+    assert recs and recs[-1]["outcome"].startswith("denied: AuthFailed") and recs[-1]["caller"].startswith("unauthenticated")
