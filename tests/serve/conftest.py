@@ -70,23 +70,9 @@ class Server:
 
 
 def start_server(home: Path, *extra: str, timeout: float = 30) -> Server:
+    """`kms serve` (plain HTTP on loopback) on a fresh port of an initialised home."""
     assert kms(home, "init").returncode in (0, 1)
-    port = free_port()
-    log = home.parent / f"serve-{port}.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen([KMS_BIN, "--home", str(home), "serve", "--listen", f"127.0.0.1:{port}",
-                                 "--plain-http", *extra], stdout=out, stderr=subprocess.STDOUT,
-                                env=clean_env(), stdin=subprocess.DEVNULL)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"kms serve exited {proc.returncode}: {log.read_text()}")
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return Server(home, f"http://127.0.0.1:{port}", proc, log)
-        time.sleep(0.05)
-    proc.kill()
-    raise AssertionError(f"kms serve did not listen within {timeout}s: {log.read_text()}")
+    return start_server_at(home, free_port(), *extra, timeout=timeout)
 
 
 def stop_server(server: Server) -> None:
