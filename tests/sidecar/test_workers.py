@@ -208,3 +208,55 @@ def test_a_killed_worker_is_restarted_and_no_connection_goes_unserved(pool, upst
     assert all(b'"9"' not in rec.body for rec in upstream.received)
     assert served_by(pool, path) == set(pool.pids)
 
+
+
+# -- the processes: `kms up` and `kms proxy` stop every worker ------------------------------
+def _config(upstream, listen: str) -> str:
+    return f'''
+[[proxy]]
+listen = "{listen}"
+upstream = "{upstream.url}"
+workers = 2
+
+[[proxy.route]]
+match = {{ path = "/body*" }}
+request = {{ action = "encrypt", key = "app/data" }}
+'''
+
+
+def _gone(pids: list[int]) -> bool:
+    return all(not Path(f"/proc/{pid}").exists() or _zombie(pid) for pid in pids)
+
+
+def _serves(url: str, upstream) -> bool:
+    upstream.clear()
+    r = httpx.post(url + "/body", content=b"MARKER", timeout=30)
+    return r.status_code == 200 and b"MARKER" not in upstream.last().body
+
+
+@pytest.mark.parametrize("how", ["kms up + SIGTERM", "kms proxy + SIGINT", "kms proxy + SIGKILL"])
+def test_stopping_the_parent_stops_every_worker(kms, upstream, tmp_path, how):
+    from transport_proc import start_proxy, start_up
+
+    listen = f"127.0.0.1:{free_port()}"
+    if how.startswith("kms up"):
+        p = start_up(tmp_path / "deploy.toml", kms.home, _config(upstream, listen))
+    else:
+        p = start_proxy(tmp_path / "deploy.toml", kms.home, _config(upstream, listen), workers=2)
+    workers: list[int] = []
+    try:
+        workers += poll_until(lambda: (lambda c: c if len(c) == 2 else None)(p.children()), "2 workers")
+        assert _serves(f"http://{listen}", upstream)
+        sig = {"SIGTERM": signal.SIGTERM, "SIGINT": signal.SIGINT, "SIGKILL": signal.SIGKILL}[how.split()[-1]]
+        p.proc.send_signal(sig)
+        p.proc.wait(60)
+        if sig != signal.SIGKILL:
+            assert p.proc.returncode == 0, p.log
+        poll_until(lambda: _gone(workers), "every worker gone after its parent")
+        with pytest.raises(httpx.ConnectError):
+            httpx.post(f"http://{listen}/body", content=b"MARKER", timeout=5)
+    finally:
+        p.stop()
+        for pid in workers:
+            if not _gone([pid]):
+                os.kill(pid, signal.SIGKILL)
