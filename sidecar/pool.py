@@ -51,6 +51,9 @@ log = logging.getLogger("keyhold.sidecar")
 START_TIMEOUT = 60.0
 MAX_RESTART_DELAY = 30.0
 HEALTHY_AFTER = 60.0
+EXIT_GRACE = 10.0
+"""After its last reply a worker closes its key store (merging its audit journal) and
+exits; one that takes longer is killed (its journal is merged by the next process)."""
 
 
 def pool_size(entries: Sequence[ProxyEntry]) -> int:
@@ -318,13 +321,16 @@ class WorkerPool:
                 posted[slot] = worker.caller.post({"op": "stop", "drain": drain})
             except control.ChannelClosed:
                 pass
+        deadline = time.monotonic() + drain + 15  # one bound for all: they drain side by side
         for slot, worker in list(self.workers.items()):
             if slot in posted:
                 try:
-                    worker.caller.wait(posted[slot], drain + 15)
+                    worker.caller.wait(posted[slot], max(0.1, deadline - time.monotonic()))
                 except (control.ChannelClosed, control.ChannelTimeout):
                     pass
-            _kill(worker, grace=10)
+        deadline = time.monotonic() + EXIT_GRACE
+        for worker in self.workers.values():
+            _kill(worker, grace=max(0.0, deadline - time.monotonic()))
         self.workers.clear()
         for server in self._metrics_servers.values():
             server.shutdown()

@@ -86,6 +86,7 @@ class Worker:
             except control.ChannelClosed:
                 log.warning("the parent process is gone: stopping")
                 self.engine.stop(ORPHAN_DRAIN)
+                self.kms.close()
                 return 0
             op = msg.get("op")
             try:
@@ -100,6 +101,7 @@ class Worker:
                 elif op == "stop":
                     self.engine.stop(float(msg.get("drain", 30.0)))
                     self.reply(msg, ok=True)
+                    self.kms.close()  # its audit records into the store, before the exit
                     return 0
                 elif op == "ping":
                     self.reply(msg, ok=True, pid=os.getpid())
