@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import threading
+import time
 from pathlib import Path
 
 
@@ -166,9 +166,9 @@ def run(args, ctx) -> int:
     from sidecar.pool import WorkerPool, pool_size
 
     engine = WorkerPool(entries, kms, drain=args.drain) if pool_size(entries) > 1 else Engine(entries, kms)
-    stop = threading.Event()
+    stop: list[int] = []  # a handler only appends: taking a lock (Event.set) in one can deadlock
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, lambda signum, _frame: stop.append(signum))
     engine.start()
     try:
         for e in entries:
@@ -179,7 +179,8 @@ def run(args, ctx) -> int:
         if any(e.mode == "forward" for e in entries):
             print(f"kms proxy: HTTPS clients must trust {engine.confdir}/mitmproxy-ca-cert.pem", file=sys.stderr, flush=True)
         poll = getattr(engine, "poll", None)
-        while not stop.wait(0.5):
+        while not stop:
+            time.sleep(0.1)
             if poll is not None:
                 poll()  # a worker that died is restarted
     finally:

@@ -91,8 +91,10 @@ def serve_inherited(sockets: dict[str, socket.socket]) -> None:
 
     async def listen(self, host, port):
         sock = _INHERITED.get((host or "", port))
-        if sock is None or self.mode.transport_protocol != "tcp":
+        if sock is None or self.mode.transport_protocol not in ("tcp", "both"):
             return await original(self, host, port)
+        # "both" (a reverse proxy to https://): TCP only. mitmproxy would add a UDP (QUIC)
+        # listener, which several workers cannot share; HTTP/3 clients get no answer.
         dup = socket.socket(sock.family, sock.type, sock.proto, fileno=os.dup(sock.fileno()))
         return [await asyncio.start_server(self.handle_stream, sock=dup, backlog=BACKLOG)]
 
