@@ -132,6 +132,7 @@ def main() -> int:
         home = work / "home"
         plain, sealed_kms, sealed_age = work / "plain", work / "plain.khev", work / "plain.age"
         out = work / "out"
+        subprocess.run([KMS, "init", "--home", str(home)], check=True, capture_output=True, env=env)
         subprocess.run([KMS, "--home", str(home), "create-key", "--alias", "bench/envelope"], check=True,
                        capture_output=True, env=env)
         subprocess.run(["age-keygen", "-o", str(work / "identity")], check=True, capture_output=True)
