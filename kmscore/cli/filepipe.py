@@ -7,7 +7,7 @@ thread writes those out (`WriteBehind`). Buffers go round and round: nothing is
 allocated, zeroed or copied per chunk, and memory is the buffers, fixed at start (at
 most `(IN_BUFFERS + OUT_BUFFERS) * CHUNK`-ish bytes).
 
-Why threads help although AES-GCM holds the GIL (cryptography 46 does not release it;
+Why threads help although AES-GCM holds the GIL (cryptography 50 does not release it;
 measured: two threads seal no faster than one): the reads and writes are the slow part
 (system calls copying to and from the page cache, then the disk) and they do release
 it. (Starting the disk write of each chunk at once with `sync_file_range` was tried and
