@@ -27,7 +27,7 @@ from mitmproxy.master import Master
 
 from sidecar import wire_errors
 from sidecar.addons import Metrics, Routing, Runtime, Signing, Transform
-from sidecar.addons.failclosed import FailClosed
+from sidecar.addons.failclosed import Chain, FailClosed
 from sidecar.addons.guard import Framing, Guard
 from sidecar.config import ProxyEntry
 from sidecar.errors import ConfigError
@@ -160,7 +160,8 @@ class Engine:
                 Transform(self.runtime), Signing(self.runtime), Framing(self.runtime), self.metrics,
             )
             # mitmproxy logs an exception in a hook and goes on with the flow: refuse it instead
-            master.addons.add(*(FailClosed(addon, self.runtime.abort) for addon in chain))
+            # one addon for mitmproxy: its per-addon dispatch of every event is the costly part
+            master.addons.add(Chain([FailClosed(addon, self.runtime.abort) for addon in chain]))
         first = self.entries[0] if self.entries else None
         if self.sockets is not None:
             from sidecar.listeners import serve_inherited
