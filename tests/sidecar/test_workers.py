@@ -260,3 +260,23 @@ def test_stopping_the_parent_stops_every_worker(kms, upstream, tmp_path, how):
         for pid in workers:
             if not _gone([pid]):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_changing_the_number_of_workers_needs_a_restart(pool):
+    before = list(pool.entries)
+    with pytest.raises(ConfigError, match="needs a restart"):
+        pool.apply([e.model_copy(update={"workers": 3}) for e in before])
+    assert pool.entries == before and len(pool.pids) == 2
+
+
+def test_workers_must_be_a_positive_count(tmp_path):
+    import subprocess
+    import sys
+
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        ProxyEntry.model_validate({"upstream": "http://127.0.0.1:9", "workers": 0})
+    r = subprocess.run([str(Path(sys.executable).parent / "kms"), "proxy", "--upstream", "http://127.0.0.1:9",
+                        "--workers", "0"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "--workers" in r.stderr and "Traceback" not in r.stderr
