@@ -9,8 +9,8 @@ takes every order over the control channel (`sidecar.control`):
     stop     {drain}
 
 It opens the key store itself (the same home and root key source as the parent: a
-path or a variable name crosses the channel, never a key). SIGINT and SIGTERM are
-ignored: Ctrl-C reaches the whole process group and systemd signals the whole unit, and
+path or a variable name crosses the channel, never a key). SIGINT, SIGTERM and SIGHUP
+are ignored: Ctrl-C reaches the whole process group and systemd signals the whole unit, and
 the parent must be the one to drain and stop the workers in order. When the control
 channel closes (the parent exited or was killed) the worker stops by itself, so no worker
 ever outlives its parent.
@@ -174,7 +174,7 @@ def _message(e: BaseException) -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     fd, slot = int(argv[0]), int(argv[1])
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # a terminal's hangup reaches the group too
         signal.signal(sig, signal.SIG_IGN)
     _log_to_stderr(slot)
     chan = socket.socket(fileno=fd)
