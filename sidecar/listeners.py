@@ -38,8 +38,9 @@ def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
-def probe_free(listen: str) -> None:
-    """Raise ConfigError when something else already listens on `listen`."""
+def probe_free(listen: str, label: str | None = None) -> None:
+    """Raise ConfigError when something else already listens on `listen` (the message
+    names the proxy as the single engine's does: `proxy LABEL: cannot listen on ...`)."""
     host, port = split_listen(listen)
     with socket.socket(_family(host), socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -47,14 +48,14 @@ def probe_free(listen: str) -> None:
             s.bind((host, port))
         except OSError as e:
             why = "address already in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
-            raise ConfigError(f"cannot listen on {listen}: {why}") from None
+            raise ConfigError(f"proxy {label or listen}: cannot listen on {listen}: {why}") from None
 
 
-def bind_slots(listen: str, count: int, *, probe: bool = True) -> list[socket.socket]:
+def bind_slots(listen: str, count: int, *, probe: bool = True, label: str | None = None) -> list[socket.socket]:
     """`count` listening SO_REUSEPORT sockets on `listen` (`probe=False`: more sockets for
     an address this process already listens on)."""
     if probe:
-        probe_free(listen)
+        probe_free(listen, label)
     host, port = split_listen(listen)
     out: list[socket.socket] = []
     try:
@@ -68,7 +69,7 @@ def bind_slots(listen: str, count: int, *, probe: bool = True) -> list[socket.so
     except OSError as e:
         for s in out:
             s.close()
-        raise ConfigError(f"cannot listen on {listen}: {e.strerror or e}") from None
+        raise ConfigError(f"proxy {label or listen}: cannot listen on {listen}: {e.strerror or e}") from None
     return out
 
 

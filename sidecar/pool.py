@@ -134,8 +134,9 @@ class WorkerPool:
             self.stop(drain=0)
             raise
 
-    def _bind(self, wanted: set[tuple[str, int]]) -> list[tuple[str, int]]:
+    def _bind(self, wanted: set[tuple[str, int]], entries: Sequence[ProxyEntry] | None = None) -> list[tuple[str, int]]:
         """Bind the sockets of `wanted` that are not bound yet; all or none."""
+        labels = {e.listen: e.label for e in (self.entries if entries is None else entries)}
         missing = sorted(wanted - set(self.sockets))
         by_listen: dict[str, list[int]] = {}
         for listen, slot in missing:
@@ -144,7 +145,8 @@ class WorkerPool:
         try:
             for listen, slots in by_listen.items():
                 known = any(key[0] == listen for key in self.sockets)
-                for slot, s in zip(slots, bind_slots(listen, len(slots), probe=not known), strict=True):
+                for slot, s in zip(slots, bind_slots(listen, len(slots), probe=not known, label=labels.get(listen)),
+                                   strict=True):
                     self.sockets[(listen, slot)] = s
                     bound.append((listen, slot))
         except BaseException:
@@ -169,6 +171,7 @@ class WorkerPool:
         seq = worker.caller.post({
             "op": "start", "kms": self.kms_spec, "confdir": self.confdir, "replay": str(self._rundir / "replay"),
             "entries": [e.model_dump(mode="json") for e in self.entries_for(slot)], "listens": listens,
+            "access_level": logging.getLogger("keyhold.sidecar.access").getEffectiveLevel(),
         }, [self.sockets[(listen, slot)].fileno() for listen in listens])
         return worker, seq
 
@@ -190,7 +193,7 @@ class WorkerPool:
             raise ConfigError(f"the sidecar runs {self.size} worker process(es); changing `workers` "
                               f"to {pool_size(entries)} needs a restart")
         wanted = self._wanted(entries)
-        bound = self._bind(wanted)  # may raise: nothing changed
+        bound = self._bind(wanted, entries)  # may raise: nothing changed
         try:
             self._apply_metrics(entries, remove=False)
             self._prepare_all(entries, bound)

@@ -45,6 +45,13 @@ def _entries(raw: list[dict]):
 
 
 def _log_to_stderr(slot: int) -> None:
+    """The parent's log format when it set one up (`kmscore.logs` exports it in the
+    environment: `kms up` and `kms proxy` do), else a line tagged with the worker."""
+    if os.environ.get("KMS_LOG_FORMAT"):
+        from kmscore.logs import setup_logging
+
+        setup_logging(export=False)
+        return
     keyhold = logging.getLogger("keyhold")
     if not keyhold.handlers:
         handler = logging.StreamHandler(sys.stderr)
@@ -117,6 +124,8 @@ class Worker:
         from sidecar.sharedreplay import SharedReplayGuard
 
         self.sockets = dict(zip(msg["listens"], socks, strict=True))
+        # the access log where the parent has it: kms up logs it, kms proxy only with access_log
+        logging.getLogger("keyhold.sidecar.access").setLevel(int(msg.get("access_level", logging.WARNING)))
         self.kms = _open_kms(msg["kms"])
         entries = _entries(msg["entries"])
         self.engine = Engine(entries, self.kms, confdir=msg["confdir"], sockets=self.sockets, side_services=False,
