@@ -4,6 +4,13 @@ same number of bytes (no I/O) as the compute ceiling. Prints MB/s, ratios and th
 RSS of every command.
 
     .venv/bin/python bench/envelope_stream.py [--size 1G] [--repeat 3] [--dir DIR] [--no-flush]
+                                              [--compare-with DIR ...]
+
+--compare-with DIR runs the `kms` of another checkout too (e.g. `git archive main | tar
+-x -C DIR`), as `encrypt-file@DIR` and `decrypt-file@DIR`, interleaved with the rest, so
+old and new code are measured side by side in one run. Every output is removed before
+its timed run (replacing a 1 GiB file would charge the freeing of the old one to the
+tool that writes the new one).
 
 Each timed run is the command plus an fsync of its output (so dirty pages left in the
 page cache are paid for by the tool that made them); --no-flush times the command alone.
@@ -111,6 +118,7 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=3, help="runs per command; the median is shown")
     ap.add_argument("--dir", help="work directory (default: a new one under $TMPDIR)")
     ap.add_argument("--no-flush", action="store_true", help="do not fsync outputs (page-cache speed)")
+    ap.add_argument("--compare-with", nargs="*", default=[], metavar="DIR", help="other checkouts to run alongside")
     args = ap.parse_args()
     size = parse_size(args.size)
     if not shutil.which("age") or not shutil.which("age-keygen"):
@@ -124,6 +132,7 @@ def main() -> int:
         home = work / "home"
         plain, sealed_kms, sealed_age = work / "plain", work / "plain.khev", work / "plain.age"
         out = work / "out"
+        subprocess.run([KMS, "init", "--home", str(home)], check=True, capture_output=True, env=env)
         subprocess.run([KMS, "--home", str(home), "create-key", "--alias", "bench/envelope"], check=True,
                        capture_output=True, env=env)
         subprocess.run(["age-keygen", "-o", str(work / "identity")], check=True, capture_output=True)
@@ -140,17 +149,25 @@ def main() -> int:
             "age -d": (["age", "-d", "-i", str(work / "identity"), "-o", str(out), str(sealed_age)], out),
             "kms startup (list-keys)": (kms + ["list-keys"], None),
         }
+        for other in args.compare_with:
+            tag = Path(other).name
+            old_kms = [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(Path(other).resolve())!r}); "
+                       "from kmscore.cli.main import main; sys.exit(main())", "--home", str(home)]
+            sealed_other = work / f"plain.{tag}.khev"
+            commands[f"encrypt-file@{tag}"] = (old_kms + ["encrypt-file", "bench/envelope", str(plain),
+                                                         str(sealed_other)], sealed_other)
+            commands[f"decrypt-file@{tag}"] = (old_kms + ["decrypt-file", str(sealed_other), str(out)], out)
         times: dict[str, list[float]] = {name: [] for name in commands}
         rss: dict[str, int] = {name: 0 for name in commands}
         for _ in range(args.repeat):
             for name, (cmd, output) in commands.items():
-                if output is out:
-                    out.unlink(missing_ok=True)
+                if output is not None:
+                    output.unlink(missing_ok=True)
                 seconds, peak = run(cmd, output, flush, env)
                 times[name].append(seconds)
                 rss[name] = max(rss[name], peak)
-                if name == "kms decrypt-file" and sha256(out) != sha256(plain):
-                    raise SystemExit("kms decrypt-file did not give back the input")
+                if "decrypt-file" in name and sha256(out) != sha256(plain):
+                    raise SystemExit(f"{name} did not give back the input")
         seal, open_ = ceiling(size)
         median = {name: statistics.median(ts) for name, ts in times.items()}
         cp = median["cp"]
@@ -161,6 +178,11 @@ def main() -> int:
         for name, seconds in (("raw AES-GCM seal (no I/O)", seal), ("raw AES-GCM open (no I/O)", open_)):
             print(f"{name:26} {seconds:8.2f} {size / MB / seconds:8.0f} {seconds / cp:8.2f} {'(in process)':>13}")
         print()
+        for other in args.compare_with:
+            tag = Path(other).name
+            for op in ("encrypt-file", "decrypt-file"):
+                print(f"kms {op}: {median[f'{op}@{tag}'] / median[f'kms {op}']:.2f}x the speed of {op}@{tag} "
+                      f"({median[f'{op}@{tag}'] / cp:.2f}x the time of cp)")
         for kms_op, age_op in (("kms encrypt-file", "age -r (X25519)"), ("kms decrypt-file", "age -d")):
             print(f"{kms_op}: {median[age_op] / median[kms_op]:.2f}x the speed of age, "
                   f"{median[kms_op] / cp:.2f}x the time of cp, "

@@ -12,6 +12,8 @@ server in its own process) and runs in its own process:
     encrypt       wrk -> sidecar, whole-body envelope encryption of the request -> upstream
     fields        wrk -> sidecar, 2 JSON fields of the request encrypted as tokens -> upstream
     sign          wrk -> sidecar, RFC 9421 HMAC-SHA256 signature over Content-Digest -> upstream
+    encrypt-wN    the same as encrypt, in a pool of N worker processes (`workers = N`;
+    fields-wN     --workers N, default 2), one listening address
 
 Prints requests/s and p50/p99 latency at N connections and at 1 connection, and the
 ratios to plain mitmproxy. Timings are printed, never asserted.
@@ -102,7 +104,7 @@ def _serve_dump(upstream: str, port: int) -> None:
     asyncio.run(run())
 
 
-def _serve_proxy(kind: str, home: str, upstream: str, ports: dict[str, int]) -> None:
+def _serve_proxy(kind: str, home: str, upstream: str, ports: dict[str, int], workers: int = 1) -> None:
     from kmscore import Kms
     from sidecar.config import ProxyEntry
     from sidecar.engine import Engine
@@ -122,11 +124,17 @@ def _serve_proxy(kind: str, home: str, upstream: str, ports: dict[str, int]) -> 
     entries = [
         ProxyEntry.model_validate({
             "name": name, "listen": f"127.0.0.1:{ports[name]}", "upstream": upstream,
-            "route": [{"request": actions[name]}] if actions[name] else [],
+            "workers": workers if kind == "pool" else 1,
+            "route": [{"request": actions[name.split("-w")[0]]}] if actions[name.split("-w")[0]] else [],
         })
         for name in ports
     ]
-    engine = Engine(entries, kms, plain=(kind == "plain"))
+    if kind == "pool":
+        from sidecar.pool import WorkerPool
+
+        engine = WorkerPool(entries, kms)
+    else:
+        engine = Engine(entries, kms, plain=(kind == "plain"))
     engine.start()
     print("ready", flush=True)
     stop = []
@@ -153,9 +161,17 @@ def run_wrk(url: str, connections: int, duration: float, script: str) -> dict:
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all threads), from /proc."""
+    """utime + stime of a process (all threads) and of its live children (a pool's
+    workers), from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        total += sum(cpu_seconds(int(c)) for c in children)
+    return total
 
 
 def _ms(v: str) -> float:
@@ -173,7 +189,8 @@ def main() -> int:
     ap.add_argument("--hostile", action=argparse.BooleanOptionalAction, default=True,
                     help="measure peak RSS under hostile bodies (default: on)")
     ap.add_argument("--hostile-only", action="store_true", help="skip the throughput runs")
-    ap.add_argument("--serve", choices=["upstream", "mitmdump", "plain", "sidecar", "hostile"], help=argparse.SUPPRESS)
+    ap.add_argument("--workers", type=int, default=2, help="worker processes of the pool setups (0: none)")
+    ap.add_argument("--serve", choices=["upstream", "mitmdump", "plain", "sidecar", "pool", "hostile"], help=argparse.SUPPRESS)
     ap.add_argument("--home", help=argparse.SUPPRESS)
     ap.add_argument("--upstream", help=argparse.SUPPRESS)
     ap.add_argument("--ports", help=argparse.SUPPRESS)
@@ -190,7 +207,7 @@ def main() -> int:
         serve_hostile(args.home, args.upstream, json.loads(args.ports))
         return 0
     if args.serve:
-        _serve_proxy(args.serve, args.home, args.upstream, json.loads(args.ports))
+        _serve_proxy(args.serve, args.home, args.upstream, json.loads(args.ports), args.workers)
         return 0
     if args.hostile_only:
         from hostile_bodies import run_hostile
@@ -214,6 +231,8 @@ def main() -> int:
     up_port = free_port()
     ports = {"mitmdump": {"mitmdump": free_port()}, "plain": {"mitmproxy": free_port()},
              "sidecar": {"encrypt": free_port(), "fields": free_port(), "sign": free_port()}}
+    if args.workers > 1:
+        ports["pool"] = {f"encrypt-w{args.workers}": free_port(), f"fields-w{args.workers}": free_port()}
     other = Path(args.compare_with).resolve() if args.compare_with else None
     if other:
         tag = other.name
@@ -230,7 +249,9 @@ def main() -> int:
                 env = {**os.environ, "PYTHONPATH": str(other)}
             port_map = {n.split("@")[0]: p for n, p in ports[kind].items()}
             p = subprocess.Popen([*cmd, "--home", str(tmp / f"kms-{kind}"), "--upstream", upstream,
-                                  "--ports", json.dumps(port_map)], stdout=subprocess.PIPE, text=True, env=env)
+                                  "--ports", json.dumps(port_map),
+                                  *(["--workers", str(args.workers)] if kind == "pool" else [])],
+                                 stdout=subprocess.PIPE, text=True, env=env)
             procs.append(p)
             assert p.stdout.readline().strip() == "ready", f"{kind} proxy did not start"
             pids.update({n: p.pid for n in ports[kind]})

@@ -117,6 +117,9 @@ class Keyring:
         self.strict = integrity == "strict"
         self.notices: list[str] = []  # things a CLI should tell the user (store created, ...)
         source = root_key or default_source(self.home)
+        self.root_key_source = source
+        """Where the root key came from (never the key): lets another process of the same
+        deployment open the same store (the sidecar's worker processes)."""
         anchor_path = anchor_path_for(self.home, source)
         db = self.home / DB_NAME
         if not db.exists() and anchor_path.exists():

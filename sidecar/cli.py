@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import threading
+import time
 from pathlib import Path
 
 
@@ -49,6 +49,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--upstream-ca", metavar="PEM", help="CA bundle trusted for upstream HTTPS")
     q.add_argument("--insecure-upstream", action="store_true", help="do not verify the upstream's certificate")
     p.add_argument("--drain", type=float, default=30.0, help="seconds to let requests finish on SIGTERM")
+    p.add_argument("--workers", type=_positive, metavar="N",
+                   help="engine processes per proxy (default: the config's `workers`, else one per CPU)")
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 256:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 1 to 256, got {text!r}")
+    return n
 
 
 def entries_from_args(args) -> list[ProxyEntry]:
@@ -147,22 +159,30 @@ def run(args, ctx) -> int:
         ctx.close = _chain(ctx.close, kms.close)
     else:
         kms = ctx.kms
+    if getattr(args, "workers", None):
+        entries = [e.model_copy(update={"workers": args.workers}) for e in entries]
     checked(entries, kms, f"{args.config}: " if args.config else "")
     _log_to_stderr()
-    engine = Engine(entries, kms)
-    stop = threading.Event()
+    from sidecar.pool import WorkerPool, pool_size
+
+    engine = WorkerPool(entries, kms, drain=args.drain) if pool_size(entries) > 1 else Engine(entries, kms)
+    stop: list[int] = []  # a handler only appends: taking a lock (Event.set) in one can deadlock
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, lambda signum, _frame: stop.append(signum))
     engine.start()
     try:
         for e in entries:
             target = e.upstream if e.mode == "reverse" else "forward proxy"
-            print(f"kms proxy: {e.label}: listening on {e.listen} -> {target} ({len(e.route)} route(s))",
-                  file=sys.stderr, flush=True)
+            workers = min(e.worker_count, pool_size(entries))
+            print(f"kms proxy: {e.label}: listening on {e.listen} -> {target} ({len(e.route)} route(s), "
+                  f"{workers} worker{'s' if workers > 1 else ''})", file=sys.stderr, flush=True)
         if any(e.mode == "forward" for e in entries):
             print(f"kms proxy: HTTPS clients must trust {engine.confdir}/mitmproxy-ca-cert.pem", file=sys.stderr, flush=True)
-        while not stop.wait(0.5):
-            pass
+        poll = getattr(engine, "poll", None)
+        while not stop:
+            time.sleep(0.1)
+            if poll is not None:
+                poll()  # a worker that died is restarted
     finally:
         print("kms proxy: stopping (letting in-flight requests finish)", file=sys.stderr, flush=True)
         engine.stop(args.drain)

@@ -19,6 +19,16 @@ from kmscore.errors import KmsError
 from sidecar import fields, httpsig
 
 DEFAULT_KEY = "sidecar/default"
+
+
+def cpu_count() -> int:
+    """The CPUs this process may run on (its affinity mask, not the machine's count)."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
 MiB = 1024 * 1024
 
 
@@ -143,6 +153,9 @@ class ProxyEntry(_Model):
     access_log: str | None = None
     """A file for JSON access-log lines; `-` for stderr; unset: the `keyhold.sidecar.access` logger."""
     frame_size: int = Field(default=65536, ge=4096, le=4 * MiB)
+    workers: int | None = Field(default=None, ge=1, le=256)
+    """Engine processes serving this proxy (`sidecar.pool`); unset: one per CPU. They
+    share the listening address (one SO_REUSEPORT socket each, bound by the parent)."""
     route: tuple[Route, ...] = ()
 
     @field_validator("listen", "metrics")
@@ -178,6 +191,10 @@ class ProxyEntry(_Model):
     @property
     def label(self) -> str:
         return self.name or self.listen
+
+    @property
+    def worker_count(self) -> int:
+        return self.workers or cpu_count()
 
     @property
     def listen_host(self) -> str:

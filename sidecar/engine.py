@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import sys
 import threading
 import time
@@ -26,7 +27,7 @@ from mitmproxy.master import Master
 
 from sidecar import wire_errors
 from sidecar.addons import Metrics, Routing, Runtime, Signing, Transform
-from sidecar.addons.failclosed import FailClosed
+from sidecar.addons.failclosed import Chain, FailClosed
 from sidecar.addons.guard import Framing, Guard
 from sidecar.config import ProxyEntry
 from sidecar.errors import ConfigError
@@ -99,14 +100,22 @@ class Engine:
     """Start, reconfigure and stop the proxies of one process. Thread-safe entry points."""
 
     def __init__(
-        self, entries: Sequence[ProxyEntry], kms, *, clock=time.time, confdir: str | None = None, plain: bool = False
+        self, entries: Sequence[ProxyEntry], kms, *, clock=time.time, confdir: str | None = None, plain: bool = False,
+        sockets: dict[str, socket.socket] | None = None, side_services: bool = True, replay=None,
     ) -> None:
+        """`sockets` (listen address -> listening socket): serve on these instead of binding
+        (a worker of `sidecar.pool`); `side_services=False`: no metrics endpoint of its own
+        (the pool's parent serves the sum); `replay`: a replay guard shared with others."""
         self.plain = plain  # benchmarks: the same lean Master without the sidecar's addons
         self.kms = kms
+        self.sockets = sockets
+        self.side_services = side_services
         from kmscore.dkcache import DataKeyCache
 
         # unwrapped DEKs of envelopes being decrypted, revocable within a few seconds
         self.runtime = Runtime(kms=kms, tables=self._compile(entries), clock=clock, dkcache=DataKeyCache(kms))
+        if replay is not None:
+            self.runtime.replay = replay
         self.metrics = Metrics()
         self.entries = list(entries)
         self.confdir = confdir or str(Path(getattr(kms, "home", Path.home())) / "sidecar")
@@ -151,8 +160,13 @@ class Engine:
                 Transform(self.runtime), Signing(self.runtime), Framing(self.runtime), self.metrics,
             )
             # mitmproxy logs an exception in a hook and goes on with the flow: refuse it instead
-            master.addons.add(*(FailClosed(addon, self.runtime.abort) for addon in chain))
+            # one addon for mitmproxy: its per-addon dispatch of every event is the costly part
+            master.addons.add(Chain([FailClosed(addon, self.runtime.abort) for addon in chain]))
         first = self.entries[0] if self.entries else None
+        if self.sockets is not None:
+            from sidecar.listeners import serve_inherited
+
+            serve_inherited(self.sockets)
         Path(self.confdir).mkdir(parents=True, exist_ok=True, mode=0o700)
         opts.update(
             mode=list(self.runtime.tables),
@@ -198,7 +212,16 @@ class Engine:
 
     def apply(self, entries: Sequence[ProxyEntry]) -> list[str]:
         """Swap in new entries: routes at once, listeners that changed are restarted."""
-        new_tables = self._compile(entries)  # may raise: the old config keeps running
+        return self.commit(self.prepare(entries))
+
+    def prepare(self, entries: Sequence[ProxyEntry]) -> tuple[list[ProxyEntry], dict[str, RouteTable]]:
+        """Everything of a reload that can fail on its own, with nothing changed yet (the
+        first phase of a pool-wide reload): the entries' route tables."""
+        return list(entries), self._compile(entries)
+
+    def commit(self, prepared: tuple[list[ProxyEntry], dict[str, RouteTable]]) -> list[str]:
+        """Swap in prepared entries; a listener that cannot start puts the old ones back."""
+        entries, new_tables = prepared
         old = set(self.runtime.tables)
         new = set(new_tables)
         changes = [f"stopped {s}" for s in sorted(old - new)] + [f"started {s}" for s in sorted(new - old)]
@@ -247,7 +270,7 @@ class Engine:
     def _apply_side_services(self, entries: Sequence[ProxyEntry]) -> None:
         from kmscore.health import HealthServer  # /metrics, /healthz, /readyz; 404 elsewhere
 
-        wanted = {e.metrics for e in entries if e.metrics}
+        wanted = {e.metrics for e in entries if e.metrics} if self.side_services else set()
         for addr in list(self._metrics_servers):
             if addr not in wanted:
                 self._metrics_servers.pop(addr).shutdown()

@@ -10,22 +10,22 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import queue
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 from kmscore import envelope
 from kmscore.blob import peek_key
+from kmscore.cli import filepipe
 from kmscore.cli.context import CliContext, atomic_output
 from kmscore.progress import size_of, track
 from kmscore.cli.main import common
 from kmscore.errors import InvalidRequest, KmsError
 
-CHUNK = 1024 * 1024  # bytes read per call: large enough for I/O, small for memory
-DEPTH = 2  # chunks in flight per direction: memory stays ~ 2 * DEPTH * CHUNK
+CHUNK = 1024 * 1024
+"""Bytes per read and per write (whole frames): large enough for the system calls not to
+matter, small enough that the buffers of `filepipe` stay a few MiB."""
 
 
 def register(sub: argparse._SubParsersAction, ctx: CliContext) -> None:
@@ -91,78 +91,6 @@ def _writer(path: str, mode: int = 0o600) -> Iterator[BinaryIO]:
         yield f
 
 
-def _chunks(f: BinaryIO) -> Iterator[bytes]:
-    """The bytes of `f` in chunks, read ahead by a thread so reading overlaps the crypto."""
-    q: queue.Queue = queue.Queue(maxsize=DEPTH)
-    failed: list[BaseException] = []
-    stop = threading.Event()
-
-    def read() -> None:
-        try:
-            while not stop.is_set():
-                chunk = f.read(CHUNK)
-                q.put(chunk)
-                if not chunk:
-                    return
-        except BaseException as e:  # handed to the consumer
-            failed.append(e)
-            q.put(b"")
-
-    t = threading.Thread(target=read, name="kms-read", daemon=True)
-    t.start()
-    try:
-        while chunk := q.get():
-            yield chunk
-    finally:
-        stop.set()  # a consumer that stops early leaves the (daemon) reader to end itself
-        with contextlib.suppress(queue.Empty):
-            q.get_nowait()  # unblock a reader waiting on a full queue
-    t.join()
-    if failed:
-        raise failed[0]
-
-
-class _WriteBehind:
-    """Writes handed-over buffers in a thread, so writing (and dirty-page throttling)
-    overlaps the crypto. At most DEPTH buffers wait. Errors surface on the next call."""
-
-    def __init__(self, out: BinaryIO) -> None:
-        self._out = out
-        self._q: queue.Queue = queue.Queue(maxsize=DEPTH)
-        self._failed: list[BaseException] = []
-        self._t = threading.Thread(target=self._run, name="kms-write", daemon=True)
-        self._t.start()
-
-    def _run(self) -> None:
-        while (item := self._q.get()) is not None:
-            if not self._failed:
-                try:
-                    self._out.write(item)
-                except BaseException as e:
-                    self._failed.append(e)
-
-    def write(self, data) -> None:
-        if self._failed:
-            raise self._failed[0]
-        if data:
-            self._q.put(data)
-
-    def close(self) -> None:
-        self._q.put(None)
-        self._t.join()
-        if self._failed:
-            raise self._failed[0]
-
-
-@contextlib.contextmanager
-def _write_behind(out: BinaryIO) -> Iterator[_WriteBehind]:
-    w = _WriteBehind(out)
-    try:
-        yield w
-    finally:
-        w.close()
-
-
 def _read_header(f: BinaryIO) -> tuple[envelope.Header, bytes]:
     """The header at the start of `f`, and any bytes read past it."""
     buf = bytearray()
@@ -183,22 +111,46 @@ def _name(path: str) -> str:
 
 
 # -- commands ---------------------------------------------------------------------------------
+def _frames_per_chunk(frame_size: int) -> int:
+    return max(1, CHUNK // frame_size)
+
+
 def run_encrypt(args: argparse.Namespace, ctx: CliContext) -> int:
     header, cipher = envelope.new_envelope(ctx.kms, args.key, args.frame_size)
-    enc = envelope.StreamEncryptor(cipher)
-    length = 0
-    with _reader(args.input) as src, _writer(args.output) as dst, _write_behind(dst) as out:
-        out.write(header.encode())
-        for chunk in track(_chunks(src), size_of(src), f"encrypting {os.path.basename(_name(args.input))}", quiet=ctx.quiet):
-            length += len(chunk)
-            out.write(enc.feed(chunk))
-        out.write(enc.finalize())
+    per_chunk = _frames_per_chunk(header.frame_size)
+    length, index = 0, 0
+    with _reader(args.input) as src, _writer(args.output) as dst, \
+            filepipe.read_ahead(src, per_chunk * header.frame_size) as chunks, \
+            filepipe.write_behind(dst, per_chunk * envelope.frame_span(header.frame_size)) as out:
+        out.write_bytes(header.encode())
+        held = None  # sealed once the next chunk (or the end) says whether its last frame is final
+        for chunk in track(chunks, size_of(src), f"encrypting {os.path.basename(_name(args.input))}",
+                           quiet=ctx.quiet):
+            length += chunk.n
+            if held is not None:
+                index = _seal(cipher, index, held, out, last_is_final=False)
+                chunks.release(held)
+            held = chunk
+        if held is None:
+            _seal(cipher, 0, None, out, last_is_final=True)  # an empty input: one empty final frame
+        else:
+            _seal(cipher, index, held, out, last_is_final=True)
     key_id, version = peek_key(header.wrapped_dek)
     if args.output != "-":  # with OUT on stdout, nothing else may be printed there
         ctx.emit({"output": args.output, "key_id": key_id, "key_version": version, "plaintext_bytes": length,
                   "envelope_bytes": header.size + envelope.ciphertext_length(length, header.frame_size)},
                  None if args.json else f"encrypted {length} bytes of {_name(args.input)} into {args.output} under key {key_id}")
     return 0
+
+
+def _seal(cipher: envelope.FrameCipher, index: int, chunk, out: filepipe.WriteBehind, *, last_is_final: bool) -> int:
+    """Seal a chunk's frames into a free output buffer and hand it to the writer; the
+    index of the next frame."""
+    plain = chunk.view if chunk is not None else b""
+    buf = out.buffer()
+    n = envelope.seal_frames(cipher, index, plain, buf, last_is_final=last_is_final)
+    out.write(buf, n)
+    return index + max(1, -(-len(plain) // cipher.frame_size))
 
 
 def run_decrypt(args: argparse.Namespace, ctx: CliContext) -> int:
@@ -213,25 +165,52 @@ def run_decrypt(args: argparse.Namespace, ctx: CliContext) -> int:
         if args.key is not None and ctx.kms.describe_key(args.key).key_id != key_id:
             raise InvalidRequest(f"{name} is wrapped under key {key_id}, not {args.key}")
         cipher = envelope.open_envelope(ctx.kms, header)
-        dec = envelope.StreamDecryptor(cipher)
-        with _writer(args.output) as dst, _write_behind(dst) as out:
+        per_chunk = _frames_per_chunk(header.frame_size)
+        span = envelope.frame_span(header.frame_size)
+        body = _Prefixed(rest, src) if rest else src
+        with _writer(args.output) as dst, filepipe.read_ahead(body, per_chunk * span) as chunks, \
+                filepipe.write_behind(dst, per_chunk * header.frame_size) as out:
+            index, held = 0, None
             try:
-                data = dec.feed(rest)
-                length += len(data)
-                out.write(data)
-                for chunk in track(_chunks(src), size_of(src), f"decrypting {os.path.basename(name)}", quiet=ctx.quiet):
-                    data = dec.feed(chunk)
-                    length += len(data)
-                    out.write(data)
-                data = dec.finalize()
+                for chunk in track(chunks, size_of(src), f"decrypting {os.path.basename(name)}", quiet=ctx.quiet):
+                    if held is not None:  # whole frames, and more follow: none of them is the last
+                        buf = out.buffer()
+                        n = envelope.open_frames(cipher, index, held.view, buf)
+                        index += per_chunk
+                        length += n
+                        out.write(buf, n)
+                        chunks.release(held)
+                    held = chunk
+                # the last chunk: the decryptor tells a stream cut at a frame boundary from an altered one
+                last = envelope.StreamDecryptor(cipher, first_frame=index)
+                data = last.feed(held.view if held is not None else b"")
+                data += last.finalize()
             except envelope.EnvelopeError as e:
                 raise _prefixed(e, name) from None
             length += len(data)
-            out.write(data)
+            out.write_bytes(data)
     if args.output != "-":
         ctx.emit({"output": args.output, "key_id": key_id, "plaintext_bytes": length},
                  None if args.json else f"decrypted {name} into {args.output} ({length} bytes)")
     return 0
+
+
+class _Prefixed:
+    """A reader that gives `head` first, then the rest of `f` (bytes read past a header)."""
+
+    def __init__(self, head: bytes, f: BinaryIO) -> None:
+        self._head, self._f = memoryview(head), f
+
+    def readinto(self, buf) -> int:
+        if self._head:
+            n = min(len(buf), len(self._head))
+            buf[:n] = self._head[:n]
+            self._head = self._head[n:]
+            return n
+        return self._f.readinto(buf)
+
+    def fileno(self) -> int:
+        return self._f.fileno()
 
 
 def _prefixed(error: KmsError, name: str) -> KmsError:

@@ -30,7 +30,7 @@ from kmscore.envelope.format import (
 )
 from kmscore.envelope.frames import DEK_SIZE, FrameCipher
 from kmscore.envelope.keys import DEFAULT_FRAME_SIZE, envelope_context, new_envelope, open_envelope, rewrap
-from kmscore.envelope.stream import StreamDecryptor, StreamEncryptor
+from kmscore.envelope.stream import StreamDecryptor, StreamEncryptor, open_frames, seal_frames
 
 __all__ = [
     "BadMagic",
@@ -66,4 +66,6 @@ __all__ = [
     "rewrap",
     "StreamDecryptor",
     "StreamEncryptor",
+    "open_frames",
+    "seal_frames",
 ]

@@ -6,6 +6,11 @@ is last. Complete frames are sealed or opened straight from the caller's buffer 
 pre-sized output buffer (`encrypt_into` / `decrypt_into`); only the held-back tail is
 copied. `update` returns bytes; `feed` is the same without the final copy (a bytearray
 the caller owns), for callers that only write the result somewhere.
+
+`seal_frames` / `open_frames` are the same frames for a caller that holds whole frames
+in buffers of its own and knows which one is last (`kms encrypt-file`, which reads a
+chunk ahead): frames go from the caller's buffer to the caller's buffer, no copy, no
+allocation.
 """
 
 from __future__ import annotations
@@ -22,6 +27,41 @@ Opener = Callable[[Header], FrameCipher]
 def _view(data) -> memoryview:
     view = memoryview(data)
     return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+
+
+def seal_frames(cipher: FrameCipher, index: int, plain, out, *, last_is_final: bool) -> int:
+    """Seal `plain` as frames `index`, `index+1`, ... into `out`; return the bytes written
+    (`ciphertext_length` of them). Every frame is full except, with `last_is_final`, the
+    last one, which is then final (0..F bytes: an empty `plain` is one empty final frame)."""
+    size = cipher.frame_size
+    src, dst = _view(plain), _view(out)
+    length = len(src)
+    count = max(1, -(-length // size)) if last_is_final else length // size
+    if not last_is_final and length != count * size:
+        raise ValueError(f"non-final frames hold {size} bytes: {length} is not a multiple")
+    nonces = cipher._random(NONCE_SIZE * count)
+    span = size + FRAME_OVERHEAD
+    for i in range(count):
+        piece = src[i * size : (i + 1) * size]
+        at = i * span
+        cipher.seal_into(index + i, piece, last_is_final and i == count - 1,
+                         dst[at : at + len(piece) + FRAME_OVERHEAD], nonces[i * NONCE_SIZE : (i + 1) * NONCE_SIZE])
+    return (count - 1) * span + len(src[(count - 1) * size :]) + FRAME_OVERHEAD
+
+
+def open_frames(cipher: FrameCipher, index: int, frames, out) -> int:
+    """Open whole, non-final frames `index`, ... from `frames` into `out`; return the
+    plaintext bytes. The last frame of a stream goes through `StreamDecryptor`, which
+    tells a cut stream from an altered one."""
+    size = cipher.frame_size
+    span = size + FRAME_OVERHEAD
+    src, dst = _view(frames), _view(out)
+    count, rest = divmod(len(src), span)
+    if rest:
+        raise ValueError(f"{len(src)} bytes are not whole frames of {span}")
+    for i in range(count):
+        cipher.open_into(index + i, src[i * span : (i + 1) * span], False, dst[i * size : (i + 1) * size])
+    return count * size
 
 
 class StreamEncryptor:
@@ -87,12 +127,14 @@ class StreamDecryptor:
     (the stream starts with the header, available as `.header` once read).
     """
 
-    def __init__(self, source: FrameCipher | Opener) -> None:
+    def __init__(self, source: FrameCipher | Opener, *, first_frame: int = 0) -> None:
+        """`first_frame`: the index of the first frame fed (the frames before it were
+        opened with `open_frames`)."""
         self.header: Header | None = None
         self._opener: Opener | None = None
         self._cipher: FrameCipher | None = None
         self._buf = bytearray()  # the header while incomplete, then at most one frame
-        self._index = 0
+        self._index = first_frame
         self._done = False
         if isinstance(source, FrameCipher):
             self._use(source)

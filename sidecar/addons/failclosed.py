@@ -10,7 +10,7 @@ connections (after), and the traceback goes to the log, never to the client.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from mitmproxy import http
 
@@ -44,6 +44,39 @@ class FailClosed:
 
         call.__name__ = hook
         return call
+
+
+class Chain:
+    """The sidecar's addons as one mitmproxy addon, each hook calling theirs in order.
+
+    mitmproxy dispatches every event (connections, TLS, layers, HTTP) to every addon it
+    holds, through a context manager and a coroutine each: about 3-4 us per addon per
+    event, some 12 events per request. Registered one by one, the six sidecar addons
+    cost more CPU per request than the rules themselves (measured with py-spy under wrk:
+    mitmproxy's addonmanager went from 8 % to 13 % of the samples); as one addon, each
+    event pays once. The order, and every hook's FailClosed guard, are unchanged.
+    """
+
+    name = "keyhold"
+
+    def __init__(self, addons: Sequence[FailClosed]) -> None:
+        self.members = list(addons)  # not `addons`: mitmproxy would dispatch to each again
+        for hook in HOOKS:
+            calls = tuple(getattr(a, hook) for a in self.members if hasattr(a, hook))
+            if calls:
+                setattr(self, hook, _in_order(hook, calls))
+
+
+def _in_order(hook: str, calls: tuple):
+    if len(calls) == 1:
+        return calls[0]
+
+    def call(flow) -> None:
+        for fn in calls:
+            fn(flow)
+
+    call.__name__ = hook
+    return call
 
 
 def refuse(flow, hook: str, abort: Callable[[object], None]) -> None:

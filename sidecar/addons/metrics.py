@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 
 from mitmproxy import http
@@ -19,6 +20,7 @@ from sidecar.addons.routing import DETAIL, ERROR_HEADER, state_of
 access_log = logging.getLogger("keyhold.sidecar.access")
 log = logging.getLogger("keyhold.sidecar")
 _COUNTED = "keyhold.in_flight"
+_PID = os.getpid()
 
 
 class Metrics:
@@ -37,7 +39,8 @@ class Metrics:
             ["proxy", "rule"], registry=self.registry,
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
-        self.in_flight = Gauge("keyhold_sidecar_in_flight", "Requests being handled", registry=self.registry)
+        self.in_flight = Gauge("keyhold_sidecar_in_flight", "Requests being handled", registry=self.registry,
+                               multiprocess_mode="livesum")  # workers of a pool: the sum of the live ones
         self.active = 0
         self._children: dict[tuple, tuple] = {}  # labels() is slow; look each label set up once
 
@@ -109,6 +112,7 @@ class Metrics:
                 "request_id": flow.id,
                 "error": st.error,
                 "latency_ms": round(elapsed * 1000, 3),
+                "pid": _PID,  # which worker process of a pool served it
             }))
 
 

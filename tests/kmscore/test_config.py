@@ -140,7 +140,7 @@ def test_all_problems_at_once_in_file_order(tmp_path, kms):
         request = { action = "zip" }
         """)
     expected_keys = "access_log, frame_size, limits, listen, literal_semicolons, metrics, mode, name, route, unmatched, upstream, " \
-        "upstream_ca, verify_upstream"
+        "upstream_ca, verify_upstream, workers"
     assert problems(path, kms) == [
         f"{path}: proxy[0].upstream: environment variable ${{NOPE}} is not set",
         f"{path}: kms.revocation_bound: expected a number, got a string",

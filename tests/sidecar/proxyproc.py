@@ -17,10 +17,10 @@ MiB = 1 << 20
 
 
 class ProxyProcess:
-    def __init__(self, home: Path, config: Path) -> None:
+    def __init__(self, home: Path, config: Path, workers: int = 1) -> None:
         env = {**os.environ, "KMS_HOME": str(home)}
-        self.proc = subprocess.Popen([str(Path(sys.executable).parent / "kms-proxy"), "--config", str(config)],
-                                     env=env, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen([str(Path(sys.executable).parent / "kms-proxy"), "--config", str(config),
+                                      "--workers", str(workers)], env=env, stderr=subprocess.PIPE, text=True)
         self.lines: list[str] = []
         ready = threading.Event()
 
@@ -41,21 +41,39 @@ class ProxyProcess:
     def pid(self) -> int:
         return self.proc.pid
 
+    def pids(self) -> list[int]:
+        """The proxy and its worker processes (a pool's parent serves no request itself)."""
+        out = [self.pid]
+        for task in Path(f"/proc/{self.pid}/task").glob("*"):
+            try:
+                out += [int(x) for x in (task / "children").read_text().split()]
+            except OSError:
+                pass
+        return out
+
+    def _status(self, field: str) -> int:
+        values = []
+        for pid in self.pids():
+            try:
+                text = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            values += [int(line.split()[1]) * 1024 for line in text.splitlines() if line.startswith(field)]
+        if not values:
+            raise AssertionError(f"no {field}")
+        return max(values)
+
     def peak_rss(self) -> int:
-        """VmHWM: the most resident memory the proxy ever used, in bytes."""
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-        raise AssertionError("no VmHWM")
+        """VmHWM: the most resident memory one proxy process (or worker) ever used, in bytes."""
+        return self._status("VmHWM:")
 
     def rss(self) -> int:
-        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-        raise AssertionError("no VmRSS")
+        return self._status("VmRSS:")
 
     def alive(self) -> bool:
-        return self.proc.poll() is None
+        """Running, and no worker of it ever ended (the pool restarts one that does)."""
+        return self.proc.poll() is None and not any(
+            "sidecar worker" in line and " ended (" in line for line in self.lines)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -67,11 +67,16 @@ request = {{ action = "encrypt", key = "app/data" }}
 '''
 
 
+WORKERS = pytest.mark.parametrize("proxy", [1, 2], indirect=True, ids=["1-worker", "2-workers"])
+"""The tests of this mark also run against 2 worker processes (issue 14); the memory
+bound holds for each of them."""
+
+
 @pytest.fixture(scope="module")
-def proxy(kms, upstream, tmp_path_factory):
+def proxy(kms, upstream, tmp_path_factory, request):
     listen = f"127.0.0.1:{free_port()}"
     cfg = write_config(tmp_path_factory.mktemp("hostile") / "deploy.toml", listen, upstream.url, ROUTES)
-    p = ProxyProcess(kms.home, cfg)
+    p = ProxyProcess(kms.home, cfg, workers=getattr(request, "param", 1))
     p.url = f"http://{listen}"
     p.address = ("127.0.0.1", int(listen.rsplit(":", 1)[1]))
     yield p
@@ -138,6 +143,7 @@ def send_endless_chunked(address, path: str, cap: int, extra: str = "") -> tuple
         sock.close()
 
 
+@WORKERS
 @pytest.mark.parametrize("path", ["/fields/x", "/sign/x", "/verify/x"])
 def test_endless_chunked_body_is_refused_early_with_413(proxy, upstream, check_memory, path):
     """Fields, sign and verify need the whole body: a chunked one is refused as soon as
@@ -149,6 +155,7 @@ def test_endless_chunked_body_is_refused_early_with_413(proxy, upstream, check_m
     assert not [r for r in upstream.received if r.path == path]
 
 
+@WORKERS
 def test_declared_length_over_limit_is_refused_before_the_body(proxy, upstream, check_memory):
     sock = socket.create_connection(proxy.address)
     try:
@@ -177,6 +184,7 @@ def bomb(encoding: str, size: int = 256 * MiB) -> bytes:
     return zstd.compress(b"\0" * size)
 
 
+@WORKERS
 @pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "zstd"])
 def test_compression_bomb_on_a_fields_route_is_413(proxy, upstream, check_memory, encoding):
     data = bomb(encoding)

@@ -45,9 +45,10 @@ def _inline_list(items: list) -> str:
 ENC = {"action": "encrypt", "key": "app/data"}
 
 
-@pytest.fixture(scope="module")
-def proxy(kms, upstream, tmp_path_factory):
-    """A real `kms proxy --config` with a reverse and a forward entry."""
+@pytest.fixture(scope="module", params=[1, 2], ids=["1-worker", "2-workers"])
+def proxy(kms, upstream, tmp_path_factory, request):
+    """A real `kms proxy --config` with a reverse and a forward entry, in one process and
+    in 2 worker processes (issue 14)."""
     reverse, forward = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     routes = [
         {"name": "vault", "match": {"path": "/vault/*"}, "request": ENC},
@@ -60,7 +61,7 @@ def proxy(kms, upstream, tmp_path_factory):
         {"name": "fwd", "listen": forward, "mode": "forward", "route": routes},
     ]))
     env = {**os.environ, "KMS_HOME": str(kms.home)}
-    proc = subprocess.Popen([str(BIN / "kms"), "proxy", "--config", str(cfg)], env=env,
+    proc = subprocess.Popen([str(BIN / "kms"), "proxy", "--config", str(cfg), "--workers", str(request.param)], env=env,
                             stderr=subprocess.PIPE, text=True)
     seen = 0
     while seen < 2:

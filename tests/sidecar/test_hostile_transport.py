@@ -96,11 +96,15 @@ def rude():
     r.close()
 
 
+WORKERS = pytest.mark.parametrize("proxy", [1, 2], indirect=True, ids=["1-worker", "2-workers"])
+"""The tests of this mark also run against a proxy of 2 worker processes (issue 14)."""
+
+
 @pytest.fixture(scope="module")
-def proxy(kms, upstream, rude, tmp_path_factory):
+def proxy(kms, upstream, rude, tmp_path_factory, request):
     ports = free_port(), free_port(), free_port()
     p = start_proxy(tmp_path_factory.mktemp("hostile") / "deploy.toml", kms.home,
-                    config(upstream.url, rude.url, *ports))
+                    config(upstream.url, rude.url, *ports), workers=getattr(request, "param", 1))
     p.main, p.rude, p.forward = (f"http://127.0.0.1:{port}" for port in ports)
     p.ports = ports
     yield p
@@ -137,6 +141,7 @@ def reset(s: socket.socket) -> None:
 
 
 # -- item 1: no client or upstream kills the process ----------------------------------------
+@WORKERS
 def test_curl_piped_into_head_does_not_kill_the_proxy(proxy, stored):
     """The reproduction of the issue: `curl -s URL | head -c 1000`, several times."""
     for _ in range(6):
@@ -185,6 +190,7 @@ def test_client_gone_mid_request_body(proxy, upstream, path, framing, close):
     assert not any(r.path == path for r in upstream.received)
 
 
+@WORKERS
 @pytest.mark.parametrize("close", [socket.socket.close, reset], ids=["fin", "rst"])
 def test_client_gone_mid_response(proxy, stored, close):
     s = raw(proxy.ports[0])
@@ -228,6 +234,7 @@ def _dechunk(body: bytes) -> bytes:
 
 @pytest.mark.parametrize("path", ["/die/1000", "/rst/1000", "/chunked/1000", "/dec/die/100000",
                                   "/dec/rst/100000", "/dec/chunked/5"])
+@WORKERS
 def test_upstream_dying_mid_response(proxy, path):
     """The client sees a cut-off response or a JSON 502 (never a complete-looking 200);
     the proxy lives."""
@@ -263,6 +270,7 @@ def json_error(raw_response: bytes) -> tuple[int, dict, dict]:
 
 
 # -- item 4: upgrades, CONNECT tunnels, HTTP/2 prior knowledge --------------------------------
+@WORKERS
 def test_websocket_upgrade_on_a_route_with_a_step_is_refused(proxy, upstream):
     websockets = pytest.importorskip("websockets.sync.client")
     upstream.clear()
@@ -372,6 +380,7 @@ def test_connect_tunnel_carries_requests_through_the_rules(proxy, upstream):
     assert b"plaintext" not in seen[0].body
 
 
+@WORKERS
 def test_connect_tunnel_with_bytes_that_do_not_look_like_http_is_never_relayed(proxy, rude):
     """A request after an empty line is not HTTP to mitmproxy's sniffer (which relayed
     such a tunnel as raw TCP, past every rule) but is to many servers: it must be parsed
@@ -407,6 +416,7 @@ def test_http10_body_over_the_limit_is_streamed_encrypted(proxy, upstream, kms):
     assert httpx.get(f"{proxy.main}/store/h10", timeout=30).content == body
 
 
+@WORKERS
 def test_http10_body_without_length_is_refused_with_411(proxy, upstream):
     upstream.clear()
     s = raw(proxy.ports[0])
@@ -482,6 +492,7 @@ def test_upstream_response_mitmproxy_rejects_is_a_json_502(proxy):
     assert "mitmproxy" not in r.headers.get("server", "")
 
 
+@WORKERS
 def test_every_refusal_is_logged_with_id_route_and_reason_never_the_body(proxy):
     secret = "078-05-1120-SECRET"
     r = httpx.post(f"{proxy.main}/fields", content=f"not json {secret}".encode(), timeout=30)

@@ -20,7 +20,7 @@ def test_registered_as_front_end():
 def test_one_engine_per_process(sidecar, kms):
     """mitmproxy's globals allow one Master per process: a second start is a clear error."""
     with pytest.raises(ConfigError, match="already runs"):
-        start([ProxyEntry.model_validate({"upstream": "http://127.0.0.1:9", "listen": "127.0.0.1:1"})], kms)
+        start([ProxyEntry.model_validate({"upstream": "http://127.0.0.1:9", "listen": "127.0.0.1:1", "workers": 1})], kms)
 
 
 def test_bad_reload_keeps_the_old_config(sidecar, client, upstream):

@@ -54,7 +54,20 @@ class ProxyProcess:
             return "\n".join(self.lines)
 
     def alive(self) -> bool:
-        return self.proc.poll() is None
+        """The process runs, and none of its sidecar workers ever ended (a pool would
+        restart it, which would hide a client that can kill one)."""
+        return self.proc.poll() is None and not any("sidecar worker" in line and " ended (" in line
+                                                    for line in self.lines)
+
+    def children(self) -> list[int]:
+        """The pids of its child processes (a sidecar pool's workers)."""
+        out: list[int] = []
+        for task in Path(f"/proc/{self.proc.pid}/task").glob("*"):
+            try:
+                out += [int(x) for x in (task / "children").read_text().split()]
+            except OSError:
+                pass
+        return out
 
     def stop(self) -> int:
         if self.proc.poll() is None:
@@ -67,11 +80,11 @@ class ProxyProcess:
         return self.proc.returncode
 
 
-def start_proxy(config: Path, kms_home: Path, text: str) -> ProxyProcess:
-    """`kms proxy --config FILE`, waiting until every entry listens."""
+def start_proxy(config: Path, kms_home: Path, text: str, workers: int = 1) -> ProxyProcess:
+    """`kms proxy --config FILE --workers N`, waiting until every entry listens."""
     config.write_text(text)
     env = {**os.environ, "KMS_HOME": str(kms_home)}
-    p = ProxyProcess(config, env, [str(BIN / "kms"), "proxy", "--config", str(config)])
+    p = ProxyProcess(config, env, [str(BIN / "kms"), "proxy", "--config", str(config), "--workers", str(workers)])
     for _ in range(text.count("[[proxy]]")):
         p.wait_for("listening on")
     return p
