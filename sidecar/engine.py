@@ -112,8 +112,12 @@ class Engine:
         self.side_services = side_services
         from kmscore.dkcache import DataKeyCache
 
-        # unwrapped DEKs of envelopes being decrypted, revocable within a few seconds
-        self.runtime = Runtime(kms=kms, tables=self._compile(entries), clock=clock, dkcache=DataKeyCache(kms))
+        # unwrapped DEKs of envelopes being decrypted, revocable within the deployment's
+        # `[kms] revocation_bound`: a RemoteKms carries it; an embedded Kms is opened with
+        # it as its refresh interval (kmscore.deploy.open_kms)
+        bound = getattr(kms, "revocation_bound", None) or getattr(kms, "refresh_interval", 5.0)
+        self.runtime = Runtime(kms=kms, tables=self._compile(entries), clock=clock,
+                               dkcache=DataKeyCache(kms, revocation_bound=bound))
         if replay is not None:
             self.runtime.replay = replay
         self.metrics = Metrics()
