@@ -369,8 +369,13 @@ class WorkerPool:
 
 
 def kms_spec(kms) -> dict:
-    """How a worker opens the same key store: its home and the root key's source (a path
-    or a variable name, never the key)."""
+    """How a worker opens the same KMS: for an embedded one its home and the root key's
+    source (a path or a variable name, never the key); for a remote one (`[kms] url`)
+    the deployment file that names it, which the worker loads as the parent did (the
+    access key's secret stays in its 0600 file, never on the control channel)."""
+    args = list(getattr(kms, "cli_args", ()) or ())
+    if getattr(kms, "url", None) is not None and args[:1] == ["--deployment"] and len(args) == 2:
+        return {"deployment": args[1], "caller": "kms proxy worker"}
     source = getattr(kms, "root_key_source", None)
     if source is None or not hasattr(kms, "home"):
         raise ConfigError("several sidecar workers need an embedded KMS (set workers = 1 for this one)")

@@ -34,6 +34,12 @@ def _open_kms(spec: dict):
     from kmscore import Kms
     from kmscore.rootkey import RootKeySource
 
+    if "deployment" in spec:  # a remote KMS: opened from the deployment, as by the parent
+        from kmscore.config import load_config
+        from kmscore.deploy.up import open_kms
+
+        return open_kms(load_config(spec["deployment"]), caller=spec["caller"])
+
     source = RootKeySource(*spec["root_key"]) if spec.get("root_key") else None
     return Kms(spec["home"], root_key=source, caller=spec["caller"], refresh_interval=spec["refresh_interval"])
 

@@ -29,7 +29,7 @@ def kms_check(tmp_path: Path, text: str) -> tuple[int, list[str]]:
 
 def test_empty_file_is_an_error(tmp_path):
     code, lines = kms_check(tmp_path, "")
-    assert code == 2 and lines == ["the file declares nothing to run: no [[keys]], [[mount]], [[proxy]]"]
+    assert code == 2 and lines == ["the file declares nothing to run: no [[keys]], [[mount]], [serve], [[proxy]]"]
     code, lines = kms_check(tmp_path, "[kms]\nrevocation_bound = 2\n")
     assert code == 2 and "declares nothing" in lines[0]
 
