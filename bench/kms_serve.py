@@ -20,9 +20,9 @@ Every request signs one extra header unique to it (`x-keyhold-bench-nonce`): Sig
 no nonce, and the server's replay memory refuses a byte-identical request signed in the
 same second (see tests/serve/test_aws_boto3.py::test_identical_calls_in_one_second_are_not_replays).
 
-TODO(lead, needs serve-remote's kmscore.remote): a sidecar on the remote facade beside a
-sidecar on the embedded facade (bench/sidecar_http.py's client against `kms proxy` with
-`[kms] url` pointing at this server), as issue 12 asks.
+A sidecar on the remote facade beside a sidecar on the embedded facade (`kms proxy` with
+`[kms] url` pointing at a `kms serve`, as issue 12 asks) is bench/sidecar_remote.py; it
+uses this file's server start and `measure`.
 """
 
 from __future__ import annotations
