@@ -17,7 +17,9 @@ drives both, alternating embedded and remote for `--rounds` slices of `--seconds
 cell (the machine may be shared; interleaving keeps both sides under the same load):
 `connections` threads, each with its own keep-alive httpx connection, POSTing 4 KiB.
 It prints requests/s, p50/p99 and the ratio remote ÷ embedded per route and connection
-count; then the KMS calls per request of each side, counted from the store's audit
+count, with the CPU time each proxy process (and, for the remote side, the server) spent
+per request (utime + stime from /proc: the measure background load skews least); then
+the KMS calls per request of each side, counted from the store's audit
 records (the server audits every call it serves with the access key's name, the
 embedded proxy audits its own); then what one facade call costs in-process against
 over the wire (`RemoteKms`, one connection), the round trip each remote call adds.
@@ -43,6 +45,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from kms_serve import KMS_BIN, kms_cli, measure, start_server, summary  # noqa: E402
+from sidecar_http import cpu_seconds  # noqa: E402
 
 from kmscore import Kms  # noqa: E402
 
@@ -243,20 +246,28 @@ def main() -> None:
             before = kms_calls(home)
             requests: Counter = Counter()
             print(f"kms serve at {url}; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start")
-            print(f"{'sidecar route':<15}{'conns':>6} | {'embedded/s':>10}{'p50 ms':>8}{'p99 ms':>8} |"
-                  f" {'remote/s':>9}{'p50 ms':>8}{'p99 ms':>8} | {'ratio':>6}")
+            pids = {"embedded": procs[-2].pid, "remote": procs[-1].pid}
+            print(f"{'sidecar route':<15}{'conns':>6} | {'embedded/s':>10}{'p50 ms':>8}{'p99 ms':>8}{'CPU µs':>8} |"
+                  f" {'remote/s':>9}{'p50 ms':>8}{'p99 ms':>8}{'CPU µs':>8}{'+serve':>8} | {'ratio':>6}")
             for name, key, path, body, ctype in cases:
                 for side in urls:  # warm-up, and a check that both answer
                     requests[side, key] += len(drive(urls[side], path, body, ctype, 1, 0.05))
                 for n in conns:
                     lat: dict[str, list[float]] = {"embedded": [], "remote": []}
+                    cpu: Counter = Counter()  # CPU seconds of the proxies and the server while driven
                     for _ in range(args.rounds):
                         for side in urls:
+                            before_cpu = cpu_seconds(pids[side]), cpu_seconds(server.pid)
                             lat[side] += drive(urls[side], path, body, ctype, n, args.seconds)
+                            cpu[side] += cpu_seconds(pids[side]) - before_cpu[0]
+                            cpu[side, "serve"] += cpu_seconds(server.pid) - before_cpu[1]
                     total = args.seconds * args.rounds
                     e, r = summary(lat["embedded"], total), summary(lat["remote"], total)
-                    print(f"{name:<15}{n:>6} | {e[0]:>10,.0f}{e[1]:>8.2f}{e[2]:>8.2f} |"
-                          f" {r[0]:>9,.0f}{r[1]:>8.2f}{r[2]:>8.2f} | {r[0] / e[0] if e[0] else 0:>6.3f}", flush=True)
+                    ce, cr, cs = (cpu[k] / max(1, len(lat[side])) * 1e6 for k, side in
+                                  (("embedded", "embedded"), ("remote", "remote"), (("remote", "serve"), "remote")))
+                    print(f"{name:<15}{n:>6} | {e[0]:>10,.0f}{e[1]:>8.2f}{e[2]:>8.2f}{ce:>8,.0f} |"
+                          f" {r[0]:>9,.0f}{r[1]:>8.2f}{r[2]:>8.2f}{cr:>8,.0f}{cs:>8,.0f} |"
+                          f" {r[0] / e[0] if e[0] else 0:>6.3f}", flush=True)
                     requests.update({(side, key): len(v) for side, v in lat.items()})
             round_trip(url, wire_key_file, home, args.calls)
             for p in reversed(procs):  # every process flushes its audit on SIGTERM
