@@ -11,18 +11,21 @@ One run starts, on 127.0.0.1:
     kms proxy (embedded)  `kms proxy --config embedded.toml`: `[kms] home` = S itself
 
 Both proxies have the same `[[proxy]]`: one route that encrypts request bodies
-(`/enc/*`, whole-body envelope) and one that decrypts them (`/dec/*`, the body being an
-envelope made once under the same key, so both sides can open it). The same client
-drives both, alternating embedded and remote for `--rounds` slices of `--seconds` per
-cell (the machine may be shared; interleaving keeps both sides under the same load):
-`connections` threads, each with its own keep-alive httpx connection, POSTing 4 KiB.
+(`/enc/*`, whole-body envelope, key bench/enc) and one that decrypts them (`/dec/*`, key
+bench/dec; the body is one envelope made under that key before the run, so both sides
+can open it). The same client drives both, alternating embedded and remote for
+`--rounds` slices of `--seconds` per cell (the machine may be shared; interleaving keeps
+both sides under the same load): `connections` threads, each with its own keep-alive
+httpx connection, POSTing 4 KiB.
+
 It prints requests/s, p50/p99 and the ratio remote ÷ embedded per route and connection
 count, with the CPU time each proxy process (and, for the remote side, the server) spent
-per request (utime + stime from /proc: the measure background load skews least); then
-the KMS calls per request of each side, counted from the store's audit
-records (the server audits every call it serves with the access key's name, the
-embedded proxy audits its own); then what one facade call costs in-process against
-over the wire (`RemoteKms`, one connection), the round trip each remote call adds.
+per request (utime + stime from /proc: the figure background load skews least); then
+what one facade call costs in-process against over the wire (`RemoteKms`, one
+connection, an access key of its own): the round trip each remote call adds; then the
+KMS calls per proxied request of each side and route, from the store's audit records
+once every process has stopped (the server records each call under the access key's
+name, the embedded proxy under its own; one key per route tells the routes apart).
 
 Timings are printed, never asserted. bench/kms_serve.py measures the AWS API itself.
 """
