@@ -20,9 +20,9 @@ Every request signs one extra header unique to it (`x-keyhold-bench-nonce`): Sig
 no nonce, and the server's replay memory refuses a byte-identical request signed in the
 same second (see tests/serve/test_aws_boto3.py::test_identical_calls_in_one_second_are_not_replays).
 
-TODO(lead, needs serve-remote's kmscore.remote): a sidecar on the remote facade beside a
-sidecar on the embedded facade (bench/sidecar_http.py's client against `kms proxy` with
-`[kms] url` pointing at this server), as issue 12 asks.
+A sidecar on the remote facade beside a sidecar on the embedded facade (`kms proxy` with
+`[kms] url` pointing at a `kms serve`, as issue 12 asks) is bench/sidecar_remote.py; it
+uses this file's server start and `measure`.
 """
 
 from __future__ import annotations
@@ -131,15 +131,25 @@ def operations(kms: Kms, blob: bytes) -> list[tuple[str, Callable[[], object], C
 def measure(threads: int, seconds: float, make_worker: Callable[[], Callable[[], object]]) -> list[float]:
     """Run `threads` workers for `seconds`; every call's latency in seconds."""
     latencies: list[list[float]] = [[] for _ in range(threads)]
-    start = threading.Barrier(threads + 1)
-    stop = 0.0  # set by this thread just before it releases the workers
+    stop = 0.0
     failures: list[BaseException] = []
 
+    def set_stop() -> None:  # once every worker has its client: making 16 is not measured time
+        nonlocal stop
+        stop = time.perf_counter() + seconds
+
+    start = threading.Barrier(threads + 1, action=set_stop)
+
     def run(i: int) -> None:
-        work = make_worker()
         mine = latencies[i]
-        start.wait()
         try:
+            work = make_worker()
+        except BaseException as e:  # no worker waits for one that will never come
+            failures.append(e)
+            start.abort()
+            return
+        try:
+            start.wait()
             while True:
                 t0 = time.perf_counter()
                 if t0 >= stop:
@@ -152,12 +162,15 @@ def measure(threads: int, seconds: float, make_worker: Callable[[], Callable[[],
     pool = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(threads)]
     for t in pool:
         t.start()
-    stop = time.perf_counter() + seconds
-    start.wait()
+    try:
+        start.wait()
+    except threading.BrokenBarrierError:
+        pass  # a worker failed to start: reported below
     for t in pool:
         t.join()
     if failures:
-        raise SystemExit(f"a worker failed: {failures[0]}")
+        first = next((e for e in failures if not isinstance(e, threading.BrokenBarrierError)), failures[0])
+        raise SystemExit(f"a worker failed: {first}")
     return [x for mine in latencies for x in mine]
 
 

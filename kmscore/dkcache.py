@@ -97,6 +97,13 @@ class DataKeyCache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def __bool__(self) -> bool:
+        """Always true: a cache is a service, not a container whose emptiness means
+        "none". Without this, `__len__` made a new (empty) cache falsy, and callers'
+        `cache or kms` chose the bare Kms every time, so the cache never filled and every
+        envelope cost a DecryptDataKey call (tests/serve/test_remote_bench_found.py)."""
+        return True
+
     def __repr__(self) -> str:
         return f"<DataKeyCache {len(self._entries)} keys, revocation bound {self.revocation_bound}s>"
 
