@@ -31,9 +31,10 @@ class FileOps(FsBase):
             raise
         try:
             self.own(bpath, fd, mode & 0o7777)
-            header, cipher = self.keys.new(path)
-            check = self.keys.checker(header, path)
-            f = OpenFile.created(fd, header, cipher, path, check)
+            label = self.log_name(path, bpath)
+            header, cipher = self.keys.new(label)
+            check = self.keys.checker(header, label)
+            f = OpenFile.created(fd, header, cipher, path, check, label)
         except BaseException:
             os.close(fd)
             with self.backing.at(bpath) as (d, name):
@@ -54,7 +55,8 @@ class FileOps(FsBase):
             inode = inode_of(st)
             # the length is read under the handles' lock, in make(): a release of the last
             # handle may be writing the tail (or settling an end marker) right now
-            fh, f = self.handles.acquire(inode, lambda: self._load(fd, path, os.fstat(fd).st_size))
+            label = self.log_name(path, bpath)
+            fh, f = self.handles.acquire(inode, lambda: self._load(fd, path, os.fstat(fd).st_size, label))
         except BaseException:
             os.close(fd)
             raise
@@ -68,17 +70,17 @@ class FileOps(FsBase):
                 raise
         return fh
 
-    def _load(self, fd: int, path: str, backing_length: int) -> OpenFile:
+    def _load(self, fd: int, path: str, backing_length: int, label: str) -> OpenFile:
         try:
             header = read_header(fd)
         except EnvelopeError as e:
-            log.error("integrity: %s: not a valid envelope: %s", path, e)
+            log.error("integrity: %s: not a valid envelope: %s", label, e)
             raise fs_error(errno.EIO) from None
         if Layout(header.size, header.frame_size).plaintext_size(backing_length) is None:
-            log.error("integrity: %s: backing file length %d fits no envelope (truncated)", path, backing_length)
+            log.error("integrity: %s: backing file length %d fits no envelope (truncated)", label, backing_length)
             raise fs_error(errno.EIO)
-        cipher = self.keys.open(header, path)
-        return OpenFile.opened(fd, header, cipher, backing_length, path, self.keys.checker(header, path))
+        cipher = self.keys.open(header, label)
+        return OpenFile.opened(fd, header, cipher, backing_length, path, self.keys.checker(header, label), label)
 
     def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes:
         return self.handles.get(fh).read(offset, size)
