@@ -37,7 +37,7 @@ log = logging.getLogger("fsmount")
 
 DIR_CACHE = 50_000  # mount directories whose backing path and value we remember
 NAME_CACHE = 100_000  # encrypted names we remember (keyed by directory value and name: never stale)
-RMDIR_TMP = codec.DIRIV_NAME + ".rmdir."
+RMDIR_TMP = codec.RMDIR_TMP
 
 
 def _err(code: int) -> OSError:
@@ -243,7 +243,7 @@ class EncryptedNames(PlainNames):
             return  # there already (the entry exists, or a crash left it): same content
         except FileNotFoundError:
             pass
-        tmp = side + ".tmp"
+        tmp = side + codec.TMP_SUFFIX
         fd = self.backing.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o400)
         try:
             os.write(fd, full.encode("ascii"))
@@ -389,13 +389,13 @@ class EncryptedNames(PlainNames):
         except FileExistsError:
             pass
         blob = f"{codec.LONG_LINK_DIR}/{marker[len(codec.LONG_LINK_PREFIX):]}"
-        fd = os.open(blob + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o400,
+        fd = os.open(blob + codec.TMP_SUFFIX, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o400,
                      dir_fd=self.backing.fd)
         try:
             os.write(fd, stored.encode("ascii"))
         finally:
             os.close(fd)
-        os.rename(blob + ".tmp", blob, src_dir_fd=self.backing.fd, dst_dir_fd=self.backing.fd)
+        os.rename(blob + codec.TMP_SUFFIX, blob, src_dir_fd=self.backing.fd, dst_dir_fd=self.backing.fd)
         return marker
 
     def target_out(self, stored: str, where: str) -> str:

@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
 __all__ = [
     "BadName", "Encoded", "NameCipher", "DIRIV_NAME", "DIRIV_LEN", "ZERO_IV", "LONG_PREFIX", "LONG_SUFFIX",
-    "NAME_MAX", "KEY_LEN", "is_long", "long_name", "long_target", "is_long_target", "side_name", "b64encode", "b64decode", "pad", "unpad",
+    "NAME_MAX", "KEY_LEN", "TMP_SUFFIX", "RMDIR_TMP", "is_long", "long_name", "long_target", "is_long_target", "side_name", "b64encode", "b64decode", "pad", "unpad",
 ]
 
 KEY_LEN = 64  # AES-SIV with AES-256: two 256-bit keys
@@ -49,6 +49,9 @@ DIRIV_LEN = 16
 ZERO_IV = bytes(DIRIV_LEN)  # deterministic names: every directory's value
 LONG_PREFIX = "keyhold.longname."
 LONG_SUFFIX = ".name"
+TMP_SUFFIX = ".tmp"  # a side file or long target being written (renamed into place when whole)
+RMDIR_TMP = DIRIV_NAME + ".rmdir."  # a value moved out of a directory being removed
+_HASH_LEN = 43  # base64url of a SHA-256, without padding
 LONG_LINK_PREFIX = "keyhold.longlink."  # the stored target of a symlink whose target is long
 LONG_LINK_DIR = "keyhold.longlinks"  # at the top: one file per long target, named by its hash
 NAME_MAX = 255  # bytes of one name, plaintext and backing
@@ -95,8 +98,10 @@ def unpad(data: bytes) -> bytes:
 
 
 def is_long(backing_name: str) -> bool:
-    """True for a long-name entry (not its side file)."""
-    return backing_name.startswith(LONG_PREFIX) and not backing_name.endswith(LONG_SUFFIX)
+    """True for a long-name entry: the prefix and a hash, nothing else (not its side
+    file, nor a temporary of one a crash left)."""
+    digest = backing_name[len(LONG_PREFIX):]
+    return backing_name.startswith(LONG_PREFIX) and len(digest) == _HASH_LEN and "." not in digest
 
 
 def long_name(encoded: str) -> str:

@@ -25,7 +25,7 @@ from fsmount.errors import CipherDirError, DamagedFile, MountError
 from fsmount.fs_base import read_header
 from fsmount.layout import Layout
 from fsmount.repair import repair_file
-from fsmount.tree_names import TreeNames, find_cipher_dir
+from fsmount.tree_names import LEFTOVER, TreeNames, find_cipher_dir
 
 BATCH = 64  # frames read per pread
 Progress = Callable[[int, int], None]  # (files done, files total)
@@ -372,10 +372,15 @@ def _check_names(kms: Kms, cipher_dir: str | os.PathLike, report: FsckReport, re
                 tree.target_of(entry.backing)
             except names.BadName as e:
                 problems.append((str(entry.backing.relative_to(tree.root)), f"symlink target: {e}"))
+    problems += tree.orphan_targets()
     for rel, what in problems:
         if repair and what == "long-name side file without its entry":
             (tree.root / rel).unlink(missing_ok=True)  # what a crash between the two leaves
             report.repaired.append((rel, "orphan long-name side file removed"))
+            continue
+        if repair and what.startswith(LEFTOVER) and not (tree.root / rel).is_dir():
+            (tree.root / rel).unlink(missing_ok=True)
+            report.repaired.append((rel, "removed: " + what.split(": ")[0]))
             continue
         report.damage.append((rel, None, what))
     return shown

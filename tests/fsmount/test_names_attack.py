@@ -67,3 +67,40 @@ def test_integrity_log_lines_name_backing_paths_not_plaintext_names(mount):
     assert MARKER not in log, log
     assert str(frame.relative_to(mount.cipher)) in log  # what `kms fs info` maps back
     assert "Traceback" not in log
+
+
+def _fsck(mount, repair: bool = False):
+    with Kms(mount.home, caller="test") as kms:
+        return tools.fsck(kms, mount.cipher, repair=repair)
+
+
+def test_fsck_reports_and_repairs_what_a_crash_leaves_of_names(mount):
+    """The mount writes a long symlink target's file before the symlink, a long name's
+    side file (via a temporary) before the entry, and moves a directory's value out
+    before its rmdir: a kill -9 between the steps leaves these; fsck must say so and
+    --repair must remove them, and nothing else."""
+    long_target = "t/" * 2000  # 4000 bytes: encrypted, too long for a symlink
+    os.symlink(long_target, mount.point / "kept")
+    os.symlink(long_target, mount.point / "crashed")
+    (mount.point / "d").mkdir()
+    mount.stop()
+    crashed = mount.backing("/crashed")
+    blob = mount.cipher / codec.LONG_LINK_DIR / os.readlink(crashed)[len(codec.LONG_LINK_PREFIX):]
+    assert blob.is_file()
+    crashed.unlink()  # killed after the target's file was written, before the symlink
+    (blob.parent / (blob.name[:20] + ".tmp")).write_bytes(b"half")  # killed before its rename
+    d = mount.backing("/d")
+    (d / (codec.long_name("x" * 300) + codec.LONG_SUFFIX + ".tmp")).write_bytes(b"half")  # a side file's temporary
+    (mount.cipher / ("keyhold.diriv.rmdir." + "ab" * 8)).write_bytes(os.urandom(16))  # a value moved out
+    report = _fsck(mount)
+    problems = sorted(p for _, _, p in report.damage)
+    assert len(problems) == 4, report.damage
+    assert sum("no symlink" in p for p in problems) == 1
+    assert all("left by an interrupted" in p for p in problems)
+    assert all(MARKER not in p for p in problems)
+    repaired = _fsck(mount, repair=True)
+    assert len(repaired.repaired) == 4 and repaired.clean, repaired
+    assert _fsck(mount).clean
+    mount.start()
+    assert os.readlink(mount.point / "kept") == long_target
+    assert sorted(os.listdir(mount.point)) == ["d", "kept"]
