@@ -68,13 +68,20 @@ def read_iv(backing: Backing, bdir: str) -> bytes:
 
 
 def iv_at(dir_fd: int) -> bytes:
-    """The per-directory value of an open backing directory."""
-    fd = os.open(codec.DIRIV_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    """The per-directory value of an open backing directory; EIO (logged by inode: the
+    caller's path is a plaintext one) if it is missing or damaged, as in `read_iv`."""
+    try:
+        fd = os.open(codec.DIRIV_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError:
+        log.error("integrity: backing directory (inode %d) has no %s: its names cannot be read",
+                  os.fstat(dir_fd).st_ino, codec.DIRIV_NAME)
+        raise _err(errno.EIO) from None
     try:
         iv = os.read(fd, codec.DIRIV_LEN + 1)
     finally:
         os.close(fd)
     if len(iv) != codec.DIRIV_LEN or iv == codec.ZERO_IV:
+        log.error("integrity: %s of backing directory (inode %d) is damaged", codec.DIRIV_NAME, os.fstat(dir_fd).st_ino)
         raise _err(errno.EIO)
     return iv
 
@@ -100,10 +107,7 @@ def read_side(dir_fd: int, backing_name: str) -> str:
         raw = os.read(fd, 4096)
     finally:
         os.close(fd)
-    text = raw.decode("ascii", "replace")
-    if codec.long_name(text) != backing_name:
-        raise codec.BadName("long-name side file does not match its entry")
-    return text
+    return codec.check_long(backing_name, raw.decode("ascii", "replace"))
 
 
 class PlainNames:

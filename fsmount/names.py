@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
 __all__ = [
     "BadName", "Encoded", "NameCipher", "DIRIV_NAME", "DIRIV_LEN", "ZERO_IV", "LONG_PREFIX", "LONG_SUFFIX",
-    "NAME_MAX", "KEY_LEN", "TMP_SUFFIX", "RMDIR_TMP", "is_long", "long_name", "long_target", "is_long_target", "side_name", "b64encode", "b64decode", "pad", "unpad",
+    "NAME_MAX", "KEY_LEN", "TMP_SUFFIX", "RMDIR_TMP", "is_long", "check_long", "long_name", "long_target", "is_long_target", "side_name", "b64encode", "b64decode", "pad", "unpad",
 ]
 
 KEY_LEN = 64  # AES-SIV with AES-256: two 256-bit keys
@@ -112,6 +112,18 @@ def long_name(encoded: str) -> str:
 def long_target(stored: str) -> str:
     """What a symlink holds when its encrypted target `stored` is too long for one."""
     return LONG_LINK_PREFIX + b64encode(hashlib.sha256(stored.encode("ascii")).digest())
+
+
+def check_long(backing_name: str, encoded: str) -> str:
+    """`encoded`, read from long-name entry `backing_name`'s side file, if it belongs
+    there: its hash is the entry's name, and it is too long to be stored as itself (the
+    mount never makes a long entry for a name that fits: one would be a second spelling
+    of a name, listed twice). BadName otherwise."""
+    if long_name(encoded) != backing_name:
+        raise BadName("long-name side file does not match its entry")
+    if len(encoded) <= NAME_MAX:
+        raise BadName("not a long name")
+    return encoded
 
 
 def is_long_target(link: str) -> bool:

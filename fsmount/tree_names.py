@@ -129,9 +129,7 @@ class TreeNames:
             text = (bdir / codec.side_name(long_entry)).read_bytes().decode("ascii", "replace")
         except OSError as e:
             raise codec.BadName(f"long-name side file unreadable: {e.strerror}") from None
-        if codec.long_name(text) != long_entry:
-            raise codec.BadName("long-name side file does not match its entry")
-        return text
+        return codec.check_long(long_entry, text)
 
     def target_of(self, link: Path) -> str:
         stored = os.readlink(link)

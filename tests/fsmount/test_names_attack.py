@@ -104,3 +104,47 @@ def test_fsck_reports_and_repairs_what_a_crash_leaves_of_names(mount):
     mount.start()
     assert os.readlink(mount.point / "kept") == long_target
     assert sorted(os.listdir(mount.point)) == ["d", "kept"]
+
+
+def test_a_long_name_entry_holding_a_short_name_is_not_a_second_spelling(mount):
+    """A `keyhold.longname.*` entry whose side file holds an encoded name short enough
+    to be stored as itself is never made by the mount: shown, it would list a name twice
+    (or a name a lookup cannot find). It is refused, like a name that does not decrypt."""
+    (mount.point / "d").mkdir()
+    (mount.point / "d" / "a").write_bytes(b"a")
+    mount.stop()
+    short = mount.backing("/d/a")
+    fake = short.with_name(codec.long_name(short.name))
+    os.link(short, fake)
+    fake.with_name(codec.side_name(fake.name)).write_text(short.name)
+    report = _fsck(mount)
+    assert [(Path(f).name, p) for f, _, p in report.damage] == [(fake.name, "name does not decrypt: not a long name")]
+    mount.start()
+    assert os.listdir(mount.point / "d") == ["a"]
+    assert (mount.point / "d" / "a").read_bytes() == b"a"
+
+
+def test_swapped_emptied_or_missing_values_never_show_another_directory_s_file(mount):
+    for d in ("one", "two", "three", "four"):
+        (mount.point / d).mkdir()
+        (mount.point / d / "same").write_bytes(d.encode())
+    mount.stop()
+    one, two = mount.backing("/one"), mount.backing("/two")
+    a, b = (one / codec.DIRIV_NAME).read_bytes(), (two / codec.DIRIV_NAME).read_bytes()
+    for d, iv in ((one, b), (two, a)):
+        (d / codec.DIRIV_NAME).chmod(0o600)
+        (d / codec.DIRIV_NAME).write_bytes(iv)
+    three = mount.backing("/three") / codec.DIRIV_NAME
+    three.chmod(0o600)
+    three.write_bytes(b"")
+    (mount.backing("/four") / codec.DIRIV_NAME).unlink()
+    mount.start()
+    for d in ("one", "two"):
+        assert os.listdir(mount.point / d) == []
+        assert _errno(lambda: (mount.point / d / "same").read_bytes()) == errno.ENOENT
+    for d in ("three", "four"):
+        assert _errno(lambda: os.listdir(mount.point / d)) == errno.EIO
+        assert _errno(lambda: (mount.point / d / "same").read_bytes()) == errno.EIO
+    mount.stop()
+    assert "Traceback" not in mount.log.read_text()
+    assert len(_fsck(mount).damage) == 4
