@@ -22,7 +22,12 @@ _ACCESS = os.O_ACCMODE | os.O_APPEND | os.O_TRUNC | os.O_CREAT | os.O_EXCL
 class FileOps(FsBase):
     def create(self, path: str, mode: int, flags: int) -> int:
         bpath = self.new_name(path)
+        label = self.log_name(path, bpath)
         try:
+            # the key first (it may take a KMS call), so that the header is written right
+            # after the create: a kill -9 in between leaves an empty backing file, which
+            # fsck --repair makes a valid empty file again
+            header, cipher = self.keys.new(label)
             fd = self.backing.open(bpath, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode & 0o7777)
         except FileExistsError:  # raced with another creator: open what is there
             return self.open(path, flags & ~(os.O_CREAT | os.O_EXCL))
@@ -30,11 +35,8 @@ class FileOps(FsBase):
             self.names.tidy(bpath)
             raise
         try:
+            f = OpenFile.created(fd, header, cipher, path, self.keys.checker(header, label), label)
             self.own(bpath, fd, mode & 0o7777)
-            label = self.log_name(path, bpath)
-            header, cipher = self.keys.new(label)
-            check = self.keys.checker(header, label)
-            f = OpenFile.created(fd, header, cipher, path, check, label)
         except BaseException:
             os.close(fd)
             with self.backing.at(bpath) as (d, name):

@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
 __all__ = [
     "BadName", "Encoded", "NameCipher", "DIRIV_NAME", "DIRIV_LEN", "ZERO_IV", "LONG_PREFIX", "LONG_SUFFIX",
-    "NAME_MAX", "KEY_LEN", "TMP_SUFFIX", "RMDIR_TMP", "is_long", "check_long", "long_name", "long_target", "is_long_target", "side_name", "b64encode", "b64decode", "pad", "unpad",
+    "NAME_MAX", "KEY_LEN", "TMP_SUFFIX", "RMDIR_TMP", "MKDIR_TMP", "RMDIR_DIR_TMP", "is_long", "check_long", "long_name", "long_target", "is_long_target", "side_name", "b64encode", "b64decode", "pad", "unpad",
 ]
 
 KEY_LEN = 64  # AES-SIV with AES-256: two 256-bit keys
@@ -50,7 +50,9 @@ ZERO_IV = bytes(DIRIV_LEN)  # deterministic names: every directory's value
 LONG_PREFIX = "keyhold.longname."
 LONG_SUFFIX = ".name"
 TMP_SUFFIX = ".tmp"  # a side file or long target being written (renamed into place when whole)
-RMDIR_TMP = DIRIV_NAME + ".rmdir."  # a value moved out of a directory being removed
+RMDIR_TMP = DIRIV_NAME + ".rmdir."  # a value moved out of a directory being removed (older keyhold)
+MKDIR_TMP = "keyhold.mkdir."  # a directory being made, before it has its name
+RMDIR_DIR_TMP = "keyhold.rmdir."  # a directory being removed, after its name went
 _HASH_LEN = 43  # base64url of a SHA-256, without padding
 LONG_LINK_PREFIX = "keyhold.longlink."  # the stored target of a symlink whose target is long
 LONG_LINK_DIR = "keyhold.longlinks"  # at the top: one file per long target, named by its hash

@@ -28,6 +28,8 @@ RESERVED_TOP = frozenset((cipherdir.CONFIG_NAME, TRASH))
 LEFTOVERS = (
     (codec.LONG_PREFIX, codec.LONG_SUFFIX + codec.TMP_SUFFIX, "write of a long name's side file"),
     (codec.RMDIR_TMP, "", "rmdir (the value of a directory removed)"),
+    (codec.MKDIR_TMP, "", "mkdir (a directory not yet named)"),
+    (codec.RMDIR_DIR_TMP, "", "rmdir (a directory already unnamed)"),
 )
 TOP_LEFTOVERS = ((f".{cipherdir.CONFIG_NAME}.tmp-", "", "write of the config"),)
 LEFTOVER = "left by an interrupted"  # how fsck's report names them
