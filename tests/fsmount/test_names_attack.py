@@ -281,3 +281,36 @@ def test_kill_9_while_making_and_removing_long_named_directories(mount, round_):
     assert _fsck(mount).clean, _fsck(mount).damage
     mount.start()
     _walk_no_eio(mount.point)
+
+
+def test_reverse_view_never_follows_a_directory_replaced_by_a_symlink(home, tmp_path, mount_at):
+    """PLAINDIR is a live tree: a directory a process of the view sits in, replaced by a
+    symlink to a directory outside PLAINDIR, must not bring that directory's files into
+    the view (a backup of /home must not carry /etc/shadow because a user swapped a
+    directory for a link); its files read as an error, never as the outside's bytes."""
+    plain, view, outside = tmp_path / "plain", tmp_path / "view", tmp_path / "outside"
+    for d in (plain, view, outside):
+        d.mkdir()
+    (plain / "d").mkdir()
+    (plain / "d" / "f").write_bytes(b"inside")
+    (outside / "f").write_bytes(f"outside {MARKER}".encode())
+    m = mount_at(home, plain, view, tmp_path / "reverse.log", "--reverse")
+    (enc_d,) = [n for n in os.listdir(view) if n != "keyhold-fsmount.conf"]
+    (enc_f,) = os.listdir(view / enc_d)
+    assert (view / enc_d / enc_f).read_bytes()
+    fd = os.open(view / enc_d, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        (plain / "d").rename(plain / "d-moved")
+        os.symlink(outside, plain / "d")
+        def read_f() -> bytes:
+            g = os.open(enc_f, os.O_RDONLY, dir_fd=fd)
+            try:
+                return os.read(g, 1 << 20)  # (was: the outside file, encrypted into the view)
+            finally:
+                os.close(g)
+        assert _errno(read_f) in (errno.ENOTDIR, errno.ELOOP, errno.ENOENT)
+        assert _errno(lambda: os.listdir(fd)) in (errno.ENOTDIR, errno.ELOOP, errno.ENOENT)
+    finally:
+        os.close(fd)
+    m.stop()
+    assert "Traceback" not in (tmp_path / "reverse.log").read_text()
