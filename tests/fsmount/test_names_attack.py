@@ -314,3 +314,24 @@ def test_reverse_view_never_follows_a_directory_replaced_by_a_symlink(home, tmp_
         os.close(fd)
     m.stop()
     assert "Traceback" not in (tmp_path / "reverse.log").read_text()
+
+
+def test_renames_over_long_names_and_hard_links_across_directories_leave_nothing_behind(mount):
+    a, b = "A" * 255, "B" * 254
+    (mount.point / "x").mkdir()
+    (mount.point / "y").mkdir()
+    (mount.point / "x" / a).write_bytes(b"a")
+    (mount.point / "x" / b).write_bytes(b"b")
+    os.rename(mount.point / "x" / a, mount.point / "x" / b)  # onto an existing long name
+    os.link(mount.point / "x" / b, mount.point / "y" / a)  # a long name in another directory
+    os.rename(mount.point / "x" / b, mount.point / "y" / b)
+    os.unlink(mount.point / "y" / a)
+    (mount.point / "x" / a).mkdir()
+    os.rename(mount.point / "x" / a, mount.point / "y" / a)  # a directory with a long name
+    assert sorted(os.listdir(mount.point / "y")) == [a, b] and os.listdir(mount.point / "x") == []
+    assert (mount.point / "y" / b).read_bytes() == b"a"
+    mount.stop()
+    report = _fsck(mount)
+    assert report.clean, report.damage
+    sides = [n for _, dirs, files in os.walk(mount.cipher) for n in files if n.endswith(codec.LONG_SUFFIX)]
+    assert len(sides) == 2
