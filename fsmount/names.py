@@ -184,7 +184,7 @@ class NameCipher:
             raw = unpad(self._siv.decrypt(data, [NAME_AD, iv]))
         except InvalidTag:
             raise BadName("does not authenticate in this directory") from None
-        if not raw or b"/" in raw or b"\0" in raw or raw in (b".", b".."):
+        if not raw or len(raw) > NAME_MAX or b"/" in raw or b"\0" in raw or raw in (b".", b".."):
             raise BadName("not a file name")
         return _fs_str(raw)
 

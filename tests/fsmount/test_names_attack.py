@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
 from kmscore import Kms
 
@@ -335,3 +336,14 @@ def test_renames_over_long_names_and_hard_links_across_directories_leave_nothing
     assert report.clean, report.damage
     sides = [n for _, dirs, files in os.walk(mount.cipher) for n in files if n.endswith(codec.LONG_SUFFIX)]
     assert len(sides) == 2
+
+
+@pytest.mark.parametrize("raw", [b"a/b", b".", b"..", b"a\0b", b"x" * 256, b"", b"/"])
+def test_an_authentic_name_that_is_no_file_name_is_refused(raw):
+    """Names the key holder never writes (a bug of another tool with the key, a future
+    format): one that decodes to a path, `.`, `..`, NUL, nothing or over 255 bytes is
+    refused, never handed to the kernel as a name."""
+    key, iv = os.urandom(codec.KEY_LEN), os.urandom(16)
+    forged = codec.b64encode(AESSIV(key).encrypt(codec.pad(raw), [codec.NAME_AD, iv]))
+    with pytest.raises(codec.BadName):
+        codec.NameCipher(key).decrypt(iv, forged)
