@@ -16,9 +16,24 @@ makes its backing calls through it.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 
 PATH_MAX = 4096
+RENAME_NOREPLACE = 1 << 0
+RENAME_EXCHANGE = 1 << 1
+_libc = ctypes.CDLL(None, use_errno=True)
+_renameat2 = getattr(_libc, "renameat2", None)
+
+
+def renameat2(old_dir: int, old: str, new_dir: int, new: str, flags: int) -> None:
+    """renameat2(2) with its flags (Python's os.rename has none); EINVAL without it."""
+    if _renameat2 is None:
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+    if _renameat2(old_dir, os.fsencode(old), new_dir, os.fsencode(new), flags) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
 _SHORT = (PATH_MAX - 1) // 4  # characters that are surely < PATH_MAX bytes in UTF-8
 _WALK = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 

@@ -90,6 +90,30 @@ class FsBase:
             raise fs_error(errno.EPERM)
         return self.names.create_name(path)
 
+    def log_name(self, path: str, bpath: str | None = None) -> str:
+        """How log lines and key errors name mount path `path`: the path itself with plain
+        names; with encrypted names its backing path, which `kms fs info` maps back, so
+        that a log (often shipped off the machine) never carries the names the cipher
+        directory hides."""
+        if not self.names.encrypted:
+            return path
+        if bpath is None:
+            try:
+                bpath = self.backing_path(path)
+            except OSError:
+                return "(a file whose backing path is not known)"
+        return bpath
+
+    def xattr_log_name(self, path: str, name: str) -> str:
+        """`log_name` of an extended attribute: its stored (encrypted) name with encrypted names."""
+        if not self.names.encrypted:
+            return f"{path} ({name})"
+        try:
+            stored = self.names.xattr_in(name)
+        except OSError:
+            stored = "an attribute name too long to store"
+        return f"{self.log_name(path)} ({stored})"
+
     # -- ownership -----------------------------------------------------------------------
     def own(self, bpath: str, fd: int | None = None, mode: int | None = None) -> None:
         """Give a new file to the calling user, as ext4 would (setgid dirs pass their gid).

@@ -22,7 +22,12 @@ _ACCESS = os.O_ACCMODE | os.O_APPEND | os.O_TRUNC | os.O_CREAT | os.O_EXCL
 class FileOps(FsBase):
     def create(self, path: str, mode: int, flags: int) -> int:
         bpath = self.new_name(path)
+        label = self.log_name(path, bpath)
         try:
+            # the key first (it may take a KMS call), so that the header is written right
+            # after the create: a kill -9 in between leaves an empty backing file, which
+            # fsck --repair makes a valid empty file again
+            header, cipher = self.keys.new(label)
             fd = self.backing.open(bpath, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode & 0o7777)
         except FileExistsError:  # raced with another creator: open what is there
             return self.open(path, flags & ~(os.O_CREAT | os.O_EXCL))
@@ -30,10 +35,8 @@ class FileOps(FsBase):
             self.names.tidy(bpath)
             raise
         try:
+            f = OpenFile.created(fd, header, cipher, path, self.keys.checker(header, label), label)
             self.own(bpath, fd, mode & 0o7777)
-            header, cipher = self.keys.new(path)
-            check = self.keys.checker(header, path)
-            f = OpenFile.created(fd, header, cipher, path, check)
         except BaseException:
             os.close(fd)
             with self.backing.at(bpath) as (d, name):
@@ -54,7 +57,8 @@ class FileOps(FsBase):
             inode = inode_of(st)
             # the length is read under the handles' lock, in make(): a release of the last
             # handle may be writing the tail (or settling an end marker) right now
-            fh, f = self.handles.acquire(inode, lambda: self._load(fd, path, os.fstat(fd).st_size))
+            label = self.log_name(path, bpath)
+            fh, f = self.handles.acquire(inode, lambda: self._load(fd, path, os.fstat(fd).st_size, label))
         except BaseException:
             os.close(fd)
             raise
@@ -68,17 +72,17 @@ class FileOps(FsBase):
                 raise
         return fh
 
-    def _load(self, fd: int, path: str, backing_length: int) -> OpenFile:
+    def _load(self, fd: int, path: str, backing_length: int, label: str) -> OpenFile:
         try:
             header = read_header(fd)
         except EnvelopeError as e:
-            log.error("integrity: %s: not a valid envelope: %s", path, e)
+            log.error("integrity: %s: not a valid envelope: %s", label, e)
             raise fs_error(errno.EIO) from None
         if Layout(header.size, header.frame_size).plaintext_size(backing_length) is None:
-            log.error("integrity: %s: backing file length %d fits no envelope (truncated)", path, backing_length)
+            log.error("integrity: %s: backing file length %d fits no envelope (truncated)", label, backing_length)
             raise fs_error(errno.EIO)
-        cipher = self.keys.open(header, path)
-        return OpenFile.opened(fd, header, cipher, backing_length, path, self.keys.checker(header, path))
+        cipher = self.keys.open(header, label)
+        return OpenFile.opened(fd, header, cipher, backing_length, path, self.keys.checker(header, label), label)
 
     def read(self, path: str | None, size: int, offset: int, fh: int) -> bytes:
         return self.handles.get(fh).read(offset, size)

@@ -10,27 +10,17 @@ atomically (via renameat2) instead of silently dropping them.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import stat
 from typing import Any
 
+from fsmount.dirfd import RENAME_EXCHANGE, RENAME_NOREPLACE, renameat2
 from fsmount.fs_base import HIDDEN_TOP, FsBase, inode_of
 from fsmount.openfile import fs_error
 from fsmount.unlinked import is_hidden, trash_path
 
-RENAME_NOREPLACE = 1 << 0
-RENAME_EXCHANGE = 1 << 1
-_libc = ctypes.CDLL(None, use_errno=True)
-_renameat2 = getattr(_libc, "renameat2", None)
-
-
-def renameat2(old_dir: int, old: str, new_dir: int, new: str, flags: int) -> None:
-    if _renameat2 is None:
-        raise fs_error(errno.EINVAL)
-    if _renameat2(old_dir, os.fsencode(old), new_dir, os.fsencode(new), flags) != 0:
-        raise fs_error(ctypes.get_errno())
+__all__ = ["TreeOps", "RENAME_NOREPLACE", "RENAME_EXCHANGE", "renameat2"]
 
 
 class TreeOps(FsBase):

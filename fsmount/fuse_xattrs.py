@@ -68,7 +68,7 @@ class XattrOps(FsBase):
             raise fs_error(errno.ENOTSUP)
         if len(value) > xattrs.XATTR_SIZE_MAX:
             raise fs_error(errno.E2BIG)
-        header, cipher = self.keys.new(f"{path} ({name})", xattrs.FRAME_SIZE)
+        header, cipher = self.keys.new(self.xattr_log_name(path, name), xattrs.FRAME_SIZE)
         stored = xattrs.seal(header, cipher, name, value)
         if len(stored) > xattrs.XATTR_SIZE_MAX:
             raise fs_error(errno.E2BIG)  # the value with its envelope does not fit
@@ -87,12 +87,12 @@ class XattrOps(FsBase):
             stored = os.getxattr(proc, stored_name)
         finally:
             os.close(fd)
-        label = f"{path} ({name})"
+        label = self.xattr_log_name(path, name)
         try:
             header = xattrs.header_of(stored)
             return xattrs.open_value(header, self.keys.open(header, label), name, stored)
         except xattrs.XattrFormatError as e:
-            log.error("integrity: %s: extended attribute %s: %s", path, name, e)
+            log.error("integrity: extended attribute %s: %s", label, e)
             raise fs_error(errno.EIO) from None
 
     def listxattr(self, path: str) -> list[str]:

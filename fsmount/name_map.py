@@ -30,14 +30,13 @@ import threading
 from collections.abc import Iterator
 
 from fsmount import names as codec
-from fsmount.dirfd import Backing
+from fsmount.dirfd import RENAME_NOREPLACE, Backing, renameat2
 from fsmount.errors import CipherDirError
 
 log = logging.getLogger("fsmount")
 
 DIR_CACHE = 50_000  # mount directories whose backing path and value we remember
 NAME_CACHE = 100_000  # encrypted names we remember (keyed by directory value and name: never stale)
-RMDIR_TMP = codec.DIRIV_NAME + ".rmdir."
 
 
 def _err(code: int) -> OSError:
@@ -68,13 +67,20 @@ def read_iv(backing: Backing, bdir: str) -> bytes:
 
 
 def iv_at(dir_fd: int) -> bytes:
-    """The per-directory value of an open backing directory."""
-    fd = os.open(codec.DIRIV_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    """The per-directory value of an open backing directory; EIO (logged by inode: the
+    caller's path is a plaintext one) if it is missing or damaged, as in `read_iv`."""
+    try:
+        fd = os.open(codec.DIRIV_NAME, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError:
+        log.error("integrity: backing directory (inode %d) has no %s: its names cannot be read",
+                  os.fstat(dir_fd).st_ino, codec.DIRIV_NAME)
+        raise _err(errno.EIO) from None
     try:
         iv = os.read(fd, codec.DIRIV_LEN + 1)
     finally:
         os.close(fd)
     if len(iv) != codec.DIRIV_LEN or iv == codec.ZERO_IV:
+        log.error("integrity: %s of backing directory (inode %d) is damaged", codec.DIRIV_NAME, os.fstat(dir_fd).st_ino)
         raise _err(errno.EIO)
     return iv
 
@@ -93,6 +99,18 @@ def write_iv_at(dir_fd: int) -> None:
     os.close(fd)
 
 
+def _remove_made(dir_fd: int, name: str) -> None:
+    """Remove directory `name` of `dir_fd` holding at most its value (made writable first:
+    a user's mount cannot unlink in a directory of mode 0500)."""
+    if os.geteuid() != 0:
+        os.chmod(name, 0o700, dir_fd=dir_fd, follow_symlinks=False)
+    try:
+        os.unlink(name + "/" + codec.DIRIV_NAME, dir_fd=dir_fd)
+    except FileNotFoundError:
+        pass
+    os.rmdir(name, dir_fd=dir_fd)
+
+
 def read_side(dir_fd: int, backing_name: str) -> str:
     """The encoded name a long-name entry's side file holds."""
     fd = os.open(codec.side_name(backing_name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
@@ -100,10 +118,7 @@ def read_side(dir_fd: int, backing_name: str) -> str:
         raw = os.read(fd, 4096)
     finally:
         os.close(fd)
-    text = raw.decode("ascii", "replace")
-    if codec.long_name(text) != backing_name:
-        raise codec.BadName("long-name side file does not match its entry")
-    return text
+    return codec.check_long(backing_name, raw.decode("ascii", "replace"))
 
 
 class PlainNames:
@@ -243,7 +258,7 @@ class EncryptedNames(PlainNames):
             return  # there already (the entry exists, or a crash left it): same content
         except FileNotFoundError:
             pass
-        tmp = side + ".tmp"
+        tmp = side + codec.TMP_SUFFIX
         fd = self.backing.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o400)
         try:
             os.write(fd, full.encode("ascii"))
@@ -278,63 +293,52 @@ class EncryptedNames(PlainNames):
 
     # -- directories ---------------------------------------------------------------------
     def mkdir(self, bpath: str, mode: int) -> None:
+        """Made whole under a hidden temporary name (`keyhold.mkdir.*`: value written,
+        mode set), then renamed into place without replacing anything: a crash at any
+        point leaves either no directory or a whole one, plus at worst a temporary that
+        is never listed and that `kms fs fsck --repair` removes."""
         if not self.per_dir:
             return super().mkdir(bpath, mode)
         with self.backing.at(bpath) as (d, name):
-            os.mkdir(name, 0o700, dir_fd=d)
+            tmp = f"{codec.MKDIR_TMP}{os.urandom(8).hex()}"
+            os.mkdir(tmp, 0o700, dir_fd=d)
             try:
-                fd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=d)
+                fd = os.open(tmp, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=d)
                 try:
                     write_iv_at(fd)
                     inherited = os.fstat(fd).st_mode & stat.S_ISGID  # from a setgid parent
                 finally:
                     os.close(fd)
-                os.chmod(name, (mode & 0o1777) | inherited, dir_fd=d, follow_symlinks=False)
+                os.chmod(tmp, (mode & 0o1777) | inherited, dir_fd=d, follow_symlinks=False)
+                renameat2(d, tmp, d, name, RENAME_NOREPLACE)
             except BaseException:
-                try:
-                    os.unlink(name + "/" + codec.DIRIV_NAME, dir_fd=d)
-                except OSError:
-                    pass
-                os.rmdir(name, dir_fd=d)
+                _remove_made(d, tmp)
                 raise
 
     def rmdir(self, bpath: str) -> None:
+        """Renamed to a hidden temporary name (`keyhold.rmdir.*`) first, so that the name
+        goes in one step; then emptied of its value and removed. A crash leaves at worst
+        that temporary (never listed; `kms fs fsck --repair` removes it), never a
+        directory whose names cannot be read."""
         if not self.per_dir:
             return super().rmdir(bpath)
         with self.backing.at(bpath) as (d, name):
             st = os.stat(name, dir_fd=d, follow_symlinks=False)
             if not stat.S_ISDIR(st.st_mode):
                 raise _err(errno.ENOTDIR)
-            restore = None
-            if os.geteuid() != 0 and st.st_mode & 0o700 != 0o700:  # the value must be moved out
-                os.chmod(name, st.st_mode | 0o700, dir_fd=d)
-                restore = stat.S_IMODE(st.st_mode)
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=d)
             try:
-                fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=d)
-                try:
-                    left = [n for n in os.listdir(fd) if n != codec.DIRIV_NAME]
-                    if left:
-                        raise _err(errno.ENOTEMPTY)
-                    tmp = f"{RMDIR_TMP}{os.urandom(8).hex()}"
-                    try:
-                        os.rename(codec.DIRIV_NAME, tmp, src_dir_fd=fd, dst_dir_fd=d)
-                    except FileNotFoundError:
-                        log.warning("rmdir: backing directory %s had no %s", bpath, codec.DIRIV_NAME)
-                        tmp = None
-                    try:
-                        os.rmdir(name, dir_fd=d)
-                    except OSError:
-                        if tmp is not None:
-                            os.rename(tmp, codec.DIRIV_NAME, src_dir_fd=d, dst_dir_fd=fd)
-                        raise
-                    restore = None
-                    if tmp is not None:
-                        os.unlink(tmp, dir_fd=d)
-                finally:
-                    os.close(fd)
+                if any(n != codec.DIRIV_NAME for n in os.listdir(fd)):
+                    raise _err(errno.ENOTEMPTY)
             finally:
-                if restore is not None:
-                    os.chmod(name, restore, dir_fd=d)
+                os.close(fd)
+            tmp = f"{codec.RMDIR_DIR_TMP}{os.urandom(8).hex()}"
+            renameat2(d, name, d, tmp, RENAME_NOREPLACE)
+            try:
+                _remove_made(d, tmp)
+            except OSError:
+                renameat2(d, tmp, d, name, RENAME_NOREPLACE)  # (a file appeared: the kernel's locks say it cannot)
+                raise
 
     def empty_dir(self, bpath: str) -> bool:
         """True if backing directory `bpath` holds nothing but its value (a rename may
@@ -389,13 +393,13 @@ class EncryptedNames(PlainNames):
         except FileExistsError:
             pass
         blob = f"{codec.LONG_LINK_DIR}/{marker[len(codec.LONG_LINK_PREFIX):]}"
-        fd = os.open(blob + ".tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o400,
+        fd = os.open(blob + codec.TMP_SUFFIX, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o400,
                      dir_fd=self.backing.fd)
         try:
             os.write(fd, stored.encode("ascii"))
         finally:
             os.close(fd)
-        os.rename(blob + ".tmp", blob, src_dir_fd=self.backing.fd, dst_dir_fd=self.backing.fd)
+        os.rename(blob + codec.TMP_SUFFIX, blob, src_dir_fd=self.backing.fd, dst_dir_fd=self.backing.fd)
         return marker
 
     def target_out(self, stored: str, where: str) -> str:

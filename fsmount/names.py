@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
 __all__ = [
     "BadName", "Encoded", "NameCipher", "DIRIV_NAME", "DIRIV_LEN", "ZERO_IV", "LONG_PREFIX", "LONG_SUFFIX",
-    "NAME_MAX", "KEY_LEN", "is_long", "long_name", "long_target", "is_long_target", "side_name", "b64encode", "b64decode", "pad", "unpad",
+    "NAME_MAX", "KEY_LEN", "TMP_SUFFIX", "RMDIR_TMP", "MKDIR_TMP", "RMDIR_DIR_TMP", "is_long", "check_long", "long_name", "long_target", "is_long_target", "side_name", "b64encode", "b64decode", "pad", "unpad",
 ]
 
 KEY_LEN = 64  # AES-SIV with AES-256: two 256-bit keys
@@ -49,6 +49,11 @@ DIRIV_LEN = 16
 ZERO_IV = bytes(DIRIV_LEN)  # deterministic names: every directory's value
 LONG_PREFIX = "keyhold.longname."
 LONG_SUFFIX = ".name"
+TMP_SUFFIX = ".tmp"  # a side file or long target being written (renamed into place when whole)
+RMDIR_TMP = DIRIV_NAME + ".rmdir."  # a value moved out of a directory being removed (older keyhold)
+MKDIR_TMP = "keyhold.mkdir."  # a directory being made, before it has its name
+RMDIR_DIR_TMP = "keyhold.rmdir."  # a directory being removed, after its name went
+_HASH_LEN = 43  # base64url of a SHA-256, without padding
 LONG_LINK_PREFIX = "keyhold.longlink."  # the stored target of a symlink whose target is long
 LONG_LINK_DIR = "keyhold.longlinks"  # at the top: one file per long target, named by its hash
 NAME_MAX = 255  # bytes of one name, plaintext and backing
@@ -95,8 +100,10 @@ def unpad(data: bytes) -> bytes:
 
 
 def is_long(backing_name: str) -> bool:
-    """True for a long-name entry (not its side file)."""
-    return backing_name.startswith(LONG_PREFIX) and not backing_name.endswith(LONG_SUFFIX)
+    """True for a long-name entry: the prefix and a hash, nothing else (not its side
+    file, nor a temporary of one a crash left)."""
+    digest = backing_name[len(LONG_PREFIX):]
+    return backing_name.startswith(LONG_PREFIX) and len(digest) == _HASH_LEN and "." not in digest
 
 
 def long_name(encoded: str) -> str:
@@ -107,6 +114,18 @@ def long_name(encoded: str) -> str:
 def long_target(stored: str) -> str:
     """What a symlink holds when its encrypted target `stored` is too long for one."""
     return LONG_LINK_PREFIX + b64encode(hashlib.sha256(stored.encode("ascii")).digest())
+
+
+def check_long(backing_name: str, encoded: str) -> str:
+    """`encoded`, read from long-name entry `backing_name`'s side file, if it belongs
+    there: its hash is the entry's name, and it is too long to be stored as itself (the
+    mount never makes a long entry for a name that fits: one would be a second spelling
+    of a name, listed twice). BadName otherwise."""
+    if long_name(encoded) != backing_name:
+        raise BadName("long-name side file does not match its entry")
+    if len(encoded) <= NAME_MAX:
+        raise BadName("not a long name")
+    return encoded
 
 
 def is_long_target(link: str) -> bool:
@@ -165,7 +184,7 @@ class NameCipher:
             raw = unpad(self._siv.decrypt(data, [NAME_AD, iv]))
         except InvalidTag:
             raise BadName("does not authenticate in this directory") from None
-        if not raw or b"/" in raw or b"\0" in raw or raw in (b".", b".."):
+        if not raw or len(raw) > NAME_MAX or b"/" in raw or b"\0" in raw or raw in (b".", b".."):
             raise BadName("not a file name")
         return _fs_str(raw)
 

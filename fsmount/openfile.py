@@ -113,13 +113,15 @@ class OpenFile:
         name: str,
         check: Callable[[], None],
         marker: int | None = None,
+        label: str | None = None,
     ) -> None:
         self.fd = fd
         self.header = header
         self.cipher = cipher
         self.layout = Layout(header.size, header.frame_size)
         self.size = size
-        self.name = name  # for log lines; the path at first open
+        self.name = name  # the mount path (kept current on rename: the kernel cache is dropped by it)
+        self.label = label or name  # for log lines: the backing path at first open with encrypted names
         self.check = check  # raises OSError(ENOKEY) once the CMK is revoked
         self.lock = threading.Lock()
         self.refs = 0
@@ -132,31 +134,33 @@ class OpenFile:
 
     @classmethod
     def opened(
-        cls, fd: int, header: Header, cipher: FrameCipher, backing_length: int, name: str, check: Callable[[], None]
+        cls, fd: int, header: Header, cipher: FrameCipher, backing_length: int, name: str, check: Callable[[], None],
+        label: str | None = None,
     ) -> OpenFile:
         """The state of an existing backing file; EIO if its length or end marker is wrong."""
         lay = Layout(header.size, header.frame_size)
         end = slots.ending(lay, backing_length)
         if (end is None or end.marker is None) and backing_length % TORN_ALIGN == 0:
-            mended = _mend_torn_tail(fd, lay, cipher, backing_length, name)
+            mended = _mend_torn_tail(fd, lay, cipher, backing_length, label or name)
             if mended is not None:
                 backing_length, end = mended, slots.ending(lay, mended)
         if end is None:
-            raise _damaged(name, f"backing file length {backing_length} fits no envelope (truncated)")
+            raise _damaged(label or name, f"backing file length {backing_length} fits no envelope (truncated)")
         if end.marker is not None:
             try:
                 slots.open_marker(cipher, end.marker, os.pread(fd, lay.stride, lay.frame_offset(end.marker)))
             except FrameAuthError:
-                raise _damaged(name, f"end marker {end.marker} failed authentication (tampered or truncated)") from None
-        return cls(fd, header, cipher, end.size, name, check, end.marker)
+                raise _damaged(label or name, f"end marker {end.marker} failed authentication (tampered or truncated)") from None
+        return cls(fd, header, cipher, end.size, name, check, end.marker, label)
 
     @classmethod
     def created(
-        cls, fd: int, header: Header, cipher: FrameCipher, name: str, check: Callable[[], None]
+        cls, fd: int, header: Header, cipher: FrameCipher, name: str, check: Callable[[], None],
+        label: str | None = None,
     ) -> OpenFile:
         """A new, empty file: writes a valid empty envelope (header, one empty final frame)."""
         os.pwrite(fd, header.encode() + cipher.seal(0, b"", True), 0)
-        f = cls(fd, header, cipher, 0, name, check)
+        f = cls(fd, header, cipher, 0, name, check, label=label)
         f._tail = bytearray()  # known: no need to read and open the frame just written
         return f
 
@@ -165,14 +169,14 @@ class OpenFile:
         try:
             return slots.open_slot(self.cipher, index, frame, final)
         except FrameAuthError:
-            raise _damaged(self.name, f"frame {index} failed authentication (tampered, swapped or truncated)") from None
+            raise _damaged(self.label, f"frame {index} failed authentication (tampered, swapped or truncated)") from None
 
     def _open_frame_into(self, index: int, frame: memoryview, out: memoryview) -> None:
         try:
             self.cipher.open_into(index, frame, False, out)
         except FrameAuthError:
             if not slots.is_hole(frame):
-                raise _damaged(self.name, f"frame {index} failed authentication (tampered, swapped or truncated)") from None
+                raise _damaged(self.label, f"frame {index} failed authentication (tampered, swapped or truncated)") from None
             out[:] = bytes(len(out))  # a hole (never written): zeros
 
     def _read_frames(self, first: int, last: int) -> list[bytes]:
@@ -185,7 +189,7 @@ class OpenFile:
         for n, index in enumerate(range(first, last + 1)):
             frame = view[n * lay.stride : (n + 1) * lay.stride]
             if len(frame) != lay.stride:
-                log.error("integrity: %s: frame %d is cut short", self.name, index)
+                log.error("integrity: %s: frame %d is cut short", self.label, index)
                 raise fs_error(errno.EIO)
             out.append(self._open_frame(index, frame, False))
         return out
@@ -197,7 +201,7 @@ class OpenFile:
             length = self.size - lay.frame_start(index)
             frame = os.pread(self.fd, length + 28, lay.frame_offset(index))
             if len(frame) != length + 28:
-                raise _damaged(self.name, f"frame {index} is cut short")
+                raise _damaged(self.label, f"frame {index} is cut short")
             # after an end marker, the last frame is a full one stored non-final
             self._tail = bytearray(self._open_frame(index, frame, self._marker is None))
         return self._tail
@@ -235,7 +239,7 @@ class OpenFile:
                 for n, index in enumerate(range(first, disk_last + 1)):
                     frame = data[n * lay.stride : (n + 1) * lay.stride]
                     if len(frame) != lay.stride:
-                        log.error("integrity: %s: frame %d is cut short", self.name, index)
+                        log.error("integrity: %s: frame %d is cut short", self.label, index)
                         raise fs_error(errno.EIO)
                     start = lay.frame_start(index)
                     lo, hi = max(offset, start), min(end, start + lay.frame_size)
@@ -430,7 +434,7 @@ class OpenFile:
             self._flush_tail(force=True)
         except OSError as e:
             log.error("%s: the end of the file could not be restored after a failed write (%s);"
-                      " run kms fs fsck --repair", self.name, e.strerror)
+                      " run kms fs fsck --repair", self.label, e.strerror)
 
     def _zero(self, offset: int, end: int) -> None:
         """Zeros in plaintext [offset, end) (end <= size): whole frames become holes."""

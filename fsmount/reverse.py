@@ -29,6 +29,7 @@ FUSE side.
 from __future__ import annotations
 
 import base64
+import contextlib
 import errno
 import hashlib
 import hmac
@@ -38,6 +39,7 @@ import os
 import stat
 import struct
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,7 @@ STATE_FORMAT = "keyhold-fsmount-reverse"
 _NONCE_LABEL = b"keyhold-fsmount reverse v1 nonce"
 _ID_LABEL = b"keyhold-fsmount reverse v1 message id"
 _INDEX = struct.Struct(">QB")
+_WALK = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC  # a parent: never through a symlink
 ENVELOPE_VERSION = 1
 
 
@@ -204,7 +207,7 @@ class ReverseFS(mfusepy.Operations):
         hit = self._long.get((rel, entry))
         if hit is not None:
             return hit
-        for name in os.listdir(self._plain(rel) or "."):
+        for name in self._listdir(rel):
             enc = self.view.name(name)
             if enc.long:
                 if len(self._long) > 100_000:
@@ -214,13 +217,36 @@ class ReverseFS(mfusepy.Operations):
                     return name
         raise _err(errno.ENOENT)
 
-    def _plain(self, rel: str) -> str:
-        return self.root + rel
+    @contextlib.contextmanager
+    def _at(self, rel: str) -> Iterator[tuple[int, str]]:
+        """(dir fd, last name; "." for the top) of plain path `rel`, every parent opened
+        without following a symlink: PLAINDIR is a live tree, and a directory replaced
+        by a symlink (to /etc) while the view is in use must not bring what it points
+        at into the view (ENOTDIR instead)."""
+        parts = [p for p in rel.split("/") if p]
+        fd = os.open(self.root, _WALK)
+        try:
+            for part in parts[:-1]:
+                child = os.open(part, _WALK, dir_fd=fd)
+                os.close(fd)
+                fd = child
+            yield fd, parts[-1] if parts else "."
+        finally:
+            os.close(fd)
+
+    def _listdir(self, rel: str) -> list[str]:
+        with self._at(rel) as (d, name):
+            fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=d)
+        try:
+            return os.listdir(fd)
+        finally:
+            os.close(fd)
 
     # -- attributes ----------------------------------------------------------------------
     def getattr(self, path: str, fh: int | None = None) -> dict[str, Any]:
         rel, virtual = self._resolve(path)
-        st = os.lstat(self._plain(rel) if virtual is None else self.root)
+        with self._at(rel if virtual is None else "") as (d, name):
+            st = os.stat(name, dir_fd=d, follow_symlinks=False)
         attrs = {k: getattr(st, k) for k in ("st_mode", "st_ino", "st_nlink", "st_uid", "st_gid", "st_size",
                                              "st_blocks", "st_blksize")}
         attrs.update(st_atime=st.st_atime_ns, st_mtime=st.st_mtime_ns, st_ctime=st.st_ctime_ns)
@@ -230,7 +256,7 @@ class ReverseFS(mfusepy.Operations):
             header = self.view.header(rel)
             attrs["st_size"] = Layout(header.size, header.frame_size).backing_length(st.st_size)
         elif stat.S_ISLNK(st.st_mode):
-            attrs["st_size"] = len(self._target(rel))
+            attrs["st_size"] = len(self._target(rel, path))
         return attrs
 
     def readdir(self, path: str, fh: int) -> list[Any]:
@@ -240,7 +266,7 @@ class ReverseFS(mfusepy.Operations):
         out: list[Any] = [".", ".."]
         if rel == "":
             out.append(cipherdir.CONFIG_NAME)
-        for name in sorted(os.listdir(self._plain(rel) or self.root)):
+        for name in sorted(self._listdir(rel)):
             if rel == "" and name == STATE_NAME:
                 continue
             enc = self.view.name(name)
@@ -252,13 +278,17 @@ class ReverseFS(mfusepy.Operations):
 
     def readlink(self, path: str) -> str:
         rel, _ = self._resolve(path)
-        return self._target(rel)
+        return self._target(rel, path)
 
-    def _target(self, rel: str) -> str:
+    def _target(self, rel: str, path: str) -> str:
+        """The view's (encrypted) target of plain symlink `rel`; logged by its view
+        path `path`, which names nothing in the clear."""
         try:
-            return self.view.target(os.readlink(self._plain(rel)))
+            with self._at(rel) as (d, name):
+                stored = os.readlink(name, dir_fd=d)
+            return self.view.target(stored)
         except codec.BadName as e:
-            log.error("reverse: symlink %s: %s", rel, e)
+            log.error("reverse: symlink %s: %s", path, e)
             raise _err(errno.EIO) from None
 
     def statfs(self, path: str) -> dict[str, int]:
@@ -274,7 +304,8 @@ class ReverseFS(mfusepy.Operations):
         if virtual is not None:
             item: _Open | bytes = virtual
         else:
-            fd = os.open(self._plain(rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            with self._at(rel) as (d, name):
+                fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=d)
             header = self.view.header(rel)
             item = _Open(fd, header, self.view.cipher(header), os.fstat(fd).st_size)
         with self._lock:

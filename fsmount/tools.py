@@ -15,17 +15,18 @@ from pathlib import Path
 from typing import Any
 
 from kmscore.blob import peek_key
-from kmscore.envelope import EnvelopeError, FrameAuthError, FrameCipher, Header, open_envelope, rewrap as rewrap_header
+from kmscore.envelope import EnvelopeError, FrameAuthError, FrameCipher, Header, new_envelope, open_envelope
+from kmscore.envelope import rewrap as rewrap_header
 from kmscore.errors import KmsError
 from kmscore.facade import Kms
 from kmscore.progress import track
 
-from fsmount import cipherdir, names, slots, xattr_rewrap, xattrs
+from fsmount import cipherdir, name_map, names, slots, xattr_rewrap, xattrs
 from fsmount.errors import CipherDirError, DamagedFile, MountError
 from fsmount.fs_base import read_header
 from fsmount.layout import Layout
 from fsmount.repair import repair_file
-from fsmount.tree_names import TreeNames, find_cipher_dir
+from fsmount.tree_names import LEFTOVER, TreeNames, find_cipher_dir
 
 BATCH = 64  # frames read per pread
 Progress = Callable[[int, int], None]  # (files done, files total)
@@ -340,7 +341,11 @@ def fsck(
             report.backing[rel] = str(path.relative_to(cipher_dir))
         report.files += 1
         count, damage = _check_file(kms, path, rel)
-        if damage and repair:
+        if damage and repair and path.stat().st_size == 0:
+            _give_empty_envelope(kms, config, path)  # a create killed before its header
+            count, damage = _check_file(kms, path, rel)
+            report.repaired.append((rel, "empty backing file (a create interrupted) made a valid empty file"))
+        elif damage and repair:
             try:
                 done = repair_file(kms, path)
             except DamagedFile as e:
@@ -372,13 +377,56 @@ def _check_names(kms: Kms, cipher_dir: str | os.PathLike, report: FsckReport, re
                 tree.target_of(entry.backing)
             except names.BadName as e:
                 problems.append((str(entry.backing.relative_to(tree.root)), f"symlink target: {e}"))
+    problems += tree.orphan_targets()
     for rel, what in problems:
         if repair and what == "long-name side file without its entry":
             (tree.root / rel).unlink(missing_ok=True)  # what a crash between the two leaves
             report.repaired.append((rel, "orphan long-name side file removed"))
             continue
+        if repair and (done := _repair_name(tree.root / rel, what)):
+            report.repaired.append((rel, done))
+            continue
         report.damage.append((rel, None, what))
     return shown
+
+
+def _give_empty_envelope(kms: Kms, config, path: Path) -> None:
+    """The mount writes a file's header right after creating it; a backing file of 0
+    bytes is one whose create was killed in between (it never returned to anyone): it
+    becomes what the create would have made, an empty file under the directory's key."""
+    header, cipher = new_envelope(kms, config.key_id, config.frame_size)
+    fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW)
+    try:
+        if os.fstat(fd).st_size == 0:
+            os.pwrite(fd, header.encode() + cipher.seal(0, b"", True), 0)
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _repair_name(path: Path, what: str) -> str | None:
+    """Undo what a crash left of a name change (`what` as fsck reported it); what was
+    done, or None if it is not a crash's leftover or not safe to touch."""
+    if what.startswith(LEFTOVER):
+        if path.is_dir() and not path.is_symlink():
+            if any(n != names.DIRIV_NAME for n in os.listdir(path)):
+                return None  # a directory being made or removed holds nothing else
+            path.chmod(0o700)
+            (path / names.DIRIV_NAME).unlink(missing_ok=True)
+            path.rmdir()
+        else:
+            path.unlink(missing_ok=True)
+        return "removed: " + what.split(": ")[0]
+    if what.startswith(names.DIRIV_NAME) and path.is_dir() and not os.listdir(path):
+        # an empty directory without its value: made by a keyhold before mkdir was atomic
+        # and killed in between; with no name in it, a new value loses nothing
+        fd = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            name_map.write_iv_at(fd)
+        finally:
+            os.close(fd)
+        return f"empty directory given a new {names.DIRIV_NAME}"
+    return None
 
 
 def _check_file(kms: Kms, path: Path, rel: str) -> tuple[int, list[tuple[str, int | None, str]]]:

@@ -23,6 +23,25 @@ from fsmount.unlinked import TRASH
 
 RESERVED_TOP = frozenset((cipherdir.CONFIG_NAME, TRASH))
 
+# What a mount killed between two steps of a name change leaves, as (how the backing
+# name starts, how it ends, the step): never a user's name, so fsck --repair removes it.
+LEFTOVERS = (
+    (codec.LONG_PREFIX, codec.LONG_SUFFIX + codec.TMP_SUFFIX, "write of a long name's side file"),
+    (codec.RMDIR_TMP, "", "rmdir (the value of a directory removed)"),
+    (codec.MKDIR_TMP, "", "mkdir (a directory not yet named)"),
+    (codec.RMDIR_DIR_TMP, "", "rmdir (a directory already unnamed)"),
+)
+TOP_LEFTOVERS = ((f".{cipherdir.CONFIG_NAME}.tmp-", "", "write of the config"),)
+LEFTOVER = "left by an interrupted"  # how fsck's report names them
+
+
+def leftover(name: str, top: bool = False) -> str | None:
+    """What a crash interrupted if backing name `name` is one of its leftovers, else None."""
+    for start, end, step in LEFTOVERS + (TOP_LEFTOVERS if top else ()):
+        if name.startswith(start) and name.endswith(end) and len(name) > len(start) + len(end):
+            return f"{LEFTOVER} {step}: safe to remove"
+    return None
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -112,9 +131,7 @@ class TreeNames:
             text = (bdir / codec.side_name(long_entry)).read_bytes().decode("ascii", "replace")
         except OSError as e:
             raise codec.BadName(f"long-name side file unreadable: {e.strerror}") from None
-        if codec.long_name(text) != long_entry:
-            raise codec.BadName("long-name side file does not match its entry")
-        return text
+        return codec.check_long(long_entry, text)
 
     def target_of(self, link: Path) -> str:
         stored = os.readlink(link)
@@ -136,7 +153,7 @@ class TreeNames:
 
     def is_internal(self, bdir: Path, name: str) -> bool:
         """The cipher directory's own files: config, trash, values, side files."""
-        if bdir == self.root and name in RESERVED_TOP:
+        if bdir == self.root and (name in RESERVED_TOP or leftover(name, top=True)):
             return True
         return self.cipher is not None and name.startswith("keyhold.") and not codec.is_long(name)
 
@@ -164,7 +181,9 @@ class TreeNames:
             subdirs = []
             for name in names:
                 if self.is_internal(bdir, name):
-                    if problems is not None and name.endswith(codec.LONG_SUFFIX) and name.startswith(codec.LONG_PREFIX) \
+                    if problems is not None and (what := leftover(name, bdir == self.root)):
+                        problems.append((self._rel(bdir / name), what))
+                    elif problems is not None and name.endswith(codec.LONG_SUFFIX) and name.startswith(codec.LONG_PREFIX) \
                             and name[: -len(codec.LONG_SUFFIX)] not in present:
                         problems.append((self._rel(bdir / name), "long-name side file without its entry"))
                     continue
@@ -186,6 +205,28 @@ class TreeNames:
                 if stat.S_ISDIR(st.st_mode):
                     subdirs.append((path, entry.plain))
             stack.extend(reversed(subdirs))
+
+    def orphan_targets(self) -> list[tuple[str, str]]:
+        """Files of `keyhold.longlinks/` no symlink of the tree points at (the mount writes
+        one before its symlink, and removes it after the symlink's last name), and
+        temporaries of them: (backing path relative to the cipher dir, what is wrong).
+        Every backing symlink counts, also one whose name does not decrypt."""
+        store = self.root / codec.LONG_LINK_DIR
+        if self.cipher is None or not store.is_dir():
+            return []
+        held = set()
+        for top, dirs, files in os.walk(self.root):
+            for name in dirs + files:
+                p = Path(top, name)
+                if p.is_symlink() and codec.is_long_target(stored := os.readlink(p)):
+                    held.add(stored[len(codec.LONG_LINK_PREFIX):])
+        out = []
+        for name in sorted(os.listdir(store)):
+            if name.endswith(codec.TMP_SUFFIX):
+                out.append((self._rel(store / name), f"{LEFTOVER} write of a long symlink target: safe to remove"))
+            elif name not in held:
+                out.append((self._rel(store / name), f"{LEFTOVER} symlink (a long target no symlink holds): safe to remove"))
+        return out
 
     def _rel(self, path: Path) -> str:
         return str(path.relative_to(self.root))
