@@ -50,6 +50,32 @@ def _no_keys(args: Mapping[str, Any]) -> tuple[str, ...]:
     return ()
 
 
+class NewAlias(str):
+    """An alias a call gives a key (CreateAlias, update_key_alias), named in `keys` like a
+    key: the caller's policy must allow the action on that alias too, or a caller allowed
+    to rename one key could move it under any alias prefix (where another access key's
+    policy would then let its application use a key the caller controls). Not looked up:
+    it names no key yet."""
+
+
+PINNED_ARGS = ("key", "source_key", "destination_key")
+"""The arguments that name a key: once the policy has been checked against the key a
+name resolves to, the facade is called with that key's id, not the name, so an alias
+moved by another client between the check and the call cannot make the call use a key
+the policy was never asked about (time of check = time of use)."""
+
+
+def pinned(args: Mapping[str, Any], resolved: Mapping[str, str | None]) -> dict[str, Any]:
+    """`args` with every key name the policy was checked for replaced by its key id (a
+    default key not made yet keeps its name: `*/default` aliases cannot be given away)."""
+    out = dict(args)
+    for name in PINNED_ARGS:
+        value = out.get(name)
+        if isinstance(value, str) and not isinstance(value, NewAlias) and resolved.get(value):
+            out[name] = resolved[value]
+    return out
+
+
 @dataclass(frozen=True)
 class Operation:
     """One row of an API's table."""
@@ -164,9 +190,11 @@ def dispatch(api: WireApi, req: WireRequest, ctx: ServeContext) -> WireResponse:
             raise UnknownOperation(f"{api.name} has no operation {name!r}")
         args = op.args(api.fields(req))
         wanted = [(op.action, k) if isinstance(k, str) else k for k in op.keys(args)]
-        checks = [(action, *ctx.resolve(k)) for action, k in wanted] or [(op.action, None, None)]
+        checks = [(action, k, *((None, str(k)) if isinstance(k, NewAlias) else ctx.resolve(k)))
+                  for action, k in wanted] or [(op.action, None, None, None)]
+        args = pinned(args, {name: key_id for _, name, key_id, _ in checks if name is not None})
         policy = principal.policy
-        for action, key_id, alias in checks:
+        for action, _, key_id, alias in checks:
             if policy is None or not policy.allows(action, key_id, alias):
                 refused_key = key_id
                 on = f" on key {key_id or alias}" if key_id or alias else ""

@@ -23,7 +23,7 @@ from kmscore.specs import DEFAULT_SERVICES
 from kmsserve import errors
 from kmsserve.auth import sigv4
 from kmsserve.operations import FACADE_OPERATIONS
-from kmsserve.wire import Operation, Principal, WireRequest, WireResponse
+from kmsserve.wire import NewAlias, Operation, Principal, WireRequest, WireResponse
 
 PREFIX = rw.PATH_PREFIX
 _PATH = re.compile(r"^/keyhold/v1/(?P<op>[a-z_]+)$")
@@ -47,7 +47,13 @@ def _default_key(args: Mapping[str, Any]) -> tuple[str, ...]:
     return (f"{args['service']}/default",) if args["service"] in DEFAULT_SERVICES else ()
 
 
+def _aliasing_key(args: Mapping[str, Any]) -> tuple[str, ...]:
+    """The key renamed, and the alias it gets (the policy must allow both)."""
+    return (args["key"], *((NewAlias(args["alias"]),) if args.get("alias") else ()))
+
+
 KEYS = {
+    "update_key_alias": _aliasing_key,
     "create_key": lambda a: (), "list_keys": lambda a: (), "gen_random": lambda a: (),
     "decrypt_data": _blob_key, "decrypt_datakey": _blob_key, "default_key": _default_key,
 }
@@ -110,7 +116,7 @@ class FacadeApi:
     def fields(self, req: WireRequest) -> dict[str, Any]:
         try:
             data = json.loads(req.body or b"{}")
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's stack
             raise errors.MalformedRequest("the body is not JSON") from None
         if not isinstance(data, dict):
             raise errors.MalformedRequest("the body is not a JSON object")
