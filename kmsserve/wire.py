@@ -158,8 +158,10 @@ class ServeContext(Protocol):
     def secret_of(self, access_key_id: str) -> tuple[Principal, str] | None:
         """The principal and signing secret of a usable access key; None if unknown or disabled."""
 
-    def seen(self, principal: Principal, signature: str, signed_at: float) -> bool:
-        """Remember a signature until its window closes; True if it was already used."""
+    def seen(self, principal: Principal, signature: str, signed_at: float, repeats: bool = True) -> bool:
+        """Remember a signature until its window closes; True if it was already used
+        (`repeats`: an identical request within a few seconds is an honest repeat, for
+        APIs whose clients sign no nonce; kmsserve.auth.replay)."""
 
     def resolve(self, key: str) -> tuple[str | None, str | None]:
         """(key id, alias) of a key named by id or alias (Kms.key_name)."""

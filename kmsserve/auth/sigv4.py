@@ -167,7 +167,7 @@ def verify(method: str, raw_path: str, raw_query: str, headers: Iterable[tuple[s
     return Signed(access_key_id, region, m["sig"], signed_at)
 
 
-def authenticate(req, ctx, service: str, must_sign: tuple[str, ...] = ()):
+def authenticate(req, ctx, service: str, must_sign: tuple[str, ...] = (), repeats: bool = True):
     """The Principal of a SigV4-signed WireRequest (kmsserve.wire), checked against the
     server's access keys and replay memory: what every SigV4 API's `authenticate` is."""
     from kmsserve.errors import Replayed
@@ -184,6 +184,6 @@ def authenticate(req, ctx, service: str, must_sign: tuple[str, ...] = ()):
     signed = verify(req.method, req.path, req.query, req.headers, req.body,
                     service=service, secret_of=secret_of, now=ctx.now(), must_sign=must_sign)
     principal = found["principal"]
-    if ctx.seen(principal, signed.signature, signed.signed_at):
+    if ctx.seen(principal, signed.signature, signed.signed_at, repeats):
         raise Replayed("this signature was already used")
     return principal
