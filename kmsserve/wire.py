@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from kmscore.errors import KmsError
+from kmscore.errors import KmsError, NotFound
 from kmsserve.errors import AccessDenied, ServeError, UnknownOperation
 
 log = logging.getLogger("kmsserve")
@@ -173,6 +173,14 @@ class ServeContext(Protocol):
         """A context manager: facade calls inside it are audited as `principal`."""
 
 
+def _as_named(key: str) -> tuple[str | None, str | None]:
+    """(key id, alias) as a name that resolves to no key reads: an id, or an alias."""
+    try:
+        return str(uuid.UUID(key)), None
+    except ValueError:
+        return None, key
+
+
 def dispatch(api: WireApi, req: WireRequest, ctx: ServeContext) -> WireResponse:
     """Authenticate, find the operation, authorize, call the facade, answer; the one path
     from a request to the facade. Blocking: the ASGI app runs it in a worker thread.
@@ -192,15 +200,32 @@ def dispatch(api: WireApi, req: WireRequest, ctx: ServeContext) -> WireResponse:
             raise UnknownOperation(f"{api.name} has no operation {name!r}")
         args = op.args(api.fields(req))
         wanted = [(op.action, k) if isinstance(k, str) else k for k in op.keys(args)]
-        checks = [(action, k, *((None, str(k)) if isinstance(k, NewAlias) else ctx.resolve(k)))
-                  for action, k in wanted] or [(op.action, None, None, None)]
-        args = pinned(args, {name: key_id for _, name, key_id, _ in checks if name is not None})
         policy = principal.policy
-        for action, _, key_id, alias in checks:
+
+        def refuse(key: str | None) -> AccessDenied:
+            # the key as the caller named it: never the id behind an alias it may not use
+            on = f" on key {key}" if key else ""
+            return AccessDenied(f"access key {principal.access_key_id} is not allowed to call {op.name}{on}")
+
+        def resolve(action: str, key: str) -> tuple[str | None, str | None]:
+            if isinstance(key, NewAlias):
+                return None, str(key)
+            try:
+                return ctx.resolve(key)
+            except NotFound:
+                # a name no key has is refused like a key the policy does not allow, unless
+                # the policy could allow it: whether a key exists outside one's policy is
+                # not for the caller to find out
+                if policy is not None and policy.allows(action, *_as_named(key)):
+                    raise
+                raise refuse(key) from None
+
+        checks = [(action, k, *resolve(action, k)) for action, k in wanted] or [(op.action, None, None, None)]
+        args = pinned(args, {name: key_id for _, name, key_id, _ in checks if name is not None})
+        for action, named, key_id, alias in checks:
             if policy is None or not policy.allows(action, key_id, alias):
                 refused_key = key_id
-                on = f" on key {key_id or alias}" if key_id or alias else ""
-                raise AccessDenied(f"access key {principal.access_key_id} is not allowed to call {op.name}{on}")
+                raise refuse(named)
         called = True
         with ctx.calling_as(principal):
             call = getattr(ctx.kms, op.method) if isinstance(op.method, str) else functools.partial(op.method, ctx.kms)

@@ -112,3 +112,28 @@ def test_a_name_is_used_as_the_key_the_policy_was_checked_for(tmp_path):
         assert blob.peek_key(base64.b64decode(answer["CiphertextBlob"]))[0] == allowed
         status, answer = encrypt("shared/x")  # now the alias names a key the policy does not allow
         assert status == 400 and answer["__type"] == "AccessDeniedException", answer
+
+
+def test_keys_outside_the_policy_are_not_told_apart_from_keys_that_do_not_exist(server):
+    admin = server.boto3(server.access_key(name="admin"))
+    theirs = admin.create_key(Description="theirs")["KeyMetadata"]["KeyId"]
+    admin.create_alias(AliasName="alias/payments/db", TargetKeyId=theirs)
+    mine = admin.create_key(Description="mine")["KeyMetadata"]["KeyId"]
+    admin.create_alias(AliasName="alias/mine/db", TargetKeyId=mine)
+    limited = server.boto3(server.access_key(own_key_policy(mine), name="limited"))
+
+    def answer(call, **kwargs) -> dict:
+        with pytest.raises(botocore.exceptions.ClientError) as e:
+            call(**kwargs)
+        return e.value.response["Error"]
+
+    exists = answer(limited.describe_key, KeyId="alias/payments/db")
+    missing = answer(limited.describe_key, KeyId="alias/payments/nothing")
+    assert exists["Code"] == missing["Code"] == "AccessDeniedException"
+    assert exists["Message"].replace("db", "nothing") == missing["Message"]
+    assert theirs not in exists["Message"]  # the id behind an alias the caller may not use
+    for call, kwargs in [(limited.encrypt, {"Plaintext": b"x"}), (limited.describe_key, {})]:
+        assert answer(call, KeyId="alias/payments/db", **kwargs)["Code"] == "AccessDeniedException"
+    # inside the policy, a missing key is still NotFoundException (the caller's own mistake)
+    assert answer(limited.describe_key, KeyId="alias/mine/nothing")["Code"] == "NotFoundException"
+    assert limited.describe_key(KeyId="alias/mine/db")["KeyMetadata"]["KeyId"] == mine
