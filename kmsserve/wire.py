@@ -90,11 +90,12 @@ class Operation:
     kmscore.InvalidRequest on a bad field)."""
     result: Callable[[Any, Mapping[str, Any]], dict[str, Any]]
     """(facade result, the arguments it was called with) -> response fields."""
-    keys: Callable[[Mapping[str, Any]], tuple[str | tuple[str, str], ...]] = _no_keys
+    keys: Callable[[Mapping[str, Any]], tuple[str | tuple[str, str | None], ...]] = _no_keys
     """The keys the call touches, as the facade names them (id or alias), from the
     arguments: what the caller's policy is checked against, each for `action`, or as
     (action, key) where one call does two things (ReEncrypt: decrypt_data on the source
-    key, encrypt_data on the destination). A Decrypt that names no key names the one
+    key, encrypt_data on the destination; create_key with an alias: create_key on no key,
+    None, and update_key_alias on the NewAlias). A Decrypt that names no key names the one
     inside its ciphertext (kmscore.blob.peek_key)."""
     action: str = ""
     """The policy's name for the operation; defaults to the facade method."""
@@ -207,7 +208,9 @@ def dispatch(api: WireApi, req: WireRequest, ctx: ServeContext) -> WireResponse:
             on = f" on key {key}" if key else ""
             return AccessDenied(f"access key {principal.access_key_id} is not allowed to call {op.name}{on}")
 
-        def resolve(action: str, key: str) -> tuple[str | None, str | None]:
+        def resolve(action: str, key: str | None) -> tuple[str | None, str | None]:
+            if key is None:  # (action, None): the action on no key, beside others
+                return None, None
             if isinstance(key, NewAlias):
                 return None, str(key)
             try:

@@ -52,9 +52,18 @@ def _aliasing_key(args: Mapping[str, Any]) -> tuple[str, ...]:
     return (args["key"], *((NewAlias(args["alias"]),) if args.get("alias") else ()))
 
 
+def _creating_key(args: Mapping[str, Any]) -> tuple[Any, ...]:
+    """A key made with an alias is also an alias given: the policy must allow that alias
+    (update_key_alias on it), as for a rename after creation."""
+    if not args.get("alias"):
+        return ()
+    return (("create_key", None), ("update_key_alias", NewAlias(args["alias"])))
+
+
 KEYS = {
     "update_key_alias": _aliasing_key,
-    "create_key": lambda a: (), "list_keys": lambda a: (), "gen_random": lambda a: (),
+    "create_key": _creating_key,
+    "list_keys": lambda a: (), "gen_random": lambda a: (),
     "decrypt_data": _blob_key, "decrypt_datakey": _blob_key, "default_key": _default_key,
 }
 """Which keys a call touches, for the policy; every other call names its `key`."""

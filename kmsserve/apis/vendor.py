@@ -82,6 +82,11 @@ def _one_key(a: Mapping[str, Any]) -> tuple[str, ...]:
     return (a["key"],)
 
 
+def _creating_keys(a: Mapping[str, Any]) -> tuple[Any, ...]:
+    """A key made with an alias is also an alias given: the policy must allow that alias."""
+    return (("create_key", None), ("update_key_alias", NewAlias(a["alias"]))) if a.get("alias") else ()
+
+
 def _aliasing_keys(a: Mapping[str, Any]) -> tuple[str, ...]:
     """The key renamed, and the alias it gets (the policy must allow both)."""
     return (a["key"], *((NewAlias(a["alias"]),) if a.get("alias") else ()))
@@ -112,7 +117,7 @@ OPERATIONS: dict[str, Operation] = {
     for op in [
         # lifecycle
         Operation("create-key", "create_key", create_args,
-                  lambda m, a: {"key_info": {"key_id": m.key_id, "domain_id": DOMAIN_ID}}),
+                  lambda m, a: {"key_info": {"key_id": m.key_id, "domain_id": DOMAIN_ID}}, _creating_keys),
         Operation("describe-key", "describe_key", _key_only, lambda m, a: {"key_info": key_details(m)}, _one_key),
         Operation("list-keys", _list_keys, list_args, lambda out, a: out, action="list_keys"),
         Operation("enable-key", "enable_key", _key_only, _state, _one_key),

@@ -137,3 +137,26 @@ def test_keys_outside_the_policy_are_not_told_apart_from_keys_that_do_not_exist(
     # inside the policy, a missing key is still NotFoundException (the caller's own mistake)
     assert answer(limited.describe_key, KeyId="alias/mine/nothing")["Code"] == "NotFoundException"
     assert limited.describe_key(KeyId="alias/mine/db")["KeyMetadata"]["KeyId"] == mine
+
+
+CREATOR = """
+[[allow]]
+operations = ["create_key"]
+keys = ["*"]
+
+[[allow]]
+operations = ["update_key_alias", "describe_key", "encrypt_data"]
+keys = ["mine/*"]
+"""
+
+
+def test_a_key_made_with_an_alias_needs_the_policy_to_allow_that_alias(server):
+    limited_key = server.access_key(CREATOR, name="creator")
+    with remote_kms(server, limited_key) as remote:
+        with pytest.raises(kms_errors.AccessDenied):
+            remote.create_key(alias="payments/planted")
+        made = remote.create_key(alias="mine/db")
+        assert made.alias == "mine/db"
+        assert remote.create_key().alias is None  # no alias: create_key alone
+    admin = server.boto3(server.access_key(name="admin"))
+    assert [a["AliasName"] for a in admin.list_aliases()["Aliases"]] == ["alias/mine/db"]
