@@ -94,8 +94,7 @@ class Operation:
     """The keys the call touches, as the facade names them (id or alias), from the
     arguments: what the caller's policy is checked against, each for `action`, or as
     (action, key) where one call does two things (ReEncrypt: decrypt_data on the source
-    key, encrypt_data on the destination; create_key with an alias: create_key on no key,
-    None, and update_key_alias on the NewAlias). A Decrypt that names no key names the one
+    key, encrypt_data on the destination; (action, None) is the action on no key). A Decrypt that names no key names the one
     inside its ciphertext (kmscore.blob.peek_key)."""
     action: str = ""
     """The policy's name for the operation; defaults to the facade method."""
@@ -203,10 +202,11 @@ def dispatch(api: WireApi, req: WireRequest, ctx: ServeContext) -> WireResponse:
         wanted = [(op.action, k) if isinstance(k, str) else k for k in op.keys(args)]
         policy = principal.policy
 
-        def refuse(key: str | None) -> AccessDenied:
+        def refuse(key: str | None, action: str) -> AccessDenied:
             # the key as the caller named it: never the id behind an alias it may not use
             on = f" on key {key}" if key else ""
-            return AccessDenied(f"access key {principal.access_key_id} is not allowed to call {op.name}{on}")
+            what = op.name if action == op.action else f"{op.name} ({action})"
+            return AccessDenied(f"access key {principal.access_key_id} is not allowed to call {what}{on}")
 
         def resolve(action: str, key: str | None) -> tuple[str | None, str | None]:
             if key is None:  # (action, None): the action on no key, beside others
@@ -221,14 +221,14 @@ def dispatch(api: WireApi, req: WireRequest, ctx: ServeContext) -> WireResponse:
                 # not for the caller to find out
                 if policy is not None and policy.allows(action, *_as_named(key)):
                     raise
-                raise refuse(key) from None
+                raise refuse(key, action) from None
 
         checks = [(action, k, *resolve(action, k)) for action, k in wanted] or [(op.action, None, None, None)]
         args = pinned(args, {name: key_id for _, name, key_id, _ in checks if name is not None})
         for action, named, key_id, alias in checks:
             if policy is None or not policy.allows(action, key_id, alias):
                 refused_key = key_id
-                raise refuse(named)
+                raise refuse(named, action)
         called = True
         with ctx.calling_as(principal):
             call = getattr(ctx.kms, op.method) if isinstance(op.method, str) else functools.partial(op.method, ctx.kms)

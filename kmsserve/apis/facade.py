@@ -53,11 +53,9 @@ def _aliasing_key(args: Mapping[str, Any]) -> tuple[str, ...]:
 
 
 def _creating_key(args: Mapping[str, Any]) -> tuple[Any, ...]:
-    """A key made with an alias is also an alias given: the policy must allow that alias
-    (update_key_alias on it), as for a rename after creation."""
-    if not args.get("alias"):
-        return ()
-    return (("create_key", None), ("update_key_alias", NewAlias(args["alias"])))
+    """A key made with an alias is checked against that alias (create_key on `mine/*`
+    confines a caller's new keys to mine/); without one it is an operation on no key."""
+    return (NewAlias(args["alias"]),) if args.get("alias") else ()
 
 
 KEYS = {

@@ -83,8 +83,8 @@ def _one_key(a: Mapping[str, Any]) -> tuple[str, ...]:
 
 
 def _creating_keys(a: Mapping[str, Any]) -> tuple[Any, ...]:
-    """A key made with an alias is also an alias given: the policy must allow that alias."""
-    return (("create_key", None), ("update_key_alias", NewAlias(a["alias"]))) if a.get("alias") else ()
+    """A key made with an alias is checked against that alias (create_key on `mine/*`)."""
+    return (NewAlias(a["alias"]),) if a.get("alias") else ()
 
 
 def _aliasing_keys(a: Mapping[str, Any]) -> tuple[str, ...]:

@@ -141,22 +141,21 @@ def test_keys_outside_the_policy_are_not_told_apart_from_keys_that_do_not_exist(
 
 CREATOR = """
 [[allow]]
-operations = ["create_key"]
-keys = ["*"]
-
-[[allow]]
-operations = ["update_key_alias", "describe_key", "encrypt_data"]
+operations = ["create_key", "describe_key", "encrypt_data"]
 keys = ["mine/*"]
 """
 
 
-def test_a_key_made_with_an_alias_needs_the_policy_to_allow_that_alias(server):
+def test_a_key_made_with_an_alias_is_checked_against_that_alias(server):
+    """create_key on `mine/*` confines the caller's new keys to mine/ (create_key on `*`
+    lets it name new keys anything, and make keys without an alias)."""
     limited_key = server.access_key(CREATOR, name="creator")
     with remote_kms(server, limited_key) as remote:
         with pytest.raises(kms_errors.AccessDenied):
             remote.create_key(alias="payments/planted")
         made = remote.create_key(alias="mine/db")
         assert made.alias == "mine/db"
-        assert remote.create_key().alias is None  # no alias: create_key alone
+        with pytest.raises(kms_errors.AccessDenied):
+            remote.create_key()  # no alias: an operation on no key, which needs keys = ["*"]
     admin = server.boto3(server.access_key(name="admin"))
     assert [a["AliasName"] for a in admin.list_aliases()["Aliases"]] == ["alias/mine/db"]

@@ -115,7 +115,7 @@ keys = ["*"]
 
 [[allow]]
 operations = ["describe_key", "key_usable", "default_key", "encrypt_data", "decrypt_data",
-              "create_datakey", "decrypt_datakey"]
+              "create_datakey", "encrypt_datakey", "decrypt_datakey"]
 keys = ["remote/*", "sidecar/default", "fsmount/default"]
 """
 
