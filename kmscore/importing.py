@@ -118,7 +118,7 @@ class ImportMixin(Keyring):
             found = self._store.token(import_token)
             if found is None or found[0] != row["key_id"]:
                 raise InvalidImportToken(
-                    f"import token is unknown, already used, or not for key {key}: "
+                    f"import token is unknown, already used, or not for key {row['key_id']}: "
                     "get new parameters with `kms get-parameters-for-import`"
                 )
             _, algorithm, sealed, token_expires = found

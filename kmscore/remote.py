@@ -49,6 +49,9 @@ DEFAULT_TIMEOUT = 10.0
 CONNECT_TIMEOUT = 5.0
 KEEPALIVE = 2.0
 RETRY_AFTER = 0.5
+MAX_RESPONSE = 1024 * 1024
+"""A facade answer is small (4 KiB of plaintext, a key's metadata, a page of keys): a
+server that sends more is not keyhold, and is not read into memory."""
 """After a failed attempt, calls fail at once for this long (then one tries again)."""
 
 
@@ -267,7 +270,7 @@ class RemoteKms:
         self._fail_fast(method)
         for attempt in (1, 2):
             try:
-                response = self._http().post(url, content=body, headers=self._signed(path, body))
+                status, raw = self._send(url, body, self._signed(path, body), method)
                 break
             except (httpx.RemoteProtocolError, httpx.ReadError) as e:
                 # a pooled connection that broke under the request (the server restarted)
@@ -284,7 +287,23 @@ class RemoteKms:
             except KmsUnreachable as e:  # the pinned certificate could not be fetched or did not match
                 raise self._down(str(e)) from None
         self._down_until, self._down_reason = 0.0, ""
-        return self._result(spec, response)
+        return self._result(spec, status, raw)
+
+    def _send(self, url: str, body: bytes, headers: Mapping[str, str], method: str) -> tuple[int, bytes]:
+        """(status, body) of one POST, the body read whole within `timeout` (httpx's read
+        timeout is per read: a server trickling a byte at a time would hold the caller
+        forever) and at most MAX_RESPONSE bytes."""
+        deadline = time.monotonic() + self.timeout
+        with self._http().stream("POST", url, content=body, headers=headers) as response:
+            raw = bytearray()
+            for chunk in response.iter_raw():
+                raw += chunk
+                if len(raw) > MAX_RESPONSE:
+                    raise KmsUnreachable(f"the KMS at {self.url} sent an answer over {MAX_RESPONSE} bytes ({method}): "
+                                         "not a keyhold server")
+                if time.monotonic() > deadline:
+                    raise self._httpx.ReadTimeout("the answer did not arrive whole in time")
+            return response.status_code, bytes(raw)
 
     # -- failing fast while the server is away ---------------------------------------------
     def _down(self, reason: str) -> KmsUnreachable:
@@ -310,18 +329,17 @@ class RemoteKms:
                             secret=self.credentials.secret, region=rw.REGION, service=rw.SERVICE))
         return headers
 
-    def _result(self, spec: rw.Call, response: Any) -> Any:
+    def _result(self, spec: rw.Call, status: int, raw: bytes) -> Any:
         try:
-            data = response.json()
-        except ValueError:
+            data = json.loads(raw)
+        except (ValueError, RecursionError):  # not JSON, or nested past the stack: not keyhold's
             data = None
-        if response.status_code == 200 and isinstance(data, dict) and "result" in data:
+        if status == 200 and isinstance(data, dict) and "result" in data:
             try:
                 return spec.result.decode(data["result"])
             except InvalidRequest as e:
                 raise KmsUnreachable(f"the KMS at {self.url} sent a result that is not a {spec.result.name}: {e}") from None
-        err = rw.error_from(data, response.status_code)
-        raise err
+        raise rw.error_from(data, status)
 
     def close(self) -> None:
         with self._lock:

@@ -56,11 +56,11 @@ class ServerContext:
             return None
         return Principal(key.access_key_id, key.name, key.policy), key.secret
 
-    def seen(self, principal: Principal, signature: str, signed_at: float) -> bool:
+    def seen(self, principal: Principal, signature: str, signed_at: float, repeats: bool = True) -> bool:
         """True if the signature was used inside its window (or is older than what the
         bounded memory still holds: kmsserve.auth.replay)."""
         try:
-            self.replays.check(principal.access_key_id, signature, signed_at, self.now())
+            self.replays.check(principal.access_key_id, signature, signed_at, self.now(), repeats=repeats)
         except Replayed:
             return True
         return False

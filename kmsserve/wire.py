@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from kmscore.errors import KmsError
+from kmscore.errors import KmsError, NotFound
 from kmsserve.errors import AccessDenied, ServeError, UnknownOperation
 
 log = logging.getLogger("kmsserve")
@@ -50,6 +50,32 @@ def _no_keys(args: Mapping[str, Any]) -> tuple[str, ...]:
     return ()
 
 
+class NewAlias(str):
+    """An alias a call gives a key (CreateAlias, update_key_alias), named in `keys` like a
+    key: the caller's policy must allow the action on that alias too, or a caller allowed
+    to rename one key could move it under any alias prefix (where another access key's
+    policy would then let its application use a key the caller controls). Not looked up:
+    it names no key yet."""
+
+
+PINNED_ARGS = ("key", "source_key", "destination_key")
+"""The arguments that name a key: once the policy has been checked against the key a
+name resolves to, the facade is called with that key's id, not the name, so an alias
+moved by another client between the check and the call cannot make the call use a key
+the policy was never asked about (time of check = time of use)."""
+
+
+def pinned(args: Mapping[str, Any], resolved: Mapping[str, str | None]) -> dict[str, Any]:
+    """`args` with every key name the policy was checked for replaced by its key id (a
+    default key not made yet keeps its name: `*/default` aliases cannot be given away)."""
+    out = dict(args)
+    for name in PINNED_ARGS:
+        value = out.get(name)
+        if isinstance(value, str) and not isinstance(value, NewAlias) and resolved.get(value):
+            out[name] = resolved[value]
+    return out
+
+
 @dataclass(frozen=True)
 class Operation:
     """One row of an API's table."""
@@ -64,11 +90,11 @@ class Operation:
     kmscore.InvalidRequest on a bad field)."""
     result: Callable[[Any, Mapping[str, Any]], dict[str, Any]]
     """(facade result, the arguments it was called with) -> response fields."""
-    keys: Callable[[Mapping[str, Any]], tuple[str | tuple[str, str], ...]] = _no_keys
+    keys: Callable[[Mapping[str, Any]], tuple[str | tuple[str, str | None], ...]] = _no_keys
     """The keys the call touches, as the facade names them (id or alias), from the
     arguments: what the caller's policy is checked against, each for `action`, or as
     (action, key) where one call does two things (ReEncrypt: decrypt_data on the source
-    key, encrypt_data on the destination). A Decrypt that names no key names the one
+    key, encrypt_data on the destination; (action, None) is the action on no key). A Decrypt that names no key names the one
     inside its ciphertext (kmscore.blob.peek_key)."""
     action: str = ""
     """The policy's name for the operation; defaults to the facade method."""
@@ -132,8 +158,10 @@ class ServeContext(Protocol):
     def secret_of(self, access_key_id: str) -> tuple[Principal, str] | None:
         """The principal and signing secret of a usable access key; None if unknown or disabled."""
 
-    def seen(self, principal: Principal, signature: str, signed_at: float) -> bool:
-        """Remember a signature until its window closes; True if it was already used."""
+    def seen(self, principal: Principal, signature: str, signed_at: float, repeats: bool = True) -> bool:
+        """Remember a signature until its window closes; True if it was already used
+        (`repeats`: an identical request within a few seconds is an honest repeat, for
+        APIs whose clients sign no nonce; kmsserve.auth.replay)."""
 
     def resolve(self, key: str) -> tuple[str | None, str | None]:
         """(key id, alias) of a key named by id or alias (Kms.key_name)."""
@@ -143,6 +171,14 @@ class ServeContext(Protocol):
 
     def calling_as(self, principal: Principal) -> Any:
         """A context manager: facade calls inside it are audited as `principal`."""
+
+
+def _as_named(key: str) -> tuple[str | None, str | None]:
+    """(key id, alias) as a name that resolves to no key reads: an id, or an alias."""
+    try:
+        return str(uuid.UUID(key)), None
+    except ValueError:
+        return None, key
 
 
 def dispatch(api: WireApi, req: WireRequest, ctx: ServeContext) -> WireResponse:
@@ -164,13 +200,35 @@ def dispatch(api: WireApi, req: WireRequest, ctx: ServeContext) -> WireResponse:
             raise UnknownOperation(f"{api.name} has no operation {name!r}")
         args = op.args(api.fields(req))
         wanted = [(op.action, k) if isinstance(k, str) else k for k in op.keys(args)]
-        checks = [(action, *ctx.resolve(k)) for action, k in wanted] or [(op.action, None, None)]
         policy = principal.policy
-        for action, key_id, alias in checks:
+
+        def refuse(key: str | None, action: str) -> AccessDenied:
+            # the key as the caller named it: never the id behind an alias it may not use
+            on = f" on key {key}" if key else ""
+            what = op.name if action == op.action else f"{op.name} ({action})"
+            return AccessDenied(f"access key {principal.access_key_id} is not allowed to call {what}{on}")
+
+        def resolve(action: str, key: str | None) -> tuple[str | None, str | None]:
+            if key is None:  # (action, None): the action on no key, beside others
+                return None, None
+            if isinstance(key, NewAlias):
+                return None, str(key)
+            try:
+                return ctx.resolve(key)
+            except NotFound:
+                # a name no key has is refused like a key the policy does not allow, unless
+                # the policy could allow it: whether a key exists outside one's policy is
+                # not for the caller to find out
+                if policy is not None and policy.allows(action, *_as_named(key)):
+                    raise
+                raise refuse(key, action) from None
+
+        checks = [(action, k, *resolve(action, k)) for action, k in wanted] or [(op.action, None, None, None)]
+        args = pinned(args, {name: key_id for _, name, key_id, _ in checks if name is not None})
+        for action, named, key_id, alias in checks:
             if policy is None or not policy.allows(action, key_id, alias):
                 refused_key = key_id
-                on = f" on key {key_id or alias}" if key_id or alias else ""
-                raise AccessDenied(f"access key {principal.access_key_id} is not allowed to call {op.name}{on}")
+                raise refuse(named, action)
         called = True
         with ctx.calling_as(principal):
             call = getattr(ctx.kms, op.method) if isinstance(op.method, str) else functools.partial(op.method, ctx.kms)

@@ -28,10 +28,13 @@ from kmscore.specs import KeySpec, KeyState, Origin
 from kmsserve import errors
 from kmsserve.apis import awsfields as F
 from kmsserve.auth import sigv4
-from kmsserve.wire import Operation, Principal, WireRequest, WireResponse
+from kmsserve.wire import NewAlias, Operation, Principal, WireRequest, WireResponse
 
 TARGET_PREFIX = "TrentService."
 CONTENT_TYPE = "application/x-amz-json-1.1"
+SIGNED_HEADERS = ("x-amz-target", "content-type")
+"""Headers the signature must cover when sent (botocore signs both): X-Amz-Target is the
+operation, and an unsigned one would let whoever holds a captured request change it."""
 MAX_LIST = 1000
 """Limit's upper bound in ListKeys and ListAliases (AWS's); the default is 100."""
 
@@ -414,7 +417,8 @@ _ROWS = [
     Operation("ListAliases", _list_aliases,
               args=lambda f: {**_list_args(f), "key": None if f.get("KeyId") is None else F.key_name(f["KeyId"])},
               result=_aliases_page, keys=lambda a: () if a["key"] is None else (a["key"],), action="list_keys"),
-    Operation("CreateAlias", _create_alias, args=_alias_args(new=True), result=_empty, keys=_the_key, action="update_key_alias"),
+    Operation("CreateAlias", _create_alias, args=_alias_args(new=True), result=_empty,
+              keys=lambda a: (a["key"], NewAlias(a["alias"])), action="update_key_alias"),
     Operation("UpdateAlias", _update_alias, args=_alias_args(new=False), result=_empty,
               keys=lambda a: (a["alias"], a["key"]), action="update_key_alias"),
     Operation("DeleteAlias", _delete_alias, args=lambda f: {"alias": F.alias_name(F.required(f, "AliasName"), new=False)},
@@ -543,12 +547,12 @@ class AwsKms:
         return name
 
     def authenticate(self, req: WireRequest, ctx) -> Principal:
-        return sigv4.authenticate(req, ctx, "kms")
+        return sigv4.authenticate(req, ctx, "kms", must_sign=SIGNED_HEADERS)
 
     def fields(self, req: WireRequest) -> dict[str, Any]:
         try:
             data = json.loads(req.body or b"{}")
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's stack
             raise errors.MalformedRequest("the body is not JSON") from None
         if not isinstance(data, dict):
             raise errors.MalformedRequest("the body is not a JSON object")

@@ -23,7 +23,7 @@ from kmscore.specs import DEFAULT_SERVICES
 from kmsserve import errors
 from kmsserve.auth import sigv4
 from kmsserve.operations import FACADE_OPERATIONS
-from kmsserve.wire import Operation, Principal, WireRequest, WireResponse
+from kmsserve.wire import NewAlias, Operation, Principal, WireRequest, WireResponse
 
 PREFIX = rw.PATH_PREFIX
 _PATH = re.compile(r"^/keyhold/v1/(?P<op>[a-z_]+)$")
@@ -47,8 +47,21 @@ def _default_key(args: Mapping[str, Any]) -> tuple[str, ...]:
     return (f"{args['service']}/default",) if args["service"] in DEFAULT_SERVICES else ()
 
 
+def _aliasing_key(args: Mapping[str, Any]) -> tuple[str, ...]:
+    """The key renamed, and the alias it gets (the policy must allow both)."""
+    return (args["key"], *((NewAlias(args["alias"]),) if args.get("alias") else ()))
+
+
+def _creating_key(args: Mapping[str, Any]) -> tuple[Any, ...]:
+    """A key made with an alias is checked against that alias (create_key on `mine/*`
+    confines a caller's new keys to mine/); without one it is an operation on no key."""
+    return (NewAlias(args["alias"]),) if args.get("alias") else ()
+
+
 KEYS = {
-    "create_key": lambda a: (), "list_keys": lambda a: (), "gen_random": lambda a: (),
+    "update_key_alias": _aliasing_key,
+    "create_key": _creating_key,
+    "list_keys": lambda a: (), "gen_random": lambda a: (),
     "decrypt_data": _blob_key, "decrypt_datakey": _blob_key, "default_key": _default_key,
 }
 """Which keys a call touches, for the policy; every other call names its `key`."""
@@ -105,12 +118,14 @@ class FacadeApi:
     def authenticate(self, req: WireRequest, ctx) -> Principal:
         if req.method != "POST":
             raise errors.MalformedRequest("the facade API takes POST requests")
-        return sigv4.authenticate(req, ctx, rw.SERVICE)
+        # no honest repeats: kmscore.remote signs a fresh nonce into every request, so a
+        # signature seen before is a replay however soon it comes back
+        return sigv4.authenticate(req, ctx, rw.SERVICE, repeats=False)
 
     def fields(self, req: WireRequest) -> dict[str, Any]:
         try:
             data = json.loads(req.body or b"{}")
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's stack
             raise errors.MalformedRequest("the body is not JSON") from None
         if not isinstance(data, dict):
             raise errors.MalformedRequest("the body is not a JSON object")

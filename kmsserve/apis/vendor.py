@@ -33,7 +33,7 @@ from kmsserve.apis.vendorfields import (
     number, public_der_base64, random_bytes, rotation_status, text,
 )
 from kmsserve.auth import sdkhmac
-from kmsserve.wire import Operation, Principal, WireRequest, WireResponse
+from kmsserve.wire import NewAlias, Operation, Principal, WireRequest, WireResponse
 
 _ANY_PATH = re.compile(r"^/v(?:1\.0|2)/[^/]+/(?:kms|keystores)(?:/|$)")
 _PATH = re.compile(r"^/v1\.0/(?P<project>[^/]+)/kms/(?P<op>[a-z-]+)$")
@@ -82,6 +82,16 @@ def _one_key(a: Mapping[str, Any]) -> tuple[str, ...]:
     return (a["key"],)
 
 
+def _creating_keys(a: Mapping[str, Any]) -> tuple[Any, ...]:
+    """A key made with an alias is checked against that alias (create_key on `mine/*`)."""
+    return (NewAlias(a["alias"]),) if a.get("alias") else ()
+
+
+def _aliasing_keys(a: Mapping[str, Any]) -> tuple[str, ...]:
+    """The key renamed, and the alias it gets (the policy must allow both)."""
+    return (a["key"], *((NewAlias(a["alias"]),) if a.get("alias") else ()))
+
+
 def _decrypt_keys(a: Mapping[str, Any]) -> tuple[str, ...]:
     return (a["key"] or blobfmt.peek_key(a["ciphertext"])[0],)
 
@@ -107,7 +117,7 @@ OPERATIONS: dict[str, Operation] = {
     for op in [
         # lifecycle
         Operation("create-key", "create_key", create_args,
-                  lambda m, a: {"key_info": {"key_id": m.key_id, "domain_id": DOMAIN_ID}}),
+                  lambda m, a: {"key_info": {"key_id": m.key_id, "domain_id": DOMAIN_ID}}, _creating_keys),
         Operation("describe-key", "describe_key", _key_only, lambda m, a: {"key_info": key_details(m)}, _one_key),
         Operation("list-keys", _list_keys, list_args, lambda out, a: out, action="list_keys"),
         Operation("enable-key", "enable_key", _key_only, _state, _one_key),
@@ -117,7 +127,7 @@ OPERATIONS: dict[str, Operation] = {
                   _flat_state, _one_key),
         Operation("cancel-key-deletion", "cancel_key_deletion", _key_only, _flat_state, _one_key),
         Operation("update-key-alias", "update_key_alias", lambda f: {"key": key_of(f), "alias": alias(f, True)},
-                  lambda m, a: {"key_info": {"key_id": m.key_id, "key_alias": m.alias}}, _one_key),
+                  lambda m, a: {"key_info": {"key_id": m.key_id, "key_alias": m.alias}}, _aliasing_keys),
         Operation("update-key-description", "update_key_description",
                   lambda f: {"key": key_of(f), "description": description(f)},
                   lambda m, a: {"key_info": {"key_id": m.key_id, "key_description": m.description}}, _one_key),
@@ -279,7 +289,7 @@ class VendorKms:
     def fields(self, req: WireRequest) -> dict[str, Any]:
         try:
             data = json.loads(req.body or b"{}")
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's stack
             raise VendorError("KMS.0202", "Invalid JSON format of the request message.") from None
         if not isinstance(data, dict):
             raise VendorError("KMS.0202", "Invalid JSON format of the request message: an object is expected")

@@ -42,16 +42,17 @@ class ReplayMemory:
     def __len__(self) -> int:
         return len(self._first)
 
-    def check(self, signer: str, signature: str, signed_at: float, now: float) -> None:
-        """Remember the signature; Replayed if it was first used over REPEAT_GRACE ago,
-        ReplayWindowFull if it is older than what the memory had to forget."""
+    def check(self, signer: str, signature: str, signed_at: float, now: float, *, repeats: bool = True) -> None:
+        """Remember the signature; Replayed if it was first used over REPEAT_GRACE ago
+        (at all, unless `repeats`: an API whose clients sign a nonce has no honest
+        repeats), ReplayWindowFull if it is older than what the memory had to forget."""
         closes = signed_at + self.window
         slot = (signer, signature)
         with self._lock:
             self._forget(lambda c: c < now)  # sigv4 accepts |now - signed at| == window itself
             first = self._first.get(slot)
             if first is not None:
-                if now - first <= self.grace:
+                if repeats and now - first <= self.grace:
                     return  # the same call made twice in one second (see above)
                 raise Replayed("this signature was already used")
             if closes <= self._floor:

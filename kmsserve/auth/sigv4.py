@@ -32,6 +32,8 @@ _AUTH = re.compile(
     r"^AWS4-HMAC-SHA256 +Credential=(?P<cred>[^,\s]+), *SignedHeaders=(?P<signed>[^,\s]+), *Signature=(?P<sig>[0-9a-f]{64})$"
 )
 _SPACES = re.compile(r"\s+")
+ONCE = ("authorization", "x-amz-date", "x-amz-content-sha256", "host")
+"""Headers that must not be sent twice, signed or not."""
 
 
 @dataclass(frozen=True)
@@ -110,15 +112,20 @@ def sign(method: str, raw_path: str, raw_query: str, headers: Mapping[str, str],
 
 
 def verify(method: str, raw_path: str, raw_query: str, headers: Iterable[tuple[str, str]], body: bytes, *,
-           service: str, secret_of: Callable[[str], str | None], now: float) -> Signed:
+           service: str, secret_of: Callable[[str], str | None], now: float,
+           must_sign: tuple[str, ...] = ()) -> Signed:
     """The verified signer, or AuthFailed / RequestExpired. `secret_of(access key id)` is
     the secret of a usable access key, None for an unknown or disabled one (the same
-    answer to the client either way)."""
+    answer to the client either way). `must_sign`: headers that, when sent, the signature
+    must cover (the AWS API's X-Amz-Target names the operation: unsigned, a captured
+    Encrypt could be replayed as a Decrypt)."""
     headers = [(n.lower(), v) for n, v in headers]
-    first = {}
+    first: dict[str, str] = {}
+    count: dict[str, int] = {}
     for n, v in headers:
         first.setdefault(n, v)
-    m = _AUTH.match(first.get("authorization", "").strip())
+        count[n] = count.get(n, 0) + 1
+    m = _AUTH.match(first.get("authorization", "").strip()) if count.get("authorization") == 1 else None
     if m is None:
         raise AuthFailed("the request is not signed with AWS Signature Version 4")
     cred = m["cred"].split("/")
@@ -128,6 +135,12 @@ def verify(method: str, raw_path: str, raw_query: str, headers: Iterable[tuple[s
     signed = m["signed"].split(";")
     if signed != sorted(set(signed)) or "host" not in signed or "x-amz-date" not in signed:
         raise AuthFailed("the signature must cover host and x-amz-date")
+    if any(name not in signed for name in must_sign if name in count):
+        raise AuthFailed(f"the signature must cover {', '.join(must_sign)}")
+    if any(count.get(name, 0) > 1 for name in (*signed, *ONCE)):
+        # AWS joins repeated values with commas, but the server reads the first copy (and a
+        # proxy in between may read another): a signed header must mean one thing
+        raise AuthFailed("a signed header is sent more than once")
     # looked up first, so that a refusal below is recorded for the access key it claims
     # (kmsserve.app: a client with a wrong clock shows up by name in the audit log)
     secret = secret_of(access_key_id)
@@ -154,7 +167,7 @@ def verify(method: str, raw_path: str, raw_query: str, headers: Iterable[tuple[s
     return Signed(access_key_id, region, m["sig"], signed_at)
 
 
-def authenticate(req, ctx, service: str):
+def authenticate(req, ctx, service: str, must_sign: tuple[str, ...] = (), repeats: bool = True):
     """The Principal of a SigV4-signed WireRequest (kmsserve.wire), checked against the
     server's access keys and replay memory: what every SigV4 API's `authenticate` is."""
     from kmsserve.errors import Replayed
@@ -169,8 +182,8 @@ def authenticate(req, ctx, service: str):
         return hit[1]
 
     signed = verify(req.method, req.path, req.query, req.headers, req.body,
-                    service=service, secret_of=secret_of, now=ctx.now())
+                    service=service, secret_of=secret_of, now=ctx.now(), must_sign=must_sign)
     principal = found["principal"]
-    if ctx.seen(principal, signed.signature, signed.signed_at):
+    if ctx.seen(principal, signed.signature, signed.signed_at, repeats):
         raise Replayed("this signature was already used")
     return principal
