@@ -55,6 +55,7 @@ home = "logs"
 [[proxy]]
 listen = "127.0.0.1:{listen}"
 upstream = "http://127.0.0.1:{upstream}"
+workers = 1  # one data-key cache: the test counts its unwraps
 
 [[proxy.route]]
 name = "open"
