@@ -159,11 +159,16 @@ class FsBase:
             layout = self._read_geometry(bpath)
             if layout is None:
                 return 0  # damaged files still list (and can be deleted); reading them fails
-            if len(self._geometry) >= GEOMETRY_CACHE:
-                self._geometry.clear()
-            self._geometry[inode] = layout
+            self.remember_geometry(inode, layout)
         size = layout.plaintext_size(st.st_size)
         return 0 if size is None else size
+
+    def remember_geometry(self, inode: Inode, layout: Layout) -> None:
+        """Keep an inode's envelope geometry, known from a header just written or read,
+        so that the stat the kernel sends after a new file is closed needs no header read."""
+        if len(self._geometry) >= GEOMETRY_CACHE:
+            self._geometry.clear()
+        self._geometry[inode] = layout
 
     def read_target(self, bpath: str) -> str:
         """The plaintext target of the backing symlink `bpath`."""

@@ -43,7 +43,9 @@ class FileOps(FsBase):
                 os.unlink(name, dir_fd=d)
             self.names.tidy(bpath)
             raise
-        fh, _ = self.handles.acquire(inode_of(os.fstat(fd)), lambda: f)
+        inode = inode_of(os.fstat(fd))
+        self.remember_geometry(inode, f.layout)
+        fh, _ = self.handles.acquire(inode, lambda: f)
         return fh
 
     def open(self, path: str, flags: int) -> int:
