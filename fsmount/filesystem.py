@@ -8,6 +8,7 @@ truncate/chmod/chown/utimens on open files, and UTIME_NOW/UTIME_OMIT.
 from __future__ import annotations
 
 import ctypes
+import errno
 import operator
 import struct
 import threading
@@ -158,9 +159,14 @@ class KeyholdFUSE(mfusepy.FUSE):
         return super().getxattr(path, name, value, size, *args)
 
     def getattr_fuse_3(self, path, buf, fip) -> int:
-        """Fill struct stat field by field: mfusepy's generic set_st_attrs looks every
-        key up by name on the ctypes struct (~10 µs of a ~35 µs getattr, 3 per create)."""
-        attrs = self.operations.getattr(_path(self, path), _fh(fip))
+        """Fill struct stat in one pack (`_fill_stat`): mfusepy's generic set_st_attrs
+        looks every key up by name on the ctypes struct (~10 µs of a ~35 µs getattr, 3
+        per create). A missing name (the kernel's lookup of every name being created)
+        answers ENOENT here, not through mfusepy's generic error handler."""
+        try:
+            attrs = self.operations.getattr(_path(self, path), _fh(fip))
+        except FileNotFoundError:
+            return -errno.ENOENT
         try:
             _fill_stat(buf, attrs)
         except (KeyError, struct.error):  # not the full set FsBase.attrs gives: the generic way
