@@ -13,7 +13,7 @@
 # this folder may be read-only. Needs autoconf, automake, gcc, make and prove (perl);
 # installs the first two with apt-get when missing. Prints prove's report, then one line
 #   pjdfstest: files=N subtests=N failed_files=N failed_subtests=N
-# and exits 0 only when nothing failed. The full report is kept in $PJDFSTEST_BUILD/last.log.
+# and exits 0 only when nothing failed. The full report of the last run is copied to $PJDFSTEST_BUILD/last.log.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 dir=${1:?usage: pjdfstest.sh DIR [TESTS...]}
@@ -41,7 +41,10 @@ fi
 mkdir -p "$dir"
 tests=()
 if [ $# -eq 0 ]; then tests=("$build/tests"); else for t in "$@"; do tests+=("$build/tests/$t"); done; fi
-log="$build/last.log"
+# a log of this run's own: several checkouts share $build, and two runs at once must not
+# write one file (interleaved, it reads as binary and the summary below finds nothing)
+log=$(mktemp "${TMPDIR:-/tmp}/pjdfstest.XXXXXX.log")
+trap 'cp -f "$log" "$build/last.log" 2>/dev/null; rm -f "$log"' EXIT
 set +e
 (cd "$dir" && prove -r "${tests[@]}") >"$log" 2>&1
 rc=$?
@@ -49,9 +52,9 @@ set -e
 sed -n '/^Test Summary Report/,$p' "$log"
 [ $rc -eq 0 ] && tail -n 3 "$log"
 set +eo pipefail
-files=$(grep -oE 'Files=[0-9]+' "$log" | tail -1 | cut -d= -f2)
-subtests=$(grep -oE 'Tests=[0-9]+' "$log" | tail -1 | cut -d= -f2)
-failed_files=$(grep -cE '\(Wstat: [0-9]+ Tests: [0-9]+ Failed: [1-9]' "$log")
-failed_subtests=$(grep -oE 'Failed: [0-9]+\)' "$log" | grep -oE '[0-9]+' | awk '{s+=$1} END {print s+0}')
+files=$(grep -aoE 'Files=[0-9]+' "$log" | tail -1 | cut -d= -f2)
+subtests=$(grep -aoE 'Tests=[0-9]+' "$log" | tail -1 | cut -d= -f2)
+failed_files=$(grep -acE '\(Wstat: [0-9]+ Tests: [0-9]+ Failed: [1-9]' "$log")
+failed_subtests=$(grep -aoE 'Failed: [0-9]+\)' "$log" | grep -oE '[0-9]+' | awk '{s+=$1} END {print s+0}')
 echo "pjdfstest: files=${files:-0} subtests=${subtests:-0} failed_files=$failed_files failed_subtests=$failed_subtests"
 [ $rc -eq 0 ] && [ "$failed_subtests" -eq 0 ]
