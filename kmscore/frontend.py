@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -55,7 +54,12 @@ class Frontend:
 
 
 def load_frontends() -> list[Frontend]:
-    """Every installed front end, in name order. Broken plugins are skipped with a warning."""
+    """Every installed front end, in name order. Broken plugins are skipped with a warning.
+
+    importlib.metadata (its scan of every installed distribution) is imported here, not
+    with the module: only commands that need the front ends pay for it."""
+    from importlib.metadata import entry_points
+
     found = []
     for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         try:

@@ -5,17 +5,16 @@ RSAES_OAEP_*: the material itself is OAEP-encrypted under the wrapping public ke
 RSA_AES_KEY_WRAP_*: the first modulus-size bytes are a 32-byte AES key, OAEP-encrypted;
 the rest is the material wrapped with that key by AES key wrap with padding (RFC 5649,
 `openssl enc -id-aes256-wrap-pad`). Needed for RSA private keys, too long for OAEP.
+
+The `Kms` class is built on `ImportMixin`, so this module loads with every facade;
+cryptography's RSA and serialization modules (~60 ms: serialization pulls in ssh,
+dataclasses, inspect) are imported only when a key is imported (issue 14).
 """
 
 from __future__ import annotations
 
-import base64
 import os
 from typing import Any
-
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
-from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap_with_padding
 
 from kmscore import material as _material
 from kmscore import rules
@@ -31,6 +30,9 @@ SHA1_WARNING = "RSAES_OAEP_SHA_1 uses SHA-1, which is no longer considered secur
 
 def new_wrapping_key(spec: WrappingKeySpec) -> tuple[bytes, str]:
     """A fresh RSA key pair: (private PKCS#8 DER, public PEM)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     private = rsa.generate_private_key(65537, int(spec.value.split("_")[1]))
     der = private.private_bytes(
         serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -42,6 +44,10 @@ def new_wrapping_key(spec: WrappingKeySpec) -> tuple[bytes, str]:
 
 
 def unwrap(private_der: bytes, algorithm: WrappingAlgorithm, wrapped: bytes) -> bytes:
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import padding
+    from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap_with_padding
+
     private = serialization.load_der_private_key(private_der, password=None)
     h = hashes.SHA1() if algorithm.uses_sha1 else hashes.SHA256()
     oaep = padding.OAEP(mgf=padding.MGF1(h), algorithm=h, label=None)

@@ -2,6 +2,10 @@
 
 `LoadedKey` wraps one key version's material as ready-to-use `cryptography`
 objects (built once, reused for every call). Its repr never shows material.
+
+cryptography's RSA, EC and serialization modules are imported where an RSA or EC key
+is used, not with this module: they cost ~40 ms of start-up, which every `kms` command
+(an `encrypt-file` under an AES key) would pay otherwise (issue 14).
 """
 
 from __future__ import annotations
@@ -9,10 +13,10 @@ from __future__ import annotations
 import hmac as _hmac
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from kmscore import blob as blobfmt
@@ -27,9 +31,12 @@ from kmscore.specs import (
     SigningAlgorithm,
 )
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import padding
+
 _HASHES = {"sha1": hashes.SHA1, "sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}
 _RSA_BITS = {KeySpec.RSA_2048: 2048, KeySpec.RSA_3072: 3072, KeySpec.RSA_4096: 4096}
-_CURVES = {KeySpec.EC_P256: ec.SECP256R1, KeySpec.EC_P384: ec.SECP384R1}
+_CURVES = {KeySpec.EC_P256: "SECP256R1", KeySpec.EC_P384: "SECP384R1"}  # names in asymmetric.ec
 _HMAC_BYTES = {KeySpec.HMAC_256: 32, KeySpec.HMAC_384: 48, KeySpec.HMAC_512: 64}
 MAX_RAW_MESSAGE = 4096
 
@@ -44,10 +51,13 @@ def generate(spec: KeySpec) -> bytes:
         return os.urandom(32)
     if spec in _HMAC_BYTES:
         return os.urandom(_HMAC_BYTES[spec])
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
     if spec in _RSA_BITS:
         private = rsa.generate_private_key(public_exponent=65537, key_size=_RSA_BITS[spec])
     else:
-        private = ec.generate_private_key(_CURVES[spec]())
+        private = ec.generate_private_key(getattr(ec, _CURVES[spec])())
     return private.private_bytes(
         serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
@@ -59,6 +69,9 @@ def normalize_import(spec: KeySpec, material: bytes) -> bytes:
         if len(material) != 32:
             raise IncorrectKeyMaterial(f"AES_256 material must be 32 bytes, got {len(material)}")
         return material
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
     try:
         private = serialization.load_der_private_key(material, password=None)
     except (ValueError, TypeError):
@@ -68,7 +81,7 @@ def normalize_import(spec: KeySpec, material: bytes) -> bytes:
     if spec in _RSA_BITS:
         ok = isinstance(private, rsa.RSAPrivateKey) and private.key_size == _RSA_BITS[spec]
     else:
-        ok = isinstance(private, ec.EllipticCurvePrivateKey) and isinstance(private.curve, _CURVES[spec])
+        ok = isinstance(private, ec.EllipticCurvePrivateKey) and isinstance(private.curve, getattr(ec, _CURVES[spec]))
     if not ok:
         raise IncorrectKeyMaterial(f"the imported private key is not a {spec.value} key")
     return private.private_bytes(
@@ -94,6 +107,8 @@ class LoadedKey:
             self._aead = AESGCM(self._material)
             self._prefix = blobfmt.header(self.key_id, self.version)
         elif self.spec.is_asymmetric:
+            from cryptography.hazmat.primitives import serialization
+
             self._private = serialization.load_der_private_key(self._material, password=None)
 
     def __repr__(self) -> str:
@@ -131,6 +146,8 @@ class LoadedKey:
 
     # -- RSA OAEP --------------------------------------------------------------
     def _oaep(self, algorithm: EncryptionAlgorithm) -> padding.OAEP:
+        from cryptography.hazmat.primitives.asymmetric import padding
+
         h = hashes.SHA1() if algorithm is EncryptionAlgorithm.RSAES_OAEP_SHA_1 else hashes.SHA256()
         return padding.OAEP(mgf=padding.MGF1(algorithm=h), algorithm=h, label=None)
 
@@ -154,6 +171,8 @@ class LoadedKey:
 
     # -- signatures ------------------------------------------------------------
     def _sig_args(self, algorithm: SigningAlgorithm, message_type: MessageType, message: bytes):
+        from cryptography.hazmat.primitives.asymmetric import ec, padding, utils
+
         if algorithm.family != self.spec.family:
             raise KeyRuleViolation(
                 f"key {self.key_id} is {self.spec.value}: {algorithm.value} needs an "
@@ -195,6 +214,8 @@ class LoadedKey:
             return False
 
     def public_pem(self) -> str:
+        from cryptography.hazmat.primitives import serialization
+
         return (
             self._private.public_key()  # type: ignore[union-attr]
             .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)

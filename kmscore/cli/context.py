@@ -1,4 +1,7 @@
-"""What every sub-command shares: the opened Kms, output helpers, input helpers."""
+"""What every sub-command shares: the opened Kms, output helpers, input helpers.
+
+The facade (key store, sqlite3, cryptography) is imported when a command first asks
+for `ctx.kms`, not with this module: `kms --version` and `--help` never load it."""
 
 from __future__ import annotations
 
@@ -13,12 +16,14 @@ import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from kmscore.errors import InvalidRequest, StoreError
-from kmscore.facade import Kms
 from kmscore.home import HomeChoice, check_home, choose_home
-from kmscore.rootkey import KEY_FILE_NAME, PASSPHRASE_ENV, ROOT_KEY_ENV, RootKeySource
+
+if TYPE_CHECKING:
+    from kmscore.facade import Kms
+    from kmscore.rootkey import RootKeySource
 
 DEPLOYMENT_ENV = "KMS_DEPLOYMENT"
 ROOT_KEY_FILE_ENV = "KMS_ROOT_KEY_FILE"
@@ -82,6 +87,8 @@ class CliContext:
             raise InvalidRequest("\n".join(str(p) for p in e.problems) + f"\n(check it with `kms check {path}`)") from None
 
     def root_key_source(self) -> RootKeySource | None:
+        from kmscore.rootkey import RootKeySource
+
         args = self.args
         if getattr(args, "passphrase_fd", None) is not None:
             return RootKeySource("passphrase-file", f"/dev/fd/{args.passphrase_fd}")
@@ -112,6 +119,8 @@ class CliContext:
             source = self.root_key_source()
             if source is None:
                 check_default_root_key(choice)
+            from kmscore.facade import Kms
+
             self._kms = Kms(choice.path, root_key=source, caller=f"cli:{args.command}",
                             integrity=getattr(args, "integrity", "strict"))  # "report": verify commands
             for notice in self._kms.notices:
@@ -199,6 +208,8 @@ class CliContext:
 def check_default_root_key(choice: HomeChoice) -> None:
     """A store whose root key file was moved away (e.g. to /etc/keyhold for systemd) must
     not be answered with "run `kms init`": say how to point at the moved file."""
+    from kmscore.rootkey import KEY_FILE_NAME, PASSPHRASE_ENV, ROOT_KEY_ENV
+
     if os.environ.get(ROOT_KEY_ENV) or os.environ.get(PASSPHRASE_ENV):
         return
     key_file = choice.path / KEY_FILE_NAME

@@ -33,7 +33,6 @@ HEAVY = (
     "importlib.metadata",
     "kmscore.remote",
     "kmscore.config",
-    "kmscore.frontend",
     "httpx",
     "pydantic",
     "rich",
