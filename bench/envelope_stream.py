@@ -1,21 +1,29 @@
 """Envelope streaming throughput: `kms encrypt-file` / `kms decrypt-file` beside `age`
 (X25519 recipient) and `cp` of the same file, in one run, with raw AES-256-GCM over the
-same number of bytes (no I/O) as the compute ceiling. Prints MB/s, ratios and the peak
-RSS of every command.
+same number of bytes (no I/O) as the compute ceiling. Prints min and median wall time,
+CPU time, time/cp, and the peak RSS of every command.
 
-    .venv/bin/python bench/envelope_stream.py [--size 1G] [--repeat 3] [--dir DIR] [--no-flush]
+    .venv/bin/python bench/envelope_stream.py [--size 1G] [--repeat 5] [--dir DIR] [--no-flush]
                                               [--compare-with DIR ...]
 
---compare-with DIR runs the `kms` of another checkout too (e.g. `git archive main | tar
--x -C DIR`), as `encrypt-file@DIR` and `decrypt-file@DIR`, interleaved with the rest, so
-old and new code are measured side by side in one run. Every output is removed before
-its timed run (replacing a 1 GiB file would charge the freeing of the old one to the
-tool that writes the new one).
+--compare-with DIR runs the `kms` of another checkout too (e.g. /work/main, or `git
+archive main | tar -x -C DIR`), as `kms encrypt-file@DIR` etc., interleaved with the
+rest, so old and new code are measured side by side in one run.
 
-Each timed run is the command plus an fsync of its output (so dirty pages left in the
-page cache are paid for by the tool that made them); --no-flush times the command alone.
-The median of --repeat runs is reported; runs of different tools are interleaved so
-that background load hits them alike. Peak RSS comes from GNU time (/usr/bin/time) around each command.
+Made to give the same answer on a disk and a machine that others use (issue 14):
+* the input is fsynced and read once before round 1 (every tool starts from a warm page
+  cache); before every timed run its output is removed and the removal fsynced, and the
+  machine's dirty pages are written back (`settle`), so no run pays for the one before;
+* each timed run is the command plus an fsync of its output (dirty pages left in the
+  page cache are paid for by the tool that made them); --no-flush times the command alone;
+* rounds run every command once, round-robin, the order rotated each round; time/cp is
+  the median of the per-round ratios (a slow round for everyone does not move it), and
+  each round's ratios are printed as it ends;
+* start-up is measured apart: `kms encrypt-file` of an empty file (parse, imports, key
+  store open, data key, its audit record, close), beside `python -c pass`;
+* bytecode is cached as in an installed package (PYTHONPYCACHEPREFIX in the work
+  directory; PYTHONDONTWRITEBYTECODE is dropped), so start-up is not a compile.
+CPU time and peak RSS come from GNU time (/usr/bin/time) around each command.
 """
 
 from __future__ import annotations
@@ -46,26 +54,74 @@ def parse_size(text: str) -> int:
     return int(text)
 
 
-def run(cmd: list[str], output: Path | None, flush: bool, env: dict) -> tuple[float, int]:
-    """Wall seconds (command + fsync of its output) and peak RSS in KiB.
+def run(cmd: list[str], output: Path | None, flush: bool, env: dict) -> tuple[float, float, int]:
+    """Wall seconds (command + fsync of its output), CPU seconds (user + system) and peak
+    RSS in KiB of one command.
 
-    The RSS comes from /usr/bin/time -v (its wait4 of the exec'd command): wait4 of a
+    CPU and RSS come from /usr/bin/time (its wait4 of the exec'd command): wait4 of a
     child forked by this (large) Python process would count the pages it shared before exec.
     """
     with tempfile.NamedTemporaryFile("r") as report:
         start = time.perf_counter()
-        proc = subprocess.run([TIME, "-f", "%M", "-o", report.name, *cmd], stdout=subprocess.DEVNULL,
+        proc = subprocess.run([TIME, "-f", "%M %U %S", "-o", report.name, *cmd], stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, env=env)
         if proc.returncode != 0:
             raise SystemExit(f"{' '.join(cmd)} failed: {proc.stderr.decode().strip()}")
-        peak = int(report.read().split()[-1])
-    if flush and output is not None:
-        fd = os.open(output, os.O_RDONLY)
+        if flush and output is not None:
+            fsync(output)
+        wall = time.perf_counter() - start
+        peak, user, system = report.read().split()[-3:]
+    return wall, float(user) + float(system), int(peak)
+
+
+def fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def dirty_bytes() -> int:
+    """Dirty + Writeback pages of the whole machine (/proc/meminfo), in bytes."""
+    total = 0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            name, value = line.split(":")
+            if name in ("Dirty", "Writeback"):
+                total += int(value.split()[0]) * 1024
+    return total
+
+
+def settle(limit: int = 32 << 20, timeout: float = 20.0) -> None:
+    """Before a timed run: write back what is dirty (our removed outputs, other processes'
+    writes) so that no run pays for the one before it; wait (up to `timeout`) until the
+    machine's dirty pages are under `limit`."""
+    os.sync()
+    deadline = time.monotonic() + timeout
+    while dirty_bytes() > limit and time.monotonic() < deadline:
+        time.sleep(0.05)
+        os.sync()
+
+
+def remove(path: Path) -> None:
+    """Delete an output and make the deletion durable (the freeing of 1 GiB of blocks is
+    then not charged to the next command that writes)."""
+    if path.exists():
+        path.unlink()
+        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(fd)
         finally:
             os.close(fd)
-    return time.perf_counter() - start, peak
+
+
+def warm(path: Path) -> None:
+    """Read `path` once so that every tool starts with its input in the page cache."""
+    with open(path, "rb", buffering=0) as f:
+        buf = bytearray(4 << 20)
+        while f.readinto(buf):
+            pass
 
 
 def make_input(path: Path, size: int) -> None:
@@ -115,7 +171,7 @@ def ceiling(size: int, frame: int = 65536) -> tuple[float, float]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size", default="1G", help="input size, e.g. 256M, 1G (default 1G)")
-    ap.add_argument("--repeat", type=int, default=3, help="runs per command; the median is shown")
+    ap.add_argument("--repeat", type=int, default=5, help="rounds (every command once per round; default 5)")
     ap.add_argument("--dir", help="work directory (default: a new one under $TMPDIR)")
     ap.add_argument("--no-flush", action="store_true", help="do not fsync outputs (page-cache speed)")
     ap.add_argument("--compare-with", nargs="*", default=[], metavar="DIR", help="other checkouts to run alongside")
@@ -127,69 +183,101 @@ def main() -> int:
         raise SystemExit("GNU time is not installed (Debian package `time`)")
     work = Path(tempfile.mkdtemp(prefix="keyhold-bench-", dir=args.dir))
     flush = not args.no_flush
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KMS_")}
+    # As installed: bytecode cached (not recompiled per run), in the work directory (no
+    # checkout is written to); no KMS_* setting of the caller's shell.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KMS_") and k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
     try:
         home = work / "home"
-        plain, sealed_kms, sealed_age = work / "plain", work / "plain.khev", work / "plain.age"
+        plain, empty, sealed_age = work / "plain", work / "empty", work / "plain.age"
         out = work / "out"
         subprocess.run([KMS, "init", "--home", str(home)], check=True, capture_output=True, env=env)
         subprocess.run([KMS, "--home", str(home), "create-key", "--alias", "bench/envelope"], check=True,
                        capture_output=True, env=env)
         subprocess.run(["age-keygen", "-o", str(work / "identity")], check=True, capture_output=True)
         recipient = next(l.split(": ")[1] for l in (work / "identity").read_text().splitlines() if "public key" in l)
-        print(f"input: {size / MB:.0f} MB of random bytes in {work} ({'outputs fsynced' if flush else 'no fsync'}),"
-              f" {args.repeat} run(s) each, median", flush=True)
         make_input(plain, size)
-        kms = [KMS, "--home", str(home)]
+        empty.touch()
+        kms_here = [KMS, "--home", str(home)]
         commands = {
             "cp": (["cp", str(plain), str(out)], out),
-            "kms encrypt-file": (kms + ["encrypt-file", "bench/envelope", str(plain), str(sealed_kms)], sealed_kms),
             "age -r (X25519)": (["age", "-r", recipient, "-o", str(sealed_age), str(plain)], sealed_age),
-            "kms decrypt-file": (kms + ["decrypt-file", str(sealed_kms), str(out)], out),
             "age -d": (["age", "-d", "-i", str(work / "identity"), "-o", str(out), str(sealed_age)], out),
-            "kms startup (list-keys)": (kms + ["list-keys"], None),
+            "python -c pass": ([sys.executable, "-c", "pass"], None),
         }
-        for other in args.compare_with:
-            tag = Path(other).name
-            old_kms = [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(Path(other).resolve())!r}); "
-                       "from kmscore.cli.main import main; sys.exit(main())", "--home", str(home)]
-            sealed_other = work / f"plain.{tag}.khev"
-            commands[f"encrypt-file@{tag}"] = (old_kms + ["encrypt-file", "bench/envelope", str(plain),
-                                                         str(sealed_other)], sealed_other)
-            commands[f"decrypt-file@{tag}"] = (old_kms + ["decrypt-file", str(sealed_other), str(out)], out)
+        tags = [""] + [f"@{Path(other).name}" for other in args.compare_with]
+        for tag, kms in zip(tags, [kms_here] + [[sys.executable, "-c", f"import sys; sys.path.insert(0, {str(Path(other).resolve())!r}); "
+                                               "from kmscore.cli.main import main; sys.exit(main())", "--home", str(home)]
+                                               for other in args.compare_with]):
+            sealed = work / f"plain{tag}.khev"
+            commands[f"kms encrypt-file{tag}"] = (kms + ["encrypt-file", "bench/envelope", str(plain), str(sealed)], sealed)
+            commands[f"kms decrypt-file{tag}"] = (kms + ["decrypt-file", str(sealed), str(out)], out)
+            commands[f"kms start-up{tag}"] = (kms + ["encrypt-file", "bench/envelope", str(empty), str(work / "empty.khev")],
+                                          work / "empty.khev")
+        # untimed: bytecode caches, and every envelope a decrypting command reads
+        for name in [n for n in commands if n.startswith(("kms start-up", "kms encrypt-file", "age -r"))]:
+            run(*commands[name], flush, env)
+        fsync(plain)
+        settle()
+        warm(plain)
+        print(f"input: {size / MB:.0f} MB of random bytes in {work} ({'outputs fsynced' if flush else 'no fsync'}), "
+              f"{args.repeat} rounds, every command once per round (order rotated), load {load()}", flush=True)
         times: dict[str, list[float]] = {name: [] for name in commands}
+        cpu: dict[str, list[float]] = {name: [] for name in commands}
         rss: dict[str, int] = {name: 0 for name in commands}
-        for _ in range(args.repeat):
-            for name, (cmd, output) in commands.items():
+        names = list(commands)
+        for r in range(args.repeat):
+            order = names[r % len(names):] + names[: r % len(names)]
+            for name in order:
+                cmd, output = commands[name]
                 if output is not None:
-                    output.unlink(missing_ok=True)
-                seconds, peak = run(cmd, output, flush, env)
-                times[name].append(seconds)
+                    remove(output)
+                settle()
+                wall, seconds, peak = run(cmd, output, flush, env)
+                times[name].append(wall)
+                cpu[name].append(seconds)
                 rss[name] = max(rss[name], peak)
                 if "decrypt-file" in name and sha256(out) != sha256(plain):
                     raise SystemExit(f"{name} did not give back the input")
+            cp = times["cp"][-1]
+            print(f"round {r + 1}: cp {cp:.2f} s; time/cp " + ", ".join(
+                f"{n} {times[n][-1] / cp:.2f}" for n in names if n != "cp" and "start-up" not in n and "python" not in n)
+                  + "; " + ", ".join(f"{n} {times[n][-1]:.3f} s" for n in names if "start-up" in n), flush=True)
         seal, open_ = ceiling(size)
-        median = {name: statistics.median(ts) for name, ts in times.items()}
-        cp = median["cp"]
-        print(f"\n{'':26} {'seconds':>8} {'MB/s':>8} {'time/cp':>8} {'peak RSS':>9}")
-        for name, seconds in median.items():
-            rate = f"{size / MB / seconds:8.0f}" if "startup" not in name else f"{'':>8}"
-            print(f"{name:26} {seconds:8.2f} {rate} {seconds / cp:8.2f} {rss[name] / 1024:7.1f} MiB")
-        for name, seconds in (("raw AES-GCM seal (no I/O)", seal), ("raw AES-GCM open (no I/O)", open_)):
-            print(f"{name:26} {seconds:8.2f} {size / MB / seconds:8.0f} {seconds / cp:8.2f} {'(in process)':>13}")
-        print()
-        for other in args.compare_with:
-            tag = Path(other).name
-            for op in ("encrypt-file", "decrypt-file"):
-                print(f"kms {op}: {median[f'{op}@{tag}'] / median[f'kms {op}']:.2f}x the speed of {op}@{tag} "
-                      f"({median[f'{op}@{tag}'] / cp:.2f}x the time of cp)")
-        for kms_op, age_op in (("kms encrypt-file", "age -r (X25519)"), ("kms decrypt-file", "age -d")):
-            print(f"{kms_op}: {median[age_op] / median[kms_op]:.2f}x the speed of age, "
-                  f"{median[kms_op] / cp:.2f}x the time of cp, "
-                  f"{median[kms_op] - median['kms startup (list-keys)']:.2f} s without the CLI start-up")
+        report(size, times, cpu, rss, tags, seal, open_)
+        print(f"load at the end: {load()}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def load() -> str:
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def report(size: int, times: dict[str, list[float]], cpu: dict[str, list[float]], rss: dict[str, int],
+           tags: list[str], seal: float, open_: float) -> None:
+    """The table (min and median of the rounds; time/cp is the median of the per-round
+    ratios, so a slow round for everyone does not move it) and the goal lines."""
+    med = {n: statistics.median(ts) for n, ts in times.items()}
+    ratio = {n: statistics.median(t / c for t, c in zip(ts, times["cp"])) for n, ts in times.items()}
+    print(f"\n{'':26} {'min s':>7} {'median s':>8} {'CPU s':>7} {'MB/s':>6} {'time/cp':>8} {'peak RSS':>9}")
+    for name, ts in times.items():
+        small = "start-up" in name or "python" in name
+        rate = f"{'':>6}" if small else f"{size / MB / med[name]:6.0f}"
+        print(f"{name:26} {min(ts):7.3f} {med[name]:8.3f} {statistics.median(cpu[name]):7.3f} {rate} "
+              f"{'' if small else f'{ratio[name]:8.2f}':>8} {rss[name] / 1024:6.1f} MiB")
+    for name, seconds in (("raw AES-GCM seal (no I/O)", seal), ("raw AES-GCM open (no I/O)", open_)):
+        print(f"{name:26} {'':7} {seconds:8.3f} {'':7} {size / MB / seconds:6.0f} {seconds / med['cp']:8.2f} (in process)")
+    print()
+    for tag in tags:
+        start = med[f"kms start-up{tag}"]
+        for op, age in (("encrypt-file", "age -r (X25519)"), ("decrypt-file", "age -d")):
+            name = f"kms {op}{tag}"
+            per_round = [(t - s) / c for t, s, c in zip(times[name], times[f"kms start-up{tag}"], times["cp"])]
+            print(f"{name}: {ratio[name]:.2f}x the time of cp (best round {min(t / c for t, c in zip(times[name], times['cp'])):.2f}), "
+                  f"{med[age] / med[name]:.2f}x the speed of age; without its start-up ({start:.3f} s) "
+                  f"{statistics.median(per_round):.2f}x cp")
 
 
 if __name__ == "__main__":
