@@ -256,7 +256,10 @@ def atomic_output(path: str, mode: int = PRIVATE) -> Iterator[BinaryIO]:
     It is written as an unnamed file (O_TMPFILE) in the target's folder and linked in
     at the end, so a process killed half-way (SIGKILL, power loss) leaves nothing
     behind, not even a hidden temporary file of partial plaintext. Only where the file
-    system lacks O_TMPFILE is a named temporary used (removed on every error)."""
+    system lacks O_TMPFILE is a named temporary used (removed on every error). The data
+    is fsynced before the link and the folder after it: a command that said it wrote a
+    file has it on the disk, so the caller may remove its input (a power loss otherwise
+    could leave an empty file under the name, as ext4 allocates late)."""
     target = Path(path)
     if target.is_dir():
         raise InvalidRequest(f"cannot write {path}: it is a directory")
@@ -277,15 +280,26 @@ def atomic_output(path: str, mode: int = PRIVATE) -> Iterator[BinaryIO]:
         with f:
             yield f
             f.flush()
+            os.fsync(fd)  # the data on the disk before the name: never an empty file under it
             if named is None:
                 _link_in(fd, target)
         if named is not None:
             os.replace(named, target)
+        _sync_folder(folder)  # and the name itself
     except OSError as e:
         raise InvalidRequest(f"cannot write {path}: {e.strerror}") from None
     finally:
         if named is not None:
             named.unlink(missing_ok=True)
+
+
+def _sync_folder(folder: str) -> None:
+    """fsync a directory, so that a name just linked or renamed into it survives a power loss."""
+    dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
 
 
 def _link_in(fd: int, target: Path) -> None:
