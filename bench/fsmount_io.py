@@ -6,8 +6,11 @@ All three live on the same disk (under --dir) and run in one go. Measured, per t
 sequential write of --size-mib with fsync, sequential read after dropping the page
 cache (needs root), 4 KiB random reads and writes with fio (psync engine, one job,
 --seconds each) on the file just written, and creating --files files of 4 KiB
-(create+write+close) then stat()ing each. Tests are interleaved across targets and
-repeated (--rounds, best counts). Prints MB/s or ops/s and the ratio to gocryptfs. Timings are wall-clock from Python (sequential, small files) or fio's own.
+(create+write+close) then stat()ing each (--tests picks some). Tests are interleaved
+across targets and repeated (--rounds, best counts). `--compare-with DIR` adds a second
+kms mount run by the checkout at DIR (its own .venv): before/after side by side, on one
+machine at one time, which is the only fair comparison on a shared machine.
+Prints MB/s or ops/s and the ratio to gocryptfs. Timings are wall-clock from Python (sequential, small files) or fio's own.
 
 It also prints the CPU time the file system's own process (all its threads, user +
 system, from /proc/PID/stat) spent per unit of work: on a busy machine wall-clock
@@ -27,11 +30,14 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
 from fsmount.mount import is_mounted  # noqa: E402
 
 CHUNK = 1 << 20
+ATTR_CACHE_WAIT = 1.2  # s: past the mounts' attr_timeout (1 s) before the stat phase
+TESTS = ("seq", "randread", "randwrite", "small")
 CLOCK_TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -138,6 +144,10 @@ def small_files(root: Path, count: int, name: str = "small", cpu=lambda: None) -
             f.write(data)
     created = count / (time.perf_counter() - start)
     after_create = cpu()
+    # both mounts tell the kernel to keep attributes for 1 s: without the wait, the files
+    # created last would be stat()ed from the kernel's cache, the more of them the faster
+    # the creates ran, and the stat figure would reward create speed
+    time.sleep(ATTR_CACHE_WAIT)
     start = time.perf_counter()
     for i in range(count):
         os.stat(d / f"f{i}")
@@ -158,7 +168,7 @@ def wait_mounted(point: Path, proc: subprocess.Popen | None = None) -> None:
 PIDS: dict[str, int | None] = {}  # target -> pid of the process serving its mount
 
 
-def setup(base: Path, only: list[str], kms_options: list[str]) -> tuple[dict[str, Path], list]:
+def setup(base: Path, only: list[str], kms_options: list[str], compare_with: Path | None = None) -> tuple[dict[str, Path], list]:
     targets: dict[str, Path] = {}
     cleanup: list = []
     if "plain" in only:
@@ -176,28 +186,36 @@ def setup(base: Path, only: list[str], kms_options: list[str]) -> tuple[dict[str
         targets["gocryptfs"] = m
         PIDS["gocryptfs"] = process_serving(m, "gocryptfs")
         cleanup.append(lambda m=m: subprocess.run(["fusermount3", "-u", str(m)]))
-    if "kms" not in only:
-        return targets, cleanup
-    home, c, m = base / "kmshome", base / "kms.c", base / "kms.m"
+    if "kms" in only:
+        targets["kms mount"], stop = start_kms(base, "kms", Path(sys.executable), ROOT, kms_options)
+        cleanup.append(stop)
+    if compare_with is not None:  # the "before" checkout, with its own venv and code
+        targets["kms before"], stop = start_kms(base, "before", compare_with / ".venv/bin/python", compare_with, kms_options)
+        cleanup.append(stop)
+    return targets, cleanup
+
+
+def start_kms(base: Path, tag: str, python: Path, checkout: Path, kms_options: list[str]) -> tuple[Path, object]:
+    """A `kms mount` of a new cipher dir run by `checkout`'s code; its mount point and stop()."""
+    home, c, m = base / f"{tag}.home", base / f"{tag}.c", base / f"{tag}.m"
     c.mkdir()
     m.mkdir()
-    from kmscore import Kms  # a KMS home must exist before a mount names it
-
-    with Kms(home, caller="bench"):
-        pass
-    log = open(base / "kms-mount.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "fsmount.cli", "--home", str(home), str(c), str(m), *kms_options], stdout=log, stderr=log)
+    # a KMS home must exist before a mount names it: made by the checkout that mounts it
+    subprocess.run([str(python), "-c", f"from kmscore import Kms\nwith Kms({str(home)!r}, caller='bench'): pass"],
+                   cwd=checkout, check=True)
+    log_path = base / f"{tag}-mount.log"
+    log = open(log_path, "wb")
+    proc = subprocess.Popen([str(python), "-m", "fsmount.cli", "--home", str(home), str(c), str(m), *kms_options],
+                            cwd=checkout, stdout=log, stderr=log)
     wait_mounted(m, proc)
-    targets["kms mount"] = m
-    PIDS["kms mount"] = proc.pid
+    PIDS["kms mount" if tag == "kms" else f"kms {tag}"] = proc.pid
 
-    def stop_kms() -> None:
+    def stop() -> None:
         subprocess.run(["fusermount3", "-u", str(m)])
         if proc.wait(timeout=60) != 0:
-            print((base / "kms-mount.log").read_text()[-2000:], file=sys.stderr)
+            print(log_path.read_text()[-2000:], file=sys.stderr)
 
-    cleanup.append(stop_kms)
-    return targets, cleanup
+    return m, stop
 
 
 def main() -> int:
@@ -208,11 +226,14 @@ def main() -> int:
     ap.add_argument("--seconds", type=int, default=5, help="fio runtime per random test")
     ap.add_argument("--rounds", type=int, default=2, help="repeat every test; the best round counts")
     ap.add_argument("--only", default="plain,gocryptfs,kms", help="comma-separated targets")
+    ap.add_argument("--tests", default=",".join(TESTS), help=f"comma-separated subset of {','.join(TESTS)}")
+    ap.add_argument("--compare-with", type=Path, metavar="DIR",
+                    help="also mount with the checkout at DIR (its own .venv), as 'kms before', interleaved")
     ap.add_argument("--kms-frame-size", help="frame size of the kms mount's new cipher directory (e.g. 4k)")
     args = ap.parse_args()
     base = Path(tempfile.mkdtemp(prefix="keyhold-bench-", dir=args.dir))
     kms_options = ["--frame-size", args.kms_frame_size] if args.kms_frame_size else []
-    targets, cleanup = setup(base, args.only.split(","), kms_options)
+    targets, cleanup = setup(base, args.only.split(","), kms_options, args.compare_with)
     results: dict[str, dict[str, float | None]] = {name: {} for name in targets}
     cpu: dict[str, dict[str, float | None]] = {name: {} for name in targets}  # CPU µs per unit
     names = list(targets)
@@ -221,7 +242,7 @@ def main() -> int:
         # and the best of --rounds counts, so a noisy neighbour hurts all targets alike
         for rnd in range(args.rounds):
             order = names[rnd % len(names):] + names[: rnd % len(names)]
-            for test in ("seq", "randread", "randwrite", "small"):
+            for test in [t for t in TESTS if t in args.tests.split(",")]:
                 for name in order:
                     root, r, c = targets[name], results[name], cpu[name]
                     big = root / "big"
@@ -259,19 +280,20 @@ def main() -> int:
 def report(results: dict[str, dict[str, float | None]], cpu: dict[str, dict[str, float | None]], args: argparse.Namespace) -> None:
     names = list(results)
     metrics = ["seq write MB/s", "seq read MB/s", "4k rand read IOPS", "4k rand write IOPS", "create files/s", "stat files/s"]
+    metrics = [m for m in metrics if any(r.get(m) is not None for r in results.values())]  # the --tests run
     print(f"\nfsmount I/O: {args.size_mib} MiB sequential, {args.files} x 4 KiB files, fio 4k psync {args.seconds}s,"
           f" best of {args.rounds} interleaved rounds"
           f" (page cache dropped: {'yes' if os.geteuid() == 0 else 'no, not root'})\n")
-    head = f"| {'metric':<20} | " + " | ".join(f"{n:>12}" for n in names) + " | kms/gocryptfs |"
+    pairs = [(a, b) for a, b in (("kms mount", "gocryptfs"), ("kms before", "gocryptfs"), ("kms mount", "kms before"))
+             if a in results and b in results]
+    head = f"| {'metric':<20} | " + " | ".join(f"{n:>12}" for n in names) + "".join(f" | {ratio_name(a, b):>13}" for a, b in pairs) + " |"
     print(head)
     print("|" + "|".join("-" * (len(c) + 0) for c in head.split("|")[1:-1]) + "|")
     for m in metrics:
         cells = [results[n].get(m) for n in names]
-        ratio = ""
-        g, k = results.get("gocryptfs", {}).get(m), results.get("kms mount", {}).get(m)
-        if g and k:
-            ratio = f"{k / g:.2f}"
-        print(f"| {m:<20} | " + " | ".join(f"{c:>12,.0f}" if c is not None else f"{'n/a':>12}" for c in cells) + f" | {ratio:>13} |")
+        ratios = [(results[a].get(m), results[b].get(m)) for a, b in pairs]
+        print(f"| {m:<20} | " + " | ".join(f"{c:>12,.0f}" if c is not None else f"{'n/a':>12}" for c in cells)
+              + "".join(f" | {x / y:>13.2f}" if x and y else f" | {'':>13}" for x, y in ratios) + " |")
 
     served = [n for n in names if n != "plain"]
     if not served:
@@ -279,16 +301,21 @@ def report(results: dict[str, dict[str, float | None]], cpu: dict[str, dict[str,
     units = {"seq write MB/s": "MiB", "seq read MB/s": "MiB", "4k rand read IOPS": "I/O",
              "4k rand write IOPS": "I/O", "create files/s": "file", "stat files/s": "stat"}
     print("\nCPU of the file system process per unit of work (µs, lowest of the rounds; lower is better):\n")
-    head = f"| {'metric':<20} | " + " | ".join(f"{n:>12}" for n in served) + " | gocryptfs/kms |"
+    pairs = [(b, a) for a, b in pairs]  # CPU: lower is better, so the ratio is the other way round
+    head = f"| {'metric':<20} | " + " | ".join(f"{n:>12}" for n in served) + "".join(f" | {ratio_name(a, b):>13}" for a, b in pairs) + " |"
     print(head)
     print("|" + "|".join("-" * len(c) for c in head.split("|")[1:-1]) + "|")
     for m in metrics:
         cells = [cpu[n].get(m) for n in served]
-        g, k = cpu.get("gocryptfs", {}).get(m), cpu.get("kms mount", {}).get(m)
-        ratio = f"{g / k:.2f}" if g and k else ""
+        ratios = [(cpu[a].get(m), cpu[b].get(m)) for a, b in pairs]
         label = f"{m.split(' ')[0]} {m.split(' ')[1]} /{units[m]}" if not m.startswith("4k") else f"{m[:12]} /{units[m]}"
-        print(f"| {label:<20} | " + " | ".join(f"{c:>12,.1f}" if c is not None else f"{'n/a':>12}" for c in cells) + f" | {ratio:>13} |")
+        print(f"| {label:<20} | " + " | ".join(f"{c:>12,.1f}" if c is not None else f"{'n/a':>12}" for c in cells)
+              + "".join(f" | {x / y:>13.2f}" if x and y else f" | {'':>13}" for x, y in ratios) + " |")
 
+
+def ratio_name(a: str, b: str) -> str:
+    short = {"kms mount": "kms", "kms before": "before", "gocryptfs": "gocryptfs"}
+    return f"{short[a]}/{short[b]}"
 
 if __name__ == "__main__":
     sys.exit(main())

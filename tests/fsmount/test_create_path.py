@@ -74,3 +74,21 @@ def test_packed_struct_stat_is_byte_for_byte_mfusepys(tmp_path: Path, times) -> 
     _fill_stat(ctypes.pointer(ours), dict(attrs))
     mfusepy.set_st_attrs(theirs, attrs, use_ns=True)
     assert bytes(ours) == bytes(theirs)
+
+
+@pytest.mark.parametrize("outcome", [None, 7, OSError(2, "gone"), OSError(13, "no"), OSError(-5, "odd"),
+                                     ValueError("bug")])
+def test_callback_entry_answers_as_mfusepys_handler(outcome) -> None:
+    """KeyholdFUSE makes each callback's call itself (the hot path of 8 callbacks per
+    create) and hands only failures to mfusepy's handler: every outcome maps to the
+    return value mfusepy's own handler gives."""
+    from fsmount.filesystem import KeyholdFUSE
+    from fsmount.libfuse import mfusepy
+
+    def getattr_fuse_3(*args):  # a callback name mfusepy's handler reads
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    fuse = object.__new__(KeyholdFUSE)
+    assert fuse._wrapper(getattr_fuse_3, b"/x") == mfusepy.FUSE._wrapper(fuse, getattr_fuse_3, b"/x")
