@@ -15,7 +15,6 @@ SIGTERM)."""
 from __future__ import annotations
 
 import importlib.util
-import signal
 import subprocess
 import sys
 import threading
@@ -29,7 +28,7 @@ import pytest
 from kmscore import Kms
 from kmscore.dkcache import DataKeyCache
 from kmscore.envelope import new_envelope, open_envelope
-from tests.serve.conftest import clean_env, free_port, stop_server, write_access_key_file
+from tests.serve.conftest import clean_env, free_port, stop_process, stop_server, write_access_key_file
 
 KMS = str(Path(sys.executable).with_name("kms"))
 ENVELOPE_TYPE = "application/vnd.keyhold.envelope"
@@ -141,12 +140,7 @@ def test_a_remote_sidecar_unwraps_a_repeated_envelope_once(tmp_path, server, ups
                 r = http.post("/open/x", content=body, headers={"Content-Type": ENVELOPE_TYPE})
                 assert r.status_code == 200, r.text
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
     stop_server(server)  # its audit journal reaches the store on SIGTERM
     with Kms(server.home, caller="test") as kms:
         assert decrypt_datakey_calls(kms, "found-sidecar") == 1

@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.serve.conftest import clean_env, free_port, remote_kms, start_server_at, stop_server, write_access_key_file
+from tests.serve.conftest import clean_env, free_port, remote_kms, restart_server, stop_server, write_access_key_file
 
 if not os.path.exists("/dev/fuse") or not shutil.which("fusermount3"):
     pytest.skip("FUSE (/dev/fuse, fusermount3) is not available", allow_module_level=True)
@@ -231,16 +231,13 @@ def test_sidecar_and_mount_on_the_remote_facade(server, remote_host):
         assert remote_host["proc"].poll() is None  # kms up keeps running
 
         # ... and recover by themselves when it is back on the same port
-        back = start_server_at(server.home, int(server.url.rsplit(":", 1)[1]))
-        try:
+        with restart_server(server):
             wait_for("reads to work again", lambda: read_works(fd, data))
             r = put(remote_host, "/store/e", b"back")
             assert r.status_code == 200, r.text
             assert received[-1][0] == "/store/e" and b"back" not in received[-1][1]
             wait_for("decryption after the restart", lambda: put(remote_host, "/open/e", envelope).status_code == 200)
             assert received[-1] == ("/open/e", b"top secret body")
-        finally:
-            stop_server(back)
     finally:
         os.close(fd)
         admin.close()

@@ -25,7 +25,7 @@ from cryptography.x509.oid import NameOID
 import kmscore
 from kmscore import Kms
 from kmscore.remote import Credentials, RemoteKms
-from tests.serve.conftest import AccessKey, clean_env, free_port, remote_kms, start_server_at, stop_server
+from tests.serve.conftest import AccessKey, clean_env, free_port, remote_kms, restart_server, stop_process, stop_server
 from tests.serve.conftest import kms as run_kms
 
 POLICY_APP_ONLY = """
@@ -49,12 +49,9 @@ def test_server_down_fails_closed_and_the_same_client_recovers_on_restart(server
                 call()
             assert server.url in str(e.value) and b"while down".decode() not in str(e.value)
         assert isinstance(e.value, kmscore.KmsError) and e.value.exit_code == 10
-        back = start_server_at(server.home, int(server.url.rsplit(":", 1)[1]))
-        try:
+        with restart_server(server):
             assert eventually(lambda: kms.decrypt_data(blob, {"k": "v"})) == b"before"
             assert kms.decrypt_data(kms.encrypt_data("app/restart", b"after"), None) == b"after"
-        finally:
-            stop_server(back)
     finally:
         kms.close()
 
@@ -79,14 +76,11 @@ def test_after_a_failure_calls_fail_fast_until_the_retry_window_passes(server):
         stop_server(server)
         with pytest.raises(kmscore.KmsUnreachable, match="cannot be reached") as first:
             kms.gen_random(8)
-        back = start_server_at(server.home, int(server.url.rsplit(":", 1)[1]))
-        try:
+        with restart_server(server):
             # the server is back, but this client does not try before its window passes
             with pytest.raises(kmscore.KmsUnreachable, match="not tried again for gen_random") as e:
                 kms.gen_random(8)
             assert str(first.value) in str(e.value)
-        finally:
-            stop_server(back)
     finally:
         kms.close()
 
@@ -261,12 +255,7 @@ def tls_server(server, tmp_path, request):
             time.sleep(0.05)
         yield f"https://127.0.0.1:{port}", cert, fingerprint
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def test_tls_with_a_pinned_fingerprint_or_a_ca_file(server, tls_server):
