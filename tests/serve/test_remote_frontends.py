@@ -13,42 +13,19 @@ import errno
 import importlib.util
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.e2e.kmsup import fuse_mounted, start_up, stop, unmount, wait_for, wait_log
 from tests.serve.conftest import clean_env, free_port, remote_kms, restart_server, stop_server, write_access_key_file
 
 if not os.path.exists("/dev/fuse") or not shutil.which("fusermount3"):
     pytest.skip("FUSE (/dev/fuse, fusermount3) is not available", allow_module_level=True)
 if importlib.util.find_spec("mitmproxy") is None:
     pytest.skip("the sidecar needs mitmproxy (Python >= 3.12)", allow_module_level=True)
-
-KMS = str(Path(sys.executable).with_name("kms"))
-WAIT = 30.0
-
-
-def wait_for(what: str, predicate, timeout: float = WAIT):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:.0f} s: {what}")
-        time.sleep(0.1)
-
-
-def mounted(path: Path) -> bool:
-    with open("/proc/self/mounts") as f:
-        return any(line.split()[1] == str(path) and line.split()[2].startswith("fuse") for line in f)
 
 
 @pytest.fixture
@@ -130,28 +107,14 @@ def remote_host(tmp_path, server, upstream):
     listen = free_port()
     (host / "deploy.toml").write_text(CONFIG.format(url=server.url, listen=listen, upstream=port))
     log = host / "up.log"
-    env = clean_env()
-    proc = subprocess.Popen([KMS, "up", str(host / "deploy.toml")], stdout=log.open("wb"), stderr=subprocess.STDOUT,
-                            env=env, cwd="/", stdin=subprocess.DEVNULL)
+    proc = start_up(host / "deploy.toml", log, env=clean_env())
     state = {"proc": proc, "host": host, "log": log, "listen": listen, "received": received}
     try:
-        wait_for("kms up running", lambda: proc.poll() is not None or "running deploy.toml" in log.read_text())
-        assert proc.poll() is None, log.read_text()
+        wait_log(proc, log, "running deploy.toml")
         yield state
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        plain = host / "plain"
-        if mounted(plain):
-            subprocess.run(["fusermount3", "-u", "-z", str(plain)], check=False)
-        with open("/proc/self/mounts") as f:
-            if any(line.split()[1] == str(plain) for line in f):  # a guard left by a failed test
-                subprocess.run(["umount", "-l", str(plain)], check=False)
+        stop(proc)
+        unmount(host / "plain")
 
 
 def put(state, path: str, body: bytes) -> httpx.Response:
@@ -179,7 +142,7 @@ def read_works(fd: int, data: bytes) -> bool:
 def test_sidecar_and_mount_on_the_remote_facade(server, remote_host):
     host, received = remote_host["host"], remote_host["received"]
     plain = host / "plain"
-    assert mounted(plain)
+    assert fuse_mounted(plain)
     # no key store on this host: nothing but logs in its home, no root key
     assert not list(host.rglob("keys.db")) and not list(host.rglob("root.key"))
     assert "remote KMS http://127.0.0.1" in remote_host["log"].read_text()
