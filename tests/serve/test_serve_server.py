@@ -7,7 +7,6 @@ neither crash the server nor hold it."""
 from __future__ import annotations
 
 import concurrent.futures
-import datetime
 import hashlib
 import signal
 import socket
@@ -19,7 +18,7 @@ import httpx
 import pytest
 
 from tests.serve.conftest import KMS_BIN, clean_env, free_port, kms, start_server
-from tests.serve.servecore import signed_request, start_server_with
+from tests.serve.servecore import signed_request, start_server_with, write_certificate
 
 
 def run_kms(home, *args, timeout=60):
@@ -66,24 +65,11 @@ def test_self_signed_certificate_made_once_pinned_and_verifiable(tmp_path):
 
 
 def _own_certificate(folder):
+    """An operator's certificate for localhost: (cert file, key file, fingerprint as served)."""
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    from cryptography.hazmat.primitives import hashes
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "operator's cert")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(1).not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-            .sign(key, hashes.SHA256()))
-    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    key_file.chmod(0o600)
+    cert_file, key_file, cert = write_certificate(folder, x509.DNSName("localhost"))
     return cert_file, key_file, ":".join(f"{b:02X}" for b in cert.fingerprint(hashes.SHA256()))
 
 
