@@ -1,6 +1,7 @@
 """`kms up` as a real process, for the end-to-end tests (and tests/serve's front ends on a
 remote facade): start it on a config, await a line of its log with a bound (never a
-sleep of a guessed length), stop it, and take back any mount a failed test left.
+sleep of a guessed length), stop it, and take back any mount a failed test left; and a
+real upstream for its proxies that records what reaches it.
 
 Ports and stopping come from tests/serve/conftest.py (free_port, stop_process), so a
 `kms up` is stopped as a `kms serve` is."""
@@ -10,15 +11,19 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from tests.serve.conftest import free_port, stop_process
 
 __all__ = ["KMS", "WAIT", "free_port", "wait_for", "up_env", "start_up", "wait_log", "stop", "mounts_at",
-           "fuse_mounted", "unmount"]
+           "fuse_mounted", "unmount", "Request", "Upstream", "recording_upstream"]
 
 KMS = str(Path(sys.executable).with_name("kms"))
 WAIT = 30.0
@@ -86,3 +91,55 @@ def unmount(path: Path) -> None:
         subprocess.run(["fusermount3", "-u", "-z", str(path)], check=False)
     if mounts_at(path):
         subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+class Request(NamedTuple):
+    """One request as the upstream received it (header names lower-case)."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Upstream:
+    port: int
+    received: list[Request] = field(default_factory=list)
+
+    def last(self, path: str) -> Request:
+        return next(r for r in reversed(self.received) if r.path == path)
+
+
+@contextmanager
+def recording_upstream() -> Iterator[Upstream]:
+    """A real HTTP/1.1 server on a free loopback port that records every request and
+    answers 200 {"ok": true}: what a proxy under test sent, as it arrived."""
+    up = Upstream(0)
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *a):
+            pass
+
+        def _any(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            up.received.append(Request(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+            reply = b'{"ok": true}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(reply)))
+            self.end_headers()
+            self.wfile.write(reply)
+
+        do_GET = do_PUT = do_POST = do_DELETE = _any
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    up.port = server.server_address[1]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield up
+    finally:
+        server.shutdown()
+        server.server_close()

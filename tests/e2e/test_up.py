@@ -13,15 +13,13 @@ import shutil
 import signal
 import socket
 import subprocess
-import threading
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.e2e.kmsup import KMS, free_port, fuse_mounted, start_up, stop, unmount, up_env, wait_for, wait_log
+from tests.e2e.kmsup import (KMS, Upstream, free_port, fuse_mounted, recording_upstream, start_up, stop, unmount, up_env,
+                             wait_for, wait_log)
 
 if not os.path.exists("/dev/fuse") or not shutil.which("fusermount3"):
     pytest.skip("FUSE (/dev/fuse, fusermount3) is not available", allow_module_level=True)
@@ -29,44 +27,10 @@ if not os.path.exists("/dev/fuse") or not shutil.which("fusermount3"):
 SSN = "078-05-1120"
 
 
-# -- a real upstream that records what reaches it ------------------------------------
-@dataclass
-class Upstream:
-    port: int
-    received: list[tuple[str, str, dict, bytes]] = field(default_factory=list)
-
-    def last(self, path: str) -> tuple[str, str, dict, bytes]:
-        return next(r for r in reversed(self.received) if r[1] == path)
-
-
 @pytest.fixture
 def upstream():
-    up = Upstream(0)
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *a):
-            pass
-
-        def _any(self):
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            up.received.append((self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body))
-            reply = b'{"ok": true}'
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(reply)))
-            self.end_headers()
-            self.wfile.write(reply)
-
-        do_GET = do_PUT = do_POST = do_DELETE = _any
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    up.port = server.server_address[1]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield up
-    server.shutdown()
-    server.server_close()
+    with recording_upstream() as up:
+        yield up
 
 
 # -- the deployment under test ----------------------------------------------------------
@@ -177,7 +141,7 @@ def put_store(d: Deployment, path: str, body: bytes) -> bytes:
     """PUT through the proxy; what the upstream received."""
     r = httpx.put(d.url(path), content=body, timeout=10)
     assert r.status_code == 200, r.text
-    return d.upstream.last(path)[3]
+    return d.upstream.last(path).body
 
 
 # -- the tests ---------------------------------------------------------------------------
@@ -200,12 +164,12 @@ def test_mount_and_proxy_run_from_one_file(deployment):
 
     r = httpx.post(d.url("/users/1"), json={"name": "Ann", "ssn": SSN}, timeout=10)
     assert r.status_code == 200, r.text
-    sent = json.loads(d.upstream.last("/users/1")[3])
+    sent = json.loads(d.upstream.last("/users/1").body)
     assert sent["name"] == "Ann" and sent["ssn"] != SSN and isinstance(sent["ssn"], str)
 
     r = httpx.post(d.url("/hooks/paid"), json={"order": 7}, timeout=10)
     assert r.status_code == 200, r.text
-    headers = d.upstream.last("/hooks/paid")[2]
+    headers = d.upstream.last("/hooks/paid").headers
     assert "signature" in headers and 'keyid="e2e/hooks"' in headers["signature-input"]
 
 
@@ -237,7 +201,7 @@ def test_invalid_edit_is_reported_and_the_last_good_config_keeps_running(deploym
     d.wait_log("reload refused", 2)
     assert f"{d.config}: proxy[0].route[2].request.key: no key with id or alias 'e2e/nope'" in d.output()
     r = httpx.post(d.url("/hooks/x"), json={}, timeout=10)
-    assert r.status_code == 200 and "signature" in d.upstream.last("/hooks/x")[2]
+    assert r.status_code == 200 and "signature" in d.upstream.last("/hooks/x").headers
 
 
 def test_new_mount_is_mounted_and_a_removed_one_unmounted(deployment):

@@ -17,9 +17,7 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -28,6 +26,7 @@ import pytest
 from kmscore import Kms
 from kmscore.dkcache import DataKeyCache
 from kmscore.envelope import new_envelope, open_envelope
+from tests.e2e.kmsup import recording_upstream
 from tests.serve.conftest import clean_env, free_port, stop_process, stop_server, write_access_key_file
 
 KMS = str(Path(sys.executable).with_name("kms"))
@@ -83,24 +82,8 @@ def test_an_empty_data_key_cache_is_still_a_cache(tmp_path):
 
 @pytest.fixture
 def upstream():
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *a):
-            pass
-
-        def do_POST(self):
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+    with recording_upstream() as up:
+        yield up.port
 
 
 def wait_listening(proc: subprocess.Popen, port: int, log: Path, timeout: float = 60) -> None:
