@@ -64,9 +64,10 @@ class MountInfo:
         return self.fstype == "tmpfs" and self.source == GUARD_SOURCE
 
 
-def mounts_at(mount_point: str | os.PathLike) -> list[MountInfo]:
-    """Every mount stacked at `mount_point`, bottom first."""
-    target = os.path.realpath(mount_point)
+def mountinfo() -> list[tuple[str, MountInfo]]:
+    """(mount point, its MountInfo) of every mount on this host, bottom first, as
+    /proc/self/mountinfo has them (the point and the source unescaped: a space is
+    `\\040` there); [] if it cannot be read. The one parser of that file."""
     try:
         lines = Path("/proc/self/mountinfo").read_text().splitlines()
     except OSError:
@@ -75,10 +76,19 @@ def mounts_at(mount_point: str | os.PathLike) -> list[MountInfo]:
     for line in lines:
         head, _, tail = line.partition(" - ")
         parts, rest = head.split(), tail.split()
-        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[4])
-        if point == target and len(rest) >= 2:
-            found.append(MountInfo(parts[2], rest[0], rest[1]))
+        if len(parts) >= 5 and len(rest) >= 2:
+            found.append((_unescape(parts[4]), MountInfo(parts[2], rest[0], _unescape(rest[1]))))
     return found
+
+
+def _unescape(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def mounts_at(mount_point: str | os.PathLike) -> list[MountInfo]:
+    """Every mount stacked at `mount_point`, bottom first."""
+    target = os.path.realpath(mount_point)
+    return [info for point, info in mountinfo() if point == target]
 
 
 def mount_device(mount_point: str | os.PathLike) -> str | None:

@@ -25,6 +25,7 @@ from fsmount import cipherdir, name_map, names, slots, xattr_rewrap, xattrs
 from fsmount.errors import CipherDirError, DamagedFile, MountError
 from fsmount.fs_base import read_header
 from fsmount.layout import Layout
+from fsmount.mount import mountinfo
 from fsmount.repair import repair_file
 from fsmount.tree_names import LEFTOVER, TreeNames, find_cipher_dir
 
@@ -526,11 +527,7 @@ def _loaded_config(kms: Kms, cipher_dir: str | os.PathLike):
 def mounted_cipher_dir(cipher_dir: str | os.PathLike) -> bool:
     """True if a keyhold mount of `cipher_dir` is active on this host."""
     source = f"keyhold:{os.path.abspath(cipher_dir)}".replace(",", "_")
-    try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
-        return False
-    return any(line.split(" - ", 1)[-1].split()[1:2] == [source] for line in lines)
+    return any(info.source == source for _, info in mountinfo())
 
 
 def terminal_progress(label: str) -> Progress | None:

@@ -29,15 +29,17 @@ class Kms(LifecycleMixin, OperationsMixin, ImportMixin):
     def audit_records(self, limit: int | None = None, *, key: str | None = None, operation: str | None = None,
                       outcome: str | None = None, since: float | None = None) -> list[dict]:
         """Audit records, newest `limit` (all with None), oldest first; `key` is an id or an
-        alias (a key id of a key that no longer exists matches its old records too)."""
+        alias (a key id of a key that no longer exists matches its old records too).
+        Reading the log writes nothing to it (see kmscore.cli.audit)."""
         if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
             raise InvalidRequest(f"limit must be a positive whole number, not {limit!r}")
         filters: dict[str, object] = {}
         if key is not None:
             try:
-                filters["key_id"] = self.describe_key(key).key_id
+                key_id = self.key_name(key)[0]  # not audited, and makes no default key: a read
             except NotFound:
-                filters["key_id"] = key.lower()  # a destroyed key's records keep its id
+                key_id = None
+            filters["key_id"] = key_id or key.lower()  # a destroyed key's records keep its id
         for column, value in (("operation", operation), ("outcome", outcome)):
             if value is not None:
                 filters[column] = value

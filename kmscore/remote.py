@@ -56,7 +56,9 @@ server that sends more is not keyhold, and is not read into memory."""
 
 
 def is_loopback(host: str) -> bool:
-    """Plain HTTP is allowed to these only: nothing of it crosses a network."""
+    """Plain HTTP is allowed to these only: nothing of it crosses a network. Both ends
+    ask it: this client of a `http://` url, and `kms serve --plain-http` of its listen
+    address (kmsserve imports it from here)."""
     import ipaddress
 
     try:

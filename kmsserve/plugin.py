@@ -65,7 +65,8 @@ class ServeEntry(BaseModel):
 
     @model_validator(mode="after")
     def _tls(self) -> "ServeEntry":
-        from kmsserve.server import is_loopback, parse_listen
+        from kmscore.remote import is_loopback
+        from kmsserve.server import parse_listen
 
         if (self.cert is None) != (self.key is None):
             raise ValueError("cert and key go together: set both, or neither for a self-signed certificate")

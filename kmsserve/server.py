@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import ipaddress
 import logging
 import signal
 import socket
@@ -30,6 +29,7 @@ from typing import Any
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from kmscore.remote import is_loopback
 from kmsserve import tls
 from kmsserve.apis import all_apis
 from kmsserve.app import ServerContext, create_app
@@ -44,13 +44,6 @@ MAX_CONNECTIONS = 512
 KEEP_ALIVE = 5
 GRACEFUL_STOP = 10
 START_WAIT = 30.0
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
 
 
 def parse_listen(text: str, where: str = "--listen") -> tuple[str, int]:

@@ -11,6 +11,7 @@ is authenticated, authorized and audited the same way whatever API it came by.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import uuid
 from collections.abc import Callable, Mapping
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from kmscore.errors import KmsError, NotFound
-from kmsserve.errors import AccessDenied, ServeError, UnknownOperation
+from kmsserve.errors import AccessDenied, MalformedRequest, ServeError, UnknownOperation
 
 log = logging.getLogger("kmsserve")
 
@@ -171,6 +172,21 @@ class ServeContext(Protocol):
 
     def calling_as(self, principal: Principal) -> Any:
         """A context manager: facade calls inside it are audited as `principal`."""
+
+
+def json_object(body: bytes, refuse: Callable[[str], Exception] = MalformedRequest,
+                not_json: str = "the body is not JSON",
+                not_object: str = "the body is not a JSON object") -> dict[str, Any]:
+    """A request body as the JSON object every API's `fields` reads (an empty body is {}),
+    or `refuse(message)` raised. One place for what json.loads lets through besides
+    ValueError: RecursionError, on nesting deeper than Python's stack."""
+    try:
+        data = json.loads(body or b"{}")
+    except (ValueError, RecursionError):
+        raise refuse(not_json) from None
+    if not isinstance(data, dict):
+        raise refuse(not_object)
+    return data
 
 
 def _as_named(key: str) -> tuple[str | None, str | None]:

@@ -5,9 +5,14 @@ from __future__ import annotations
 import argparse
 import time
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 from kmscore.cli.context import CliContext, printable
 from kmscore.cli.main import common
+from kmscore.errors import NotFound
+
+if TYPE_CHECKING:
+    from kmscore.facade import Kms
 
 
 def register(sub: argparse._SubParsersAction, ctx: CliContext) -> None:
@@ -60,7 +65,7 @@ def run_verify(args: argparse.Namespace, ctx: CliContext) -> int:
 def run_list(args: argparse.Namespace, ctx: CliContext) -> int:
     records = ctx.kms.audit_records(None if args.all else args.limit, key=args.key, operation=args.operation,
                                     outcome=args.outcome, since=args.since)
-    aliases = {m.key_id: m.alias for m in ctx.kms.list_keys() if m.alias}
+    aliases = aliases_of(ctx.kms, {r["key_id"] for r in records})
     for r in records:
         r["alias"] = aliases.get(r["key_id"])
     if args.json:
@@ -71,3 +76,18 @@ def run_list(args: argparse.Namespace, ctx: CliContext) -> int:
             key = r["alias"] or r["key_id"] or "-"
             print(printable(f"{r['seq']:>6}  {r['time']}  {r['operation']:<28} {key:<36}  {r['outcome']}{times}  [{r['caller']}]"))
     return 0
+
+
+def aliases_of(kms: Kms, key_ids: set[str | None]) -> dict[str, str | None]:
+    """The alias of each key id, read with `Kms.key_name`, which is not audited (not
+    `list_keys`, which records a ListKeys): reading the log is no key operation and writes
+    nothing to it. Whoever reads it holds the store and its root key already, so a record
+    of the read would guard nothing; it would only shift what the next read shows, and
+    make the log unreadable on a full disk, when it is needed most."""
+    aliases: dict[str, str | None] = {}
+    for key_id in key_ids - {None}:
+        try:
+            aliases[key_id] = kms.key_name(key_id)[1]
+        except NotFound:  # a destroyed key: its records keep its id
+            aliases[key_id] = None
+    return aliases

@@ -28,7 +28,7 @@ from kmscore.specs import KeySpec, KeyState, Origin
 from kmsserve import errors
 from kmsserve.apis import awsfields as F
 from kmsserve.auth import sigv4
-from kmsserve.wire import NewAlias, Operation, Principal, WireRequest, WireResponse
+from kmsserve.wire import NewAlias, Operation, Principal, WireRequest, WireResponse, json_object
 
 TARGET_PREFIX = "TrentService."
 CONTENT_TYPE = "application/x-amz-json-1.1"
@@ -550,12 +550,7 @@ class AwsKms:
         return sigv4.authenticate(req, ctx, "kms", must_sign=SIGNED_HEADERS)
 
     def fields(self, req: WireRequest) -> dict[str, Any]:
-        try:
-            data = json.loads(req.body or b"{}")
-        except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's stack
-            raise errors.MalformedRequest("the body is not JSON") from None
-        if not isinstance(data, dict):
-            raise errors.MalformedRequest("the body is not a JSON object")
+        data = json_object(req.body)
         for name, what in NOT_OFFERED_FIELDS.items():
             if data.get(name):
                 raise F.Unsupported(f"keyhold does not offer {what}: drop {name}")

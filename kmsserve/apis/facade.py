@@ -23,7 +23,7 @@ from kmscore.specs import DEFAULT_SERVICES
 from kmsserve import errors
 from kmsserve.auth import sigv4
 from kmsserve.operations import FACADE_OPERATIONS
-from kmsserve.wire import NewAlias, Operation, Principal, WireRequest, WireResponse
+from kmsserve.wire import NewAlias, Operation, Principal, WireRequest, WireResponse, json_object
 
 PREFIX = rw.PATH_PREFIX
 _PATH = re.compile(r"^/keyhold/v1/(?P<op>[a-z_]+)$")
@@ -123,13 +123,7 @@ class FacadeApi:
         return sigv4.authenticate(req, ctx, rw.SERVICE, repeats=False)
 
     def fields(self, req: WireRequest) -> dict[str, Any]:
-        try:
-            data = json.loads(req.body or b"{}")
-        except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's stack
-            raise errors.MalformedRequest("the body is not JSON") from None
-        if not isinstance(data, dict):
-            raise errors.MalformedRequest("the body is not a JSON object")
-        return data
+        return json_object(req.body)
 
     def respond(self, op: Operation, fields: dict[str, Any], request_id: str) -> WireResponse:
         return WireResponse(200, json.dumps(fields).encode(), (*_HEADERS, ("x-request-id", request_id)))

@@ -33,7 +33,7 @@ from kmsserve.apis.vendorfields import (
     number, public_der_base64, random_bytes, rotation_status, text,
 )
 from kmsserve.auth import sdkhmac
-from kmsserve.wire import NewAlias, Operation, Principal, WireRequest, WireResponse
+from kmsserve.wire import NewAlias, Operation, Principal, WireRequest, WireResponse, json_object
 
 _ANY_PATH = re.compile(r"^/v(?:1\.0|2)/[^/]+/(?:kms|keystores)(?:/|$)")
 _PATH = re.compile(r"^/v1\.0/(?P<project>[^/]+)/kms/(?P<op>[a-z-]+)$")
@@ -287,13 +287,9 @@ class VendorKms:
         return principal
 
     def fields(self, req: WireRequest) -> dict[str, Any]:
-        try:
-            data = json.loads(req.body or b"{}")
-        except (ValueError, RecursionError):  # RecursionError: nesting deeper than Python's stack
-            raise VendorError("KMS.0202", "Invalid JSON format of the request message.") from None
-        if not isinstance(data, dict):
-            raise VendorError("KMS.0202", "Invalid JSON format of the request message: an object is expected")
-        return data
+        return json_object(req.body, lambda message: VendorError("KMS.0202", message),
+                           "Invalid JSON format of the request message.",
+                           "Invalid JSON format of the request message: an object is expected")
 
     def _headers(self, request_id: str) -> tuple[tuple[str, str], ...]:
         return (("content-type", CONTENT_TYPE), ("x-request-id", request_id))

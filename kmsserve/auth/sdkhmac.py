@@ -38,9 +38,14 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote
 
-from kmsserve.errors import AuthFailed, Replayed, RequestExpired
+from kmsserve.auth import caller
+from kmsserve.errors import AuthFailed, RequestExpired
+
+if TYPE_CHECKING:
+    from kmsserve.wire import Principal, ServeContext, WireRequest
 
 ALGORITHM = "SDK-HMAC-SHA256"
 DATE_HEADER = "x-sdk-date"
@@ -157,20 +162,9 @@ def verify(method: str, raw_path: str, raw_query: str, headers: Iterable[tuple[s
     return Signed(m["ak"], m["sig"], signed_at)
 
 
-def authenticate(req, ctx):
+def authenticate(req: WireRequest, ctx: ServeContext) -> Principal:
     """The Principal of an SDK-HMAC-SHA256-signed WireRequest (kmsserve.wire), checked
     against the server's access keys and its replay memory."""
-    found = {}
-
-    def secret_of(access_key_id: str) -> str | None:
-        hit = ctx.secret_of(access_key_id)
-        if hit is None:
-            return None
-        found["principal"] = hit[0]
-        return hit[1]
-
-    signed = verify(req.method, req.path, req.query, req.headers, req.body, secret_of=secret_of, now=ctx.now())
-    principal = found["principal"]
-    if ctx.seen(principal, signed.signature, signed.signed_at):
-        raise Replayed("this signature was already used (give each request a fresh `sequence`)")
-    return principal
+    return caller.authenticate(ctx, lambda secret_of: verify(
+        req.method, req.path, req.query, req.headers, req.body, secret_of=secret_of, now=ctx.now()),
+        replayed="this signature was already used (give each request a fresh `sequence`)")

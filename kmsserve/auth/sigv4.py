@@ -22,9 +22,14 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote
 
+from kmsserve.auth import caller
 from kmsserve.errors import AuthFailed, RequestExpired
+
+if TYPE_CHECKING:
+    from kmsserve.wire import Principal, ServeContext, WireRequest
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 SKEW = 15 * 60.0
@@ -167,23 +172,10 @@ def verify(method: str, raw_path: str, raw_query: str, headers: Iterable[tuple[s
     return Signed(access_key_id, region, m["sig"], signed_at)
 
 
-def authenticate(req, ctx, service: str, must_sign: tuple[str, ...] = (), repeats: bool = True):
+def authenticate(req: WireRequest, ctx: ServeContext, service: str, must_sign: tuple[str, ...] = (),
+                 repeats: bool = True) -> Principal:
     """The Principal of a SigV4-signed WireRequest (kmsserve.wire), checked against the
     server's access keys and replay memory: what every SigV4 API's `authenticate` is."""
-    from kmsserve.errors import Replayed
-
-    found = {}
-
-    def secret_of(access_key_id: str) -> str | None:
-        hit = ctx.secret_of(access_key_id)
-        if hit is None:
-            return None
-        found["principal"] = hit[0]
-        return hit[1]
-
-    signed = verify(req.method, req.path, req.query, req.headers, req.body,
-                    service=service, secret_of=secret_of, now=ctx.now(), must_sign=must_sign)
-    principal = found["principal"]
-    if ctx.seen(principal, signed.signature, signed.signed_at, repeats):
-        raise Replayed("this signature was already used")
-    return principal
+    return caller.authenticate(ctx, lambda secret_of: verify(
+        req.method, req.path, req.query, req.headers, req.body,
+        service=service, secret_of=secret_of, now=ctx.now(), must_sign=must_sign), repeats=repeats)

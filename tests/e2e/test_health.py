@@ -6,36 +6,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.e2e.kmsup import KMS, free_port, start_up, stop, unmount, up_env, wait_for, wait_log
+
 if not os.path.exists("/dev/fuse") or not shutil.which("fusermount3"):
     pytest.skip("FUSE (/dev/fuse, fusermount3) is not available", allow_module_level=True)
-
-KMS = str(Path(sys.executable).with_name("kms"))
-WAIT = 30.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(what: str, predicate, timeout: float = WAIT):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:.0f} s: {what}")
-        time.sleep(0.1)
-    return value
 
 
 @pytest.fixture(scope="module")
@@ -65,26 +44,15 @@ name = "enc"
 match = {{ path = "/x/*" }}
 request = {{ action = "encrypt", key = "health/app" }}
 """)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KMS_")}
+    env = up_env()
     log = folder / "up.log"
-    up = subprocess.Popen([KMS, "up", str(folder / "deploy.toml")], stdout=log.open("wb"),
-                          stderr=subprocess.STDOUT, env=env)
+    up = start_up(folder / "deploy.toml", log, env=env, cwd=None)
     try:
-        def started():
-            assert up.poll() is None, log.read_text()
-            return "stop " in log.read_text()
-        wait_for("the banner", started)
+        wait_log(up, log, "stop ")  # the banner's last line
         yield {"folder": folder, "health": health, "metrics": metrics, "env": env, "log": log}
     finally:
-        if up.poll() is None:
-            up.send_signal(signal.SIGTERM)
-            try:
-                up.wait(60)
-            except subprocess.TimeoutExpired:
-                up.kill()
-                up.wait()
-        if os.path.ismount(folder / "run" / "plain"):
-            subprocess.run(["fusermount3", "-u", "-z", str(folder / "run" / "plain")])
+        stop(up)
+        unmount(folder / "run" / "plain")
 
 
 def get(port: int, path: str) -> httpx.Response:
@@ -136,25 +104,19 @@ def test_forward_mode_banner_names_the_ca_clients_must_trust(tmp_path):
     proxy = free_port()
     (tmp_path / "fwd.toml").write_text(f'[kms]\nhome = "run/kms"\n\n[[proxy]]\nmode = "forward"\n'
                                        f'listen = "127.0.0.1:{proxy}"\n')
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KMS_")}
     log = tmp_path / "up.log"
-    up = subprocess.Popen([KMS, "up", str(tmp_path / "fwd.toml")], stdout=log.open("wb"), stderr=subprocess.STDOUT,
-                          env=env)
+    up = start_up(tmp_path / "fwd.toml", log, cwd=None)
     try:
-        def started():
-            assert up.poll() is None, log.read_text()
-            return "stop " in log.read_text()
-        wait_for("the banner", started)
+        wait_log(up, log, "stop ")
         ca = tmp_path / "run" / "kms" / "sidecar" / "mitmproxy-ca-cert.pem"
         assert f"HTTPS clients must trust {ca}" in log.read_text()
         assert ca.is_file()
     finally:
-        up.send_signal(signal.SIGTERM)
-        up.wait(60)
+        stop(up)
 
 
 def test_mount_status_as_json(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KMS_")}
+    env = up_env()
     home, c, p = tmp_path / "h", tmp_path / "c", tmp_path / "p"
     c.mkdir()
     p.mkdir()

@@ -12,37 +12,18 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.e2e.kmsup import KMS, free_port, start_up, stop, unmount, up_env, wait_for, wait_log
+
 if not os.path.exists("/dev/fuse") or not shutil.which("fusermount3") or not shutil.which("curl"):
     pytest.skip("needs FUSE (/dev/fuse, fusermount3) and curl", allow_module_level=True)
 
-KMS = str(Path(sys.executable).with_name("kms"))
 ROOT = Path(__file__).resolve().parents[2]
-WAIT = 30.0
 SSN = "078-05-1120"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(what: str, predicate, timeout: float = WAIT):
-    deadline = time.monotonic() + timeout
-    while not (value := predicate()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:.0f} s: {what}")
-        time.sleep(0.1)
-    return value
 
 
 def curl(*args: str) -> bytes:
@@ -63,31 +44,21 @@ def quickstart(tmp_path_factory):
     assert "127.0.0.1:8081" in text and "http://127.0.0.1:8080" in text
     (folder / "example.toml").write_text(text.replace("127.0.0.1:8081", f"127.0.0.1:{proxy}")
                                          .replace("http://127.0.0.1:8080", f"http://127.0.0.1:{app}"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KMS_")}
+    env = up_env()
     up_log, app_log = tmp_path / "up.log", tmp_path / "app.log"
-    demo = subprocess.Popen([KMS, "demo", "upstream", "--listen", f"127.0.0.1:{app}"],
-                            stdout=app_log.open("wb"), stderr=subprocess.STDOUT, env=env)
-    up = subprocess.Popen([KMS, "up", "config/example.toml"], stdout=up_log.open("wb"),
-                          stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
+    with app_log.open("wb") as out:
+        demo = subprocess.Popen([KMS, "demo", "upstream", "--listen", f"127.0.0.1:{app}"],
+                                stdout=out, stderr=subprocess.STDOUT, env=env)
+    up = start_up(Path("config/example.toml"), up_log, env=env, cwd=tmp_path)
     try:
-        def started():
-            assert up.poll() is None, up_log.read_text()
-            return "stop " in up_log.read_text()  # the banner's last line
-        wait_for("the kms up banner", started)
+        wait_log(up, up_log, "stop ")  # the banner's last line
         wait_for("the demo upstream", lambda: "demo upstream on" in app_log.read_text())
         yield {"folder": folder, "proxy": proxy, "app": app, "up_log": up_log, "app_log": app_log,
                "env": env, "cwd": tmp_path}
     finally:
-        for proc in (up, demo):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM if proc is up else signal.SIGINT)
-                try:
-                    proc.wait(60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-        if os.path.ismount(folder / "run" / "plain"):
-            subprocess.run(["fusermount3", "-u", "-z", str(folder / "run" / "plain")])
+        stop(up)
+        stop(demo)
+        unmount(folder / "run" / "plain")
 
 
 def test_ciphertext_arrives_upstream_and_plaintext_comes_back(quickstart):

@@ -13,85 +13,24 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
-import threading
-import time
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.e2e.kmsup import (KMS, Upstream, free_port, fuse_mounted, recording_upstream, start_up, stop, unmount, up_env,
+                             wait_for, wait_log)
+
 if not os.path.exists("/dev/fuse") or not shutil.which("fusermount3"):
     pytest.skip("FUSE (/dev/fuse, fusermount3) is not available", allow_module_level=True)
 
-KMS = str(Path(sys.executable).with_name("kms"))
-WAIT = 20.0
 SSN = "078-05-1120"
-
-
-# -- a real upstream that records what reaches it ------------------------------------
-@dataclass
-class Upstream:
-    port: int
-    received: list[tuple[str, str, dict, bytes]] = field(default_factory=list)
-
-    def last(self, path: str) -> tuple[str, str, dict, bytes]:
-        return next(r for r in reversed(self.received) if r[1] == path)
 
 
 @pytest.fixture
 def upstream():
-    up = Upstream(0)
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *a):
-            pass
-
-        def _any(self):
-            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            up.received.append((self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body))
-            reply = b'{"ok": true}'
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(reply)))
-            self.end_headers()
-            self.wfile.write(reply)
-
-        do_GET = do_PUT = do_POST = do_DELETE = _any
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    up.port = server.server_address[1]
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield up
-    server.shutdown()
-    server.server_close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def mounted(path: Path) -> bool:
-    """A FUSE mount at `path` (not the read-only guard `kms up` keeps beneath it)."""
-    with open("/proc/self/mounts") as f:
-        return any(line.split()[1] == str(path) and line.split()[2].startswith("fuse") for line in f)
-
-
-def wait_for(what: str, predicate, timeout: float = WAIT):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:.0f} s: {what}")
-        time.sleep(0.1)
+    with recording_upstream() as up:
+        yield up
 
 
 # -- the deployment under test ----------------------------------------------------------
@@ -165,36 +104,20 @@ class Deployment:
             self.config.write_text(text)
 
     def start(self, **extra_env: str) -> None:
-        env = {k: v for k, v in os.environ.items() if k not in ("KMS_HOME", "KMS_ROOT_KEY", "KMS_PASSPHRASE")}
-        env.update(extra_env)
-        self.proc = subprocess.Popen([KMS, "up", str(self.config)], stdout=self.log.open("wb"),
-                                     stderr=subprocess.STDOUT, env=env, cwd="/")
+        self.proc = start_up(self.config, self.log, env=up_env(**extra_env))
         self.wait_log("running deploy.toml")
 
     def output(self) -> str:
         return self.log.read_text()
 
     def wait_log(self, text: str, count: int = 1) -> None:
-        def seen():
-            if self.proc is not None and self.proc.poll() is not None:
-                raise AssertionError(f"kms up exited with {self.proc.returncode}:\n{self.output()}")
-            return self.output().count(text) >= count
-        wait_for(f"{text!r} in the kms up log:\n{self.output()}", seen)
+        wait_log(self.proc, self.log, text, count)
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
 
     def stop(self) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return None if self.proc is None else stop(self.proc)
 
 
 @pytest.fixture
@@ -204,11 +127,7 @@ def fresh(tmp_path, upstream):
     yield d
     d.stop()
     for m in d.mounts:
-        if mounted(m):
-            subprocess.run(["fusermount3", "-u", "-z", str(m)], check=False)
-        with open("/proc/self/mounts") as f:
-            if any(line.split()[1] == str(m) for line in f):  # a guard left behind by a failed test
-                subprocess.run(["umount", "-l", str(m)], check=False)
+        unmount(m)
 
 
 @pytest.fixture
@@ -222,7 +141,7 @@ def put_store(d: Deployment, path: str, body: bytes) -> bytes:
     """PUT through the proxy; what the upstream received."""
     r = httpx.put(d.url(path), content=body, timeout=10)
     assert r.status_code == 200, r.text
-    return d.upstream.last(path)[3]
+    return d.upstream.last(path).body
 
 
 # -- the tests ---------------------------------------------------------------------------
@@ -234,7 +153,7 @@ def test_mount_and_proxy_run_from_one_file(deployment):
     assert f"proxy[0] running: listen=127.0.0.1:{d.port}" in out
 
     plain = d.folder / "run" / "plain"
-    assert mounted(plain)
+    assert fuse_mounted(plain)
     (plain / "note.txt").write_text("attack at dawn")
     assert (plain / "note.txt").read_text() == "attack at dawn"
     backing = b"".join(p.read_bytes() for p in (d.folder / "run" / "plain-cipher").rglob("*") if p.is_file())
@@ -245,12 +164,12 @@ def test_mount_and_proxy_run_from_one_file(deployment):
 
     r = httpx.post(d.url("/users/1"), json={"name": "Ann", "ssn": SSN}, timeout=10)
     assert r.status_code == 200, r.text
-    sent = json.loads(d.upstream.last("/users/1")[3])
+    sent = json.loads(d.upstream.last("/users/1").body)
     assert sent["name"] == "Ann" and sent["ssn"] != SSN and isinstance(sent["ssn"], str)
 
     r = httpx.post(d.url("/hooks/paid"), json={"order": 7}, timeout=10)
     assert r.status_code == 200, r.text
-    headers = d.upstream.last("/hooks/paid")[2]
+    headers = d.upstream.last("/hooks/paid").headers
     assert "signature" in headers and 'keyid="e2e/hooks"' in headers["signature-input"]
 
 
@@ -276,26 +195,26 @@ def test_invalid_edit_is_reported_and_the_last_good_config_keeps_running(deploym
     d.wait_log("reload refused, keeping the running config")
     assert f"{d.config}: proxy[0].route[0].request.kee: unknown key 'kee' (did you mean 'key'?)" in d.output()
     assert b"still secret" not in put_store(d, "/store/b", b"still secret")
-    assert mounted(d.folder / "run" / "plain")
+    assert fuse_mounted(d.folder / "run" / "plain")
 
     d.write(good.replace('key = "e2e/hooks"', 'key = "e2e/nope"'))  # well-formed, but no such key
     d.wait_log("reload refused", 2)
     assert f"{d.config}: proxy[0].route[2].request.key: no key with id or alias 'e2e/nope'" in d.output()
     r = httpx.post(d.url("/hooks/x"), json={}, timeout=10)
-    assert r.status_code == 200 and "signature" in d.upstream.last("/hooks/x")[2]
+    assert r.status_code == 200 and "signature" in d.upstream.last("/hooks/x").headers
 
 
 def test_new_mount_is_mounted_and_a_removed_one_unmounted(deployment):
     d = deployment
     second = d.folder / "run" / "second"
     d.write(d.text(mounts=("plain", "second")))
-    wait_for("the new mount", lambda: mounted(second))
+    wait_for("the new mount", lambda: fuse_mounted(second))
     (second / "x.bin").write_bytes(b"\x00" * 10000)
     assert (second / "x.bin").stat().st_size == 10000
 
     d.write(d.text(mounts=("second",)))
-    wait_for("the removed mount to go", lambda: not mounted(d.folder / "run" / "plain"))
-    assert mounted(second) and (second / "x.bin").read_bytes() == b"\x00" * 10000
+    wait_for("the removed mount to go", lambda: not fuse_mounted(d.folder / "run" / "plain"))
+    assert fuse_mounted(second) and (second / "x.bin").read_bytes() == b"\x00" * 10000
 
 
 def test_sighup_reloads_and_a_new_listen_port_restarts_that_proxy(deployment):
@@ -333,7 +252,7 @@ def test_sigterm_stops_everything_and_leaves_no_mount(deployment):
     f.write("written before the stop")
     f.close()
     assert d.stop() == 0
-    assert not mounted(plain)
+    assert not fuse_mounted(plain)
     assert "SIGTERM: stopping" in d.output()
     assert not _answers(d.url("/store/z"))
     names = [p.name for p in (d.folder / "run" / "plain-cipher").iterdir()]
@@ -360,7 +279,7 @@ def test_check_and_up_refuse_a_bad_file_with_every_error(tmp_path, fresh):
     r = subprocess.run([KMS, "check", str(d.config)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == f"{d.config}: OK (1 key, 1 mount, 1 proxy)"
-    assert not mounted(d.folder / "run" / "plain")
+    assert not fuse_mounted(d.folder / "run" / "plain")
 
 
 def test_a_change_that_fails_half_way_is_rolled_back(deployment):
@@ -373,8 +292,8 @@ def test_a_change_that_fails_half_way_is_rolled_back(deployment):
         d.write(d.text(mounts=("plain", "third"), listen=busy))
         d.wait_log("rolling back to the running config")
         assert f"cannot listen on 127.0.0.1:{busy}" in d.output()
-        wait_for("the new mount to be taken back", lambda: not mounted(d.folder / "run" / "third"))
-    assert mounted(d.folder / "run" / "plain")
+        wait_for("the new mount to be taken back", lambda: not fuse_mounted(d.folder / "run" / "third"))
+    assert fuse_mounted(d.folder / "run" / "plain")
     wait_for("the old listener to be back", lambda: _answers(d.url("/store/rb")))
     assert b"after rollback" not in put_store(d, "/store/rb", b"after rollback")
 
@@ -383,7 +302,7 @@ def test_an_emptied_file_stops_nothing(deployment):
     d = deployment
     d.write("", atomic=False)
     d.wait_log("the file is empty")
-    assert mounted(d.folder / "run" / "plain")
+    assert fuse_mounted(d.folder / "run" / "plain")
     assert b"kept" not in put_store(d, "/store/e", b"kept")
 
 
@@ -400,7 +319,7 @@ def test_a_start_that_fails_stops_what_had_started(tmp_path, fresh):
         f"{d.config}: proxy: could not start: proxy 127.0.0.1:{busy}: cannot listen on 127.0.0.1:{busy}")
     assert "Traceback" not in r.stderr
     assert "mount[0] running" in r.stderr  # the mount had started, and was stopped again
-    assert not mounted(d.folder / "run" / "plain")
+    assert not fuse_mounted(d.folder / "run" / "plain")
 
 
 def test_an_edited_audit_log_stops_the_start(tmp_path, fresh):
@@ -439,7 +358,7 @@ def test_ctrl_c_stops_like_sigterm(deployment):
     d.proc.send_signal(signal.SIGINT)
     assert d.proc.wait(60) == 0
     assert "SIGINT: stopping" in d.output()
-    assert not mounted(d.folder / "run" / "plain")
+    assert not fuse_mounted(d.folder / "run" / "plain")
 
 
 def test_a_configmap_style_symlink_swap_reloads(tmp_path, fresh):

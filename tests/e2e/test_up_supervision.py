@@ -18,35 +18,17 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.e2e.kmsup import KMS, WAIT, mounts_at, start_up, stop, wait_for
+
 if not os.path.exists("/dev/fuse") or not shutil.which("fusermount3"):
     pytest.skip("FUSE (/dev/fuse, fusermount3) is not available", allow_module_level=True)
 
-KMS = str(Path(sys.executable).with_name("kms"))
-WAIT = 30.0
 MARKER = b"PLAINTEXT-MARKER-7f3a9c"
-
-
-def mounts_at(path: Path) -> list[str]:
-    """File system types mounted at `path`, bottom first."""
-    with open("/proc/self/mounts") as f:
-        return [line.split()[2] for line in f if line.split()[1] == str(path)]
-
-
-def wait_for(what: str, predicate, timeout: float = WAIT):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:.0f} s: {what}")
-        time.sleep(0.1)
 
 
 def mount_pids(mount_point: Path) -> list[int]:
@@ -98,10 +80,7 @@ class Up:
         self.procs: list[subprocess.Popen] = []
 
     def start(self, log_name: str = "up.log") -> subprocess.Popen:
-        log = self.folder / log_name
-        env = {k: v for k, v in os.environ.items() if k not in ("KMS_HOME", "KMS_ROOT_KEY", "KMS_PASSPHRASE")}
-        proc = subprocess.Popen([KMS, "up", str(self.config)], stdout=log.open("wb"), stderr=subprocess.STDOUT,
-                                env=env, cwd="/")
+        proc = start_up(self.config, self.folder / log_name)
         self.procs.append(proc)
         return proc
 
@@ -113,13 +92,7 @@ class Up:
 
     def stop(self) -> None:
         for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop(proc)
         for pid in mount_pids(self.plain):
             os.kill(pid, signal.SIGKILL)
         for fstype in reversed(mounts_at(self.plain)):

@@ -123,6 +123,19 @@ def test_rewrap_of_a_mounted_directory_works_but_moving_it_to_another_key_is_ref
     assert "is mounted" in line and "unmount" in line
 
 
+def test_a_mounted_directory_whose_path_has_a_space_is_known_to_be_mounted(home, tmp_path, mount_at):
+    """/proc/self/mountinfo escapes a space as \\040: the source must be read unescaped,
+    or a mounted cipher dir looks unmounted and may be moved to another key under the mount."""
+    cipher, point = tmp_path / "cipher dir", tmp_path / "plain dir"
+    cipher.mkdir()
+    point.mkdir()
+    m = mount_at(home, cipher, point, tmp_path / "mount.log")
+    with Kms(m.home, caller="test") as k:
+        k.create_key("app/moved")
+    line = one_line_error(kms(m.home, "fs", "rewrap", str(cipher), "--to-key", "app/moved"))
+    assert "is mounted" in line and "unmount" in line
+
+
 def test_other_key_is_refused_unless_forced(filled):
     mount, files = filled
     with Kms(mount.home, caller="test") as k:

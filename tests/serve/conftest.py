@@ -60,6 +60,13 @@ class Server:
         data = json.loads(out.stdout)
         return AccessKey(data["access_key_id"], data["secret"])
 
+    def __enter__(self) -> "Server":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """`with start_server(home) as s:` stops it however the block ends."""
+        stop_server(self)
+
     def boto3(self, key: AccessKey, service: str = "kms", region: str = "eu-west-1"):
         import boto3
         from botocore.config import Config
@@ -76,13 +83,19 @@ def start_server(home: Path, *extra: str, timeout: float = 30) -> Server:
 
 
 def stop_server(server: Server) -> None:
-    if server.proc.poll() is None:
-        server.proc.send_signal(signal.SIGTERM)
+    stop_process(server.proc)
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 15) -> None:
+    """SIGTERM (a server flushes its audit journal on it), SIGKILL if it is not gone
+    within `timeout`; nothing if it has exited already."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
         try:
-            server.proc.wait(timeout=15)
+            proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            server.proc.kill()
-            server.proc.wait()
+            proc.kill()
+            proc.wait()
 
 
 @pytest.fixture(autouse=True)
@@ -94,22 +107,19 @@ def _clean_env(monkeypatch):
 @pytest.fixture
 def server(tmp_path):
     """A running `kms serve` (plain HTTP on loopback) on a fresh key store."""
-    s = start_server(tmp_path / "home")
-    try:
+    with start_server(tmp_path / "home") as s:
         yield s
-    finally:
-        stop_server(s)
 
 
-# -- serve-remote: a server shared by a module, and RemoteKms clients of it ----------------
 @pytest.fixture(scope="module")
 def module_server(tmp_path_factory):
-    """One `kms serve` for a whole test module (its tests use their own keys)."""
-    s = start_server(tmp_path_factory.mktemp("serve") / "home")
-    try:
+    """One `kms serve` for a whole test module (its tests use their own keys): starting
+    one takes a second, so a module whose tests can share a key store shares this."""
+    with start_server(tmp_path_factory.mktemp("serve") / "home") as s:
         yield s
-    finally:
-        stop_server(s)
+
+
+# -- serve-remote: RemoteKms clients of a server --------------------------------------------
 
 
 def remote_kms(server: Server, key: AccessKey | None = None, **options):
@@ -141,7 +151,8 @@ def start_server_at(home: Path, port: int, *extra: str, timeout: float = 30) -> 
 
 
 def restart_server(server: Server) -> Server:
-    """Stop `server` (SIGTERM) and start it again on the same port and key store."""
+    """Stop `server` (SIGTERM; nothing if it is stopped already) and start it again on
+    the same port and key store."""
     stop_server(server)
     return start_server_at(server.home, int(server.url.rsplit(":", 1)[1]))
 

@@ -1,9 +1,11 @@
 """serve-core's test helpers (kept out of conftest.py so that the serve branches'
-additions there do not collide): a `kms serve` with any options (TLS, timeouts) and
-AWS KMS requests signed with kmsserve's own SigV4 for raw httpx/socket tests."""
+additions there do not collide): a `kms serve` with any options (TLS, timeouts), a
+certificate of the test's own for it, and AWS KMS requests signed with kmsserve's own
+SigV4 for raw httpx/socket tests."""
 
 from __future__ import annotations
 
+import datetime
 import subprocess
 import time
 from pathlib import Path
@@ -47,3 +49,31 @@ def signed_request(url: str, key: AccessKey, target: str, body: bytes = b"{}", *
     headers.update(sigv4.sign("POST", "/", "", headers, body, access_key_id=key.access_key_id, secret=key.secret,
                               region=region, service="kms", now=now))
     return url + "/", headers, body
+
+
+def write_certificate(folder: Path, san, ca: bool | None = None):
+    """A self-signed EC certificate naming `san` (an x509 GeneralName), valid from
+    yesterday for a week, with BasicConstraints CA:TRUE or CA:FALSE (none if `ca` is
+    None), written to folder/cert.pem and its key to folder/key.pem (0600): (cert file,
+    key file, the x509.Certificate)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "keyhold test")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+               .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+               .not_valid_after(now + datetime.timedelta(days=7))
+               .add_extension(x509.SubjectAlternativeName([san]), critical=False))
+    if ca is not None:
+        builder = builder.add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    cert = builder.sign(key, hashes.SHA256())
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_file.chmod(0o600)
+    return cert_file, key_file, cert

@@ -17,18 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
 
-from tests.serve.conftest import start_server, stop_server
-
 ARN = "arn:aws:kms:eu-west-1:000000000000:key/"
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    s = start_server(tmp_path_factory.mktemp("aws") / "home")
-    try:
-        yield s
-    finally:
-        stop_server(s)
 
 
 def distinct(client):
@@ -43,8 +32,8 @@ def distinct(client):
 
 
 @pytest.fixture(scope="module")
-def kms(served):
-    return distinct(served.boto3(served.access_key()))
+def kms(module_server):
+    return distinct(module_server.boto3(module_server.access_key()))
 
 
 def code_of(call, *args, **kwargs) -> str:
@@ -76,8 +65,8 @@ def test_create_describe_list_keys(kms):
     assert key_id in ids
 
 
-def test_arns_carry_the_region_the_request_was_signed_for(served):
-    tokyo = distinct(served.boto3(served.access_key(), region="ap-northeast-1"))
+def test_arns_carry_the_region_the_request_was_signed_for(module_server):
+    tokyo = distinct(module_server.boto3(module_server.access_key(), region="ap-northeast-1"))
     md = tokyo.create_key(Description="regional")["KeyMetadata"]
     assert md["Arn"] == f"arn:aws:kms:ap-northeast-1:000000000000:key/{md['KeyId']}"
     assert tokyo.encrypt(KeyId=ARN + md["KeyId"], Plaintext=b"x")["KeyId"] == md["Arn"]  # any region names it
@@ -161,15 +150,15 @@ def test_alias_refusals(kms):
     assert kms.describe_key(KeyId=name)["KeyMetadata"]["KeyId"] == key_id  # a refused move keeps it
 
 
-def test_concurrent_create_alias_on_one_key_keeps_one_alias(served, kms):
+def test_concurrent_create_alias_on_one_key_keeps_one_alias(module_server, kms):
     """keyhold keys have one alias and renaming is the facade's primitive: without the
     adapter's serialisation two CreateAlias calls could both succeed, the first alias
     silently replaced by the second."""
     import threading
 
     key_id, names = new_key(kms), [alias() for _ in range(8)]
-    shared = served.access_key(name="race")
-    clients = [distinct(served.boto3(shared)) for _ in range(8)]
+    shared = module_server.access_key(name="race")
+    clients = [distinct(module_server.boto3(shared)) for _ in range(8)]
     results: dict[str, str] = {}
     start = threading.Barrier(8)
 
@@ -488,7 +477,7 @@ def test_mac_and_plaintext_bounds(kms):
     assert code_of(kms.generate_mac, KeyId=mac_key, Message=b"m" * 4097, MacAlgorithm="HMAC_SHA_512") == "ValidationException"
 
 
-def test_every_response_field_is_in_botocores_model(served, kms):
+def test_every_response_field_is_in_botocores_model(module_server, kms):
     """botocore drops fields its model does not know: catch a misspelt one here."""
     import botocore.session
 
@@ -501,7 +490,7 @@ def test_every_response_field_is_in_botocores_model(served, kms):
         if http_response.status_code == 200 and http_response.content:
             raw.append((model.name, json.loads(http_response.content)))
 
-    client = distinct(served.boto3(served.access_key()))
+    client = distinct(module_server.boto3(module_server.access_key()))
     client.meta.events.register("after-call.kms", keep)
     key_id = new_key(client, Description="x")
     client.create_alias(AliasName=alias(), TargetKeyId=key_id)
@@ -525,10 +514,10 @@ def test_every_response_field_is_in_botocores_model(served, kms):
             assert set(body["KeyMetadata"]) <= set(shape.members["KeyMetadata"].members)
 
 
-def test_identical_calls_in_one_second_are_not_replays(served):
+def test_identical_calls_in_one_second_are_not_replays(module_server):
     """SigV4 signs no nonce: unchanged boto3 signs identical calls of one second alike, and
     the server's replay memory accepts such a repeat for a few seconds (docs/API.md)."""
-    plain = served.boto3(served.access_key())  # unchanged boto3: nothing unique is signed
+    plain = module_server.boto3(module_server.access_key())  # unchanged boto3: nothing unique is signed
     key_id = new_key(plain, Description=uuid.uuid4().hex)
     for _ in range(3):
         plain.generate_data_key(KeyId=key_id, KeySpec="AES_256")

@@ -15,12 +15,9 @@ SIGTERM)."""
 from __future__ import annotations
 
 import importlib.util
-import signal
 import subprocess
 import sys
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -29,7 +26,8 @@ import pytest
 from kmscore import Kms
 from kmscore.dkcache import DataKeyCache
 from kmscore.envelope import new_envelope, open_envelope
-from tests.serve.conftest import clean_env, free_port, stop_server, write_access_key_file
+from tests.e2e.kmsup import recording_upstream
+from tests.serve.conftest import clean_env, free_port, stop_process, stop_server, write_access_key_file
 
 KMS = str(Path(sys.executable).with_name("kms"))
 ENVELOPE_TYPE = "application/vnd.keyhold.envelope"
@@ -84,24 +82,8 @@ def test_an_empty_data_key_cache_is_still_a_cache(tmp_path):
 
 @pytest.fixture
 def upstream():
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *a):
-            pass
-
-        def do_POST(self):
-            self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+    with recording_upstream() as up:
+        yield up.port
 
 
 def wait_listening(proc: subprocess.Popen, port: int, log: Path, timeout: float = 60) -> None:
@@ -141,12 +123,7 @@ def test_a_remote_sidecar_unwraps_a_repeated_envelope_once(tmp_path, server, ups
                 r = http.post("/open/x", content=body, headers={"Content-Type": ENVELOPE_TYPE})
                 assert r.status_code == 200, r.text
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
     stop_server(server)  # its audit journal reaches the store on SIGTERM
     with Kms(server.home, caller="test") as kms:
         assert decrypt_datakey_calls(kms, "found-sidecar") == 1

@@ -13,66 +13,23 @@ import errno
 import importlib.util
 import os
 import shutil
-import signal
-import subprocess
-import sys
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.serve.conftest import clean_env, free_port, remote_kms, start_server_at, stop_server, write_access_key_file
+from tests.e2e.kmsup import fuse_mounted, recording_upstream, start_up, stop, unmount, wait_for, wait_log
+from tests.serve.conftest import clean_env, free_port, remote_kms, restart_server, stop_server, write_access_key_file
 
 if not os.path.exists("/dev/fuse") or not shutil.which("fusermount3"):
     pytest.skip("FUSE (/dev/fuse, fusermount3) is not available", allow_module_level=True)
 if importlib.util.find_spec("mitmproxy") is None:
     pytest.skip("the sidecar needs mitmproxy (Python >= 3.12)", allow_module_level=True)
 
-KMS = str(Path(sys.executable).with_name("kms"))
-WAIT = 30.0
-
-
-def wait_for(what: str, predicate, timeout: float = WAIT):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:.0f} s: {what}")
-        time.sleep(0.1)
-
-
-def mounted(path: Path) -> bool:
-    with open("/proc/self/mounts") as f:
-        return any(line.split()[1] == str(path) and line.split()[2].startswith("fuse") for line in f)
-
 
 @pytest.fixture
 def upstream():
-    received: list[tuple[str, bytes]] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, *a):
-            pass
-
-        def do_PUT(self):
-            received.append((self.path, self.rfile.read(int(self.headers.get("Content-Length") or 0))))
-            self.send_response(200)
-            self.send_header("Content-Length", "2")
-            self.end_headers()
-            self.wfile.write(b"ok")
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address[1], received
-    server.shutdown()
-    server.server_close()
+    with recording_upstream() as up:
+        yield up
 
 
 CONFIG = """
@@ -123,35 +80,20 @@ keys = ["remote/*", "sidecar/default", "fsmount/default"]
 @pytest.fixture
 def remote_host(tmp_path, server, upstream):
     """A front-end host: a folder with a config naming the server, and `kms up` on it."""
-    port, received = upstream
     host = tmp_path / "frontend-host"
     host.mkdir()
     write_access_key_file(host / "app.key", server.access_key(FRONTEND_POLICY, name="frontends"))
     listen = free_port()
-    (host / "deploy.toml").write_text(CONFIG.format(url=server.url, listen=listen, upstream=port))
+    (host / "deploy.toml").write_text(CONFIG.format(url=server.url, listen=listen, upstream=upstream.port))
     log = host / "up.log"
-    env = clean_env()
-    proc = subprocess.Popen([KMS, "up", str(host / "deploy.toml")], stdout=log.open("wb"), stderr=subprocess.STDOUT,
-                            env=env, cwd="/", stdin=subprocess.DEVNULL)
-    state = {"proc": proc, "host": host, "log": log, "listen": listen, "received": received}
+    proc = start_up(host / "deploy.toml", log, env=clean_env())
+    state = {"proc": proc, "host": host, "log": log, "listen": listen, "received": upstream.received}
     try:
-        wait_for("kms up running", lambda: proc.poll() is not None or "running deploy.toml" in log.read_text())
-        assert proc.poll() is None, log.read_text()
+        wait_log(proc, log, "running deploy.toml")
         yield state
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        plain = host / "plain"
-        if mounted(plain):
-            subprocess.run(["fusermount3", "-u", "-z", str(plain)], check=False)
-        with open("/proc/self/mounts") as f:
-            if any(line.split()[1] == str(plain) for line in f):  # a guard left by a failed test
-                subprocess.run(["umount", "-l", str(plain)], check=False)
+        stop(proc)
+        unmount(host / "plain")
 
 
 def put(state, path: str, body: bytes) -> httpx.Response:
@@ -179,7 +121,7 @@ def read_works(fd: int, data: bytes) -> bool:
 def test_sidecar_and_mount_on_the_remote_facade(server, remote_host):
     host, received = remote_host["host"], remote_host["received"]
     plain = host / "plain"
-    assert mounted(plain)
+    assert fuse_mounted(plain)
     # no key store on this host: nothing but logs in its home, no root key
     assert not list(host.rglob("keys.db")) and not list(host.rglob("root.key"))
     assert "remote KMS http://127.0.0.1" in remote_host["log"].read_text()
@@ -194,11 +136,11 @@ def test_sidecar_and_mount_on_the_remote_facade(server, remote_host):
     # the sidecar: the upstream receives an envelope, never the body
     r = put(remote_host, "/store/a", b"top secret body")
     assert r.status_code == 200, r.text
-    assert received[-1][0] == "/store/a" and b"top secret body" not in received[-1][1]
-    envelope = received[-1][1]
+    assert received[-1].path == "/store/a" and b"top secret body" not in received[-1].body
+    envelope = received[-1].body
     for _ in range(2):  # the second from the data-key cache
         r = put(remote_host, "/open/a", envelope)
-        assert r.status_code == 200 and received[-1] == ("/open/a", b"top secret body"), r.text
+        assert r.status_code == 200 and (received[-1].path, received[-1].body) == ("/open/a", b"top secret body"), r.text
 
     def open_refused() -> bool:
         r = put(remote_host, "/open/x", envelope)
@@ -213,7 +155,7 @@ def test_sidecar_and_mount_on_the_remote_facade(server, remote_host):
         wait_for("the open file to become unreadable", lambda: read_fails(fd))
         r = put(remote_host, "/store/b", b"must not leave")
         assert r.status_code == 503 and b"must not leave" not in r.content
-        assert all(p != "/store/b" for p, _ in received)
+        assert all(r.path != "/store/b" for r in received)
         wait_for("the sidecar's cached data key to be refused", open_refused)
         admin.enable_key("remote/files")
         admin.enable_key("remote/bodies")
@@ -226,21 +168,18 @@ def test_sidecar_and_mount_on_the_remote_facade(server, remote_host):
         wait_for("reads to fail with the KMS gone", lambda: read_fails(fd))
         r = put(remote_host, "/store/d", b"nobody to ask")
         assert r.status_code == 503 and b"nobody to ask" not in r.content
-        assert all(p != "/store/d" for p, _ in received)
+        assert all(r.path != "/store/d" for r in received)
         wait_for("the sidecar to refuse decryption with the KMS gone", open_refused)
         assert remote_host["proc"].poll() is None  # kms up keeps running
 
         # ... and recover by themselves when it is back on the same port
-        back = start_server_at(server.home, int(server.url.rsplit(":", 1)[1]))
-        try:
+        with restart_server(server):
             wait_for("reads to work again", lambda: read_works(fd, data))
             r = put(remote_host, "/store/e", b"back")
             assert r.status_code == 200, r.text
-            assert received[-1][0] == "/store/e" and b"back" not in received[-1][1]
+            assert received[-1].path == "/store/e" and b"back" not in received[-1].body
             wait_for("decryption after the restart", lambda: put(remote_host, "/open/e", envelope).status_code == 200)
-            assert received[-1] == ("/open/e", b"top secret body")
-        finally:
-            stop_server(back)
+            assert (received[-1].path, received[-1].body) == ("/open/e", b"top secret body")
     finally:
         os.close(fd)
         admin.close()

@@ -5,8 +5,6 @@ certificate) against the real app served over TLS by uvicorn."""
 
 from __future__ import annotations
 
-import datetime
-import hashlib
 import ipaddress
 import json
 import os
@@ -18,15 +16,14 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import hashes
 
 import kmscore
 from kmscore import Kms
 from kmscore.remote import Credentials, RemoteKms
-from tests.serve.conftest import AccessKey, clean_env, free_port, remote_kms, start_server_at, stop_server
+from tests.serve.conftest import AccessKey, clean_env, free_port, remote_kms, restart_server, stop_process, stop_server
 from tests.serve.conftest import kms as run_kms
+from tests.serve.servecore import write_certificate
 
 POLICY_APP_ONLY = """
 [[allow]]
@@ -49,12 +46,9 @@ def test_server_down_fails_closed_and_the_same_client_recovers_on_restart(server
                 call()
             assert server.url in str(e.value) and b"while down".decode() not in str(e.value)
         assert isinstance(e.value, kmscore.KmsError) and e.value.exit_code == 10
-        back = start_server_at(server.home, int(server.url.rsplit(":", 1)[1]))
-        try:
+        with restart_server(server):
             assert eventually(lambda: kms.decrypt_data(blob, {"k": "v"})) == b"before"
             assert kms.decrypt_data(kms.encrypt_data("app/restart", b"after"), None) == b"after"
-        finally:
-            stop_server(back)
     finally:
         kms.close()
 
@@ -79,14 +73,11 @@ def test_after_a_failure_calls_fail_fast_until_the_retry_window_passes(server):
         stop_server(server)
         with pytest.raises(kmscore.KmsUnreachable, match="cannot be reached") as first:
             kms.gen_random(8)
-        back = start_server_at(server.home, int(server.url.rsplit(":", 1)[1]))
-        try:
+        with restart_server(server):
             # the server is back, but this client does not try before its window passes
             with pytest.raises(kmscore.KmsUnreachable, match="not tried again for gen_random") as e:
                 kms.gen_random(8)
             assert str(first.value) in str(e.value)
-        finally:
-            stop_server(back)
     finally:
         kms.close()
 
@@ -209,21 +200,9 @@ def test_the_cli_on_a_remote_deployment(server, tmp_path):
 
 # -- TLS --------------------------------------------------------------------------------------------
 def self_signed(folder: Path, ca: bool = True) -> tuple[Path, Path, str]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "keyhold test")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=7))
-            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), True)
-            .sign(key, hashes.SHA256()))
-    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    key_file.chmod(0o600)
-    return cert_file, key_file, hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+    """A certificate for 127.0.0.1: (cert file, key file, its SHA-256 fingerprint in hex)."""
+    cert_file, key_file, cert = write_certificate(folder, x509.IPAddress(ipaddress.ip_address("127.0.0.1")), ca=ca)
+    return cert_file, key_file, cert.fingerprint(hashes.SHA256()).hex()
 
 
 TLS_SERVER = """
@@ -261,12 +240,7 @@ def tls_server(server, tmp_path, request):
             time.sleep(0.05)
         yield f"https://127.0.0.1:{port}", cert, fingerprint
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def test_tls_with_a_pinned_fingerprint_or_a_ca_file(server, tls_server):

@@ -7,7 +7,6 @@ neither crash the server nor hold it."""
 from __future__ import annotations
 
 import concurrent.futures
-import datetime
 import hashlib
 import signal
 import socket
@@ -18,8 +17,8 @@ import time
 import httpx
 import pytest
 
-from tests.serve.conftest import KMS_BIN, clean_env, free_port, kms, start_server, stop_server
-from tests.serve.servecore import signed_request, start_server_with
+from tests.serve.conftest import KMS_BIN, clean_env, free_port, kms, start_server
+from tests.serve.servecore import signed_request, start_server_with, write_certificate
 
 
 def run_kms(home, *args, timeout=60):
@@ -45,8 +44,7 @@ def test_self_signed_certificate_made_once_pinned_and_verifiable(tmp_path):
     cert, key = home / "serve" / "tls-cert.pem", home / "serve" / "tls-key.pem"
     assert key.stat().st_mode & 0o077 == 0
     port = free_port()
-    s = start_server_with(home, "--listen", f"127.0.0.1:{port}")
-    try:
+    with start_server_with(home, "--listen", f"127.0.0.1:{port}") as s:
         assert fingerprint in s.log.read_text()
         assert served_fingerprint(port) == fingerprint
         # the certificate names 127.0.0.1 and localhost: a client that trusts it verifies it fully
@@ -62,31 +60,16 @@ def test_self_signed_certificate_made_once_pinned_and_verifiable(tmp_path):
         # an unpinned, unverified client is refused by its own TLS check
         with pytest.raises(httpx.ConnectError):
             httpx.post(f"https://127.0.0.1:{port}/", content=b"{}")
-    finally:
-        stop_server(s)
     # kept across restarts: the pinned fingerprint stays valid
     assert run_kms(home, "serve", "--print-fingerprint").stdout.decode().strip() == fingerprint
 
 
 def _own_certificate(folder):
+    """An operator's certificate for localhost: (cert file, key file, fingerprint as served)."""
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    from cryptography.hazmat.primitives import hashes
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "operator's cert")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(1).not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-            .sign(key, hashes.SHA256()))
-    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    key_file.chmod(0o600)
+    cert_file, key_file, cert = write_certificate(folder, x509.DNSName("localhost"))
     return cert_file, key_file, ":".join(f"{b:02X}" for b in cert.fingerprint(hashes.SHA256()))
 
 
@@ -94,12 +77,9 @@ def test_a_given_certificate_is_served(tmp_path):
     cert, key, fingerprint = _own_certificate(tmp_path)
     home = tmp_path / "home"
     port = free_port()
-    s = start_server_with(home, "--listen", f"127.0.0.1:{port}", "--cert", str(cert), "--key", str(key))
-    try:
+    with start_server_with(home, "--listen", f"127.0.0.1:{port}", "--cert", str(cert), "--key", str(key)) as s:
         assert served_fingerprint(port) == fingerprint and fingerprint in s.log.read_text()
         assert not (home / "serve").exists()  # no self-signed one made
-    finally:
-        stop_server(s)
     printed = run_kms(home, "serve", "--cert", str(cert), "--key", str(key), "--print-fingerprint")
     assert printed.stdout.decode().strip() == fingerprint
 
@@ -139,8 +119,7 @@ def test_start_failures_are_one_clear_line(tmp_path, case):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_stops_it_cleanly(tmp_path, sig):
-    s = start_server(tmp_path / "home")
-    try:
+    with start_server(tmp_path / "home") as s:
         client = s.boto3(s.access_key())
         assert client.generate_random(NumberOfBytes=4)
         s.proc.send_signal(sig)
@@ -149,17 +128,12 @@ def test_a_signal_stops_it_cleanly(tmp_path, sig):
         port = int(s.url.rpartition(":")[2])
         with socket.socket() as probe:
             assert probe.connect_ex(("127.0.0.1", port)) != 0
-    finally:
-        stop_server(s)
 
 
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory):
-    s = start_server(tmp_path_factory.mktemp("limits") / "home", "--request-timeout", "1")
-    try:
+    with start_server(tmp_path_factory.mktemp("limits") / "home", "--request-timeout", "1") as s:
         yield s
-    finally:
-        stop_server(s)
 
 
 def test_16_concurrent_clients(srv):
@@ -292,8 +266,7 @@ def test_accepted_connections_have_tcp_nodelay(tmp_path):
 def test_sigterm_lets_a_request_in_flight_finish(tmp_path):
     """Stop: new connections are refused at once, a request whose body is still arriving
     is answered, then the process exits 0."""
-    s = start_server(tmp_path / "home")
-    try:
+    with start_server(tmp_path / "home") as s:
         key = s.access_key()
         url, headers, body = signed_request(s.url, key, "GenerateRandom", b'{"NumberOfBytes": 8}')
         head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
@@ -314,5 +287,3 @@ def test_sigterm_lets_a_request_in_flight_finish(tmp_path):
                 got += chunk
         assert got.startswith(b"HTTP/1.1 200") and b'"Plaintext"' in got, got[:300]
         assert s.proc.wait(timeout=30) == 0
-    finally:
-        stop_server(s)

@@ -1,7 +1,10 @@
 """Error paths through the vendor's SDK against a real `kms serve`: every refusal is the
 vendor's code and HTTP status in the SDK's own exception (ClientRequestException with
 error_code), carries an X-Request-Id, says nothing that helps an attacker, and is
-audited with the caller's access key."""
+audited with the caller's access key.
+
+The tests that do not read the audit log share one server (module_server); those that
+do have their own (`server`), since reading it needs the server stopped."""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import pytest
 from kmscore import Kms
 from kmsserve.apis.vendor import AUTH_MESSAGE
 from kmsserve.auth import sdkhmac
-from tests.serve.conftest import AccessKey, start_server, stop_server
+from tests.serve.conftest import AccessKey
 from tests.serve.vendorsdk import VENDOR_PROJECT, disable_access_key, vendor_client
 
 pytestmark = pytest.mark.filterwarnings("ignore:datetime.datetime.utcnow:DeprecationWarning")  # the SDK's signer
@@ -26,16 +29,6 @@ from huaweicloudsdkkms.v2 import (  # noqa: E402
     DeleteKeyRequest, DisableKeyRequest, EncryptDataRequest, EncryptDataRequestBody, GenRandomRequestBody,
     ListKeyDetailRequest, OperateKeyRequestBody, ScheduleKeyDeletionRequestBody, ShowKmsTagsRequest,
 )
-
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    """One server for the tests that do not read the audit log (which needs it stopped)."""
-    s = start_server(tmp_path_factory.mktemp("vendor-errors") / "home")
-    try:
-        yield s
-    finally:
-        stop_server(s)
 
 
 def seq() -> str:
@@ -64,8 +57,8 @@ def records(server, operation: str) -> list[dict]:
         return k.audit_records(operation=operation)
 
 
-def test_key_state_errors_have_the_vendor_codes(shared):
-    kms = vendor_client(shared, shared.access_key())
+def test_key_state_errors_have_the_vendor_codes(module_server):
+    kms = vendor_client(module_server, module_server.access_key())
     e = refused(lambda: kms.list_key_detail(ListKeyDetailRequest(body=OperateKeyRequestBody(key_id=str(uuid.uuid4())))))
     assert (e.status_code, e.error_code) == (404, "KMS.0207")
     key_id = create(kms)
@@ -100,8 +93,8 @@ def test_wrong_signature_and_unknown_access_key_get_one_answer_and_are_audited(s
     assert all(r["caller"].startswith("unauthenticated") and r["outcome"] == "denied: AuthFailed" for r in recs)
 
 
-def test_clock_skew_is_refused(shared):
-    kms = vendor_client(shared, shared.access_key())
+def test_clock_skew_is_refused(module_server):
+    kms = vendor_client(module_server, module_server.access_key())
     for minutes in (-16, 16):
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(time.time() + minutes * 60))
         invoker = kms.create_random_invoker(CreateRandomRequest(body=GenRandomRequestBody(
@@ -158,8 +151,8 @@ def test_policy_refusal_is_the_vendors_code_and_audited_with_the_access_key(serv
     assert recs[-1]["caller"] == f"access-key {key.access_key_id} (app1)"
 
 
-def test_operations_keyhold_does_not_offer_are_the_gateways_404(shared):
-    kms = vendor_client(shared, shared.access_key())
+def test_operations_keyhold_does_not_offer_are_the_gateways_404(module_server):
+    kms = vendor_client(module_server, module_server.access_key())
     key_id = create(kms)
     e = refused(lambda: kms.create_grant(CreateGrantRequest(body=CreateGrantRequestBody(
         key_id=key_id, grantee_principal="someone", operations=["describe-key"]))))
@@ -176,28 +169,28 @@ def _raw(server, key: AccessKey, body: bytes, *, path: str | None = None, projec
     return httpx.post(server.url + path, content=body, headers=headers, timeout=30)
 
 
-def test_malformed_bodies_and_a_mismatched_project_are_the_vendors_errors(shared):
-    key = shared.access_key()
-    ok = _raw(shared, key, json.dumps({"random_data_length": 256}).encode())  # numbers as numbers are read too
+def test_malformed_bodies_and_a_mismatched_project_are_the_vendors_errors(module_server):
+    key = module_server.access_key()
+    ok = _raw(module_server, key, json.dumps({"random_data_length": 256}).encode())  # numbers as numbers are read too
     assert ok.status_code == 200 and len(bytes.fromhex(ok.json()["random_data"])) == 32
     assert ok.headers["x-request-id"]
     for body, code in ((b"{not json", "KMS.0202"), (b"[]", "KMS.0202"), (b"{}", "KMS.0204"),
                        (b'{"random_data_length": "12"}', "KMS.1802"), (b'{"random_data_length": true}', "KMS.1801")):
-        r = _raw(shared, key, body)
+        r = _raw(module_server, key, body)
         assert (r.status_code, r.json()["error"]["error_code"]) == (400, code), body
-    r = _raw(shared, key, b'{"random_data_length": "256"}', project="another-project")
+    r = _raw(module_server, key, b'{"random_data_length": "256"}', project="another-project")
     assert (r.status_code, r.json()["error"]["error_code"]) == (403, "KMS.0321")
-    r = _raw(shared, key, b'{"key_id": "x", "message": "%%%"}', path=f"/v1.0/{VENDOR_PROJECT}/kms/sign")
+    r = _raw(module_server, key, b'{"key_id": "x", "message": "%%%"}', path=f"/v1.0/{VENDOR_PROJECT}/kms/sign")
     assert r.json()["error"]["error_code"] in ("KMS.0308", "KMS.0204")
-    unsigned = httpx.post(shared.url + f"/v1.0/{VENDOR_PROJECT}/kms/gen-random", json={"random_data_length": "256"})
+    unsigned = httpx.post(module_server.url + f"/v1.0/{VENDOR_PROJECT}/kms/gen-random", json={"random_data_length": "256"})
     assert unsigned.status_code == 401 and unsigned.json() == {
         "error_code": "APIGW.0301", "error_msg": AUTH_MESSAGE, "request_id": unsigned.headers["x-request-id"]}
 
 
-def test_a_disabled_access_key_gets_the_wrong_signature_answer(shared):
-    key = shared.access_key(name="soon-disabled")
-    kms = vendor_client(shared, key)
+def test_a_disabled_access_key_gets_the_wrong_signature_answer(module_server):
+    key = module_server.access_key(name="soon-disabled")
+    kms = vendor_client(module_server, key)
     kms.create_random(CreateRandomRequest(body=GenRandomRequestBody(random_data_length="256", sequence=seq())))
-    disable_access_key(shared, key)
+    disable_access_key(module_server, key)
     e = refused(lambda: kms.create_random(CreateRandomRequest(body=GenRandomRequestBody(random_data_length="256", sequence=seq()))))
     assert (e.status_code, e.error_code, e.error_msg) == (401, "APIGW.0301", AUTH_MESSAGE)

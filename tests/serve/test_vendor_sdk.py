@@ -20,7 +20,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
 
-from tests.serve.conftest import start_server, stop_server
 from tests.serve.vendorsdk import vendor_client
 
 pytestmark = pytest.mark.filterwarnings("ignore:datetime.datetime.utcnow:DeprecationWarning")  # the SDK's signer
@@ -48,17 +47,8 @@ def seq() -> str:
 
 
 @pytest.fixture(scope="module")
-def vserver(tmp_path_factory):
-    s = start_server(tmp_path_factory.mktemp("vendor") / "home")
-    try:
-        yield s
-    finally:
-        stop_server(s)
-
-
-@pytest.fixture(scope="module")
-def kms(vserver):
-    return vendor_client(vserver, vserver.access_key())
+def kms(module_server):
+    return vendor_client(module_server, module_server.access_key())
 
 
 def create(kms, **body) -> str:
