@@ -73,9 +73,6 @@ class Header:
     wrapped_dek: bytes
     metadata: Mapping[str, str] = field(default_factory=dict)
     """Authenticated string pairs (version 2 only), e.g. {"content-type": "image/png"}."""
-    _meta: bytes = field(init=False, repr=False, compare=False, default=b"")
-    """`encode_metadata(metadata)`, made once: a header is frozen, and its encoded
-    metadata was asked 2-4 times per envelope (validation, `bound`, `encode`)."""
 
     def __post_init__(self) -> None:
         if self.version not in VERSIONS:
@@ -83,8 +80,7 @@ class Header:
         object.__setattr__(self, "metadata", dict(self.metadata))
         if self.metadata and self.version == VERSION:
             raise EnvelopeError("a version-1 envelope has no metadata: use version 2")
-        object.__setattr__(self, "_meta", encode_metadata(self.metadata))
-        if len(self._meta) > MAX_METADATA:
+        if len(self.metadata_bytes) > MAX_METADATA:
             raise EnvelopeError(f"envelope metadata is limited to {MAX_METADATA} bytes")
         if self.flags & ~KNOWN_FLAGS:
             raise EnvelopeError(f"envelope flags {self.flags:#04x} name features this keyhold does not know")
@@ -102,7 +98,7 @@ class Header:
 
     @property
     def metadata_bytes(self) -> bytes:
-        return self._meta
+        return encode_metadata(self.metadata)
 
     @property
     def bound(self) -> bytes:
