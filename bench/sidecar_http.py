@@ -20,7 +20,12 @@ ratios to plain mitmproxy. Timings are printed, never asserted.
 
     --compare-with DIR   also run the sidecar setups from another checkout (e.g. main,
                          `git archive main | tar -x -C DIR`) in the same run, named
-                         `encrypt@DIR` etc., so old and new are measured side by side
+                         `encrypt@DIR`, `encrypt-w2@DIR` etc., so old and new are
+                         measured side by side
+    --only SETUP,...     run only these setups (e.g. `encrypt,encrypt-w2,fields,fields-w2`;
+                         `@DIR` names too), so that a few can get more rounds and longer
+                         runs; the default runs them all
+    --no-single          skip the runs at 1 connection
     --hostile / --no-hostile
                          after the throughput runs (default on): the proxy's peak RSS
                          (VmHWM) per route kind under hostile bodies, each in a fresh
@@ -144,6 +149,31 @@ def _serve_proxy(kind: str, home: str, upstream: str, ports: dict[str, int], wor
     engine.stop(drain=1)
 
 
+# -- which setups -----------------------------------------------------------------------
+def setups(up_port: int, workers: int, other: str | None, only: list[str] | None) -> dict[str, dict[str, int]]:
+    """{process kind: {setup name: port}}: each kind is one serving process (`--serve
+    KIND`), `-other` kinds run the other checkout's code; `only` keeps the named setups
+    (ValueError for a name that is not one)."""
+    kinds = {"direct": ["direct"], "mitmdump": ["mitmdump"], "plain": ["mitmproxy"],
+             "sidecar": ["encrypt", "fields", "sign"]}
+    if workers > 1:
+        kinds["pool"] = [f"encrypt-w{workers}", f"fields-w{workers}"]
+    if other:
+        kinds["sidecar-other"] = [f"{n}@{other}" for n in kinds["sidecar"]]
+        if "pool" in kinds:
+            kinds["pool-other"] = [f"{n}@{other}" for n in kinds["pool"]]
+    known = {n for names in kinds.values() for n in names}
+    unknown = sorted(set(only or ()) - known)
+    if unknown:
+        raise ValueError(f"no setup named {', '.join(unknown)}; setups: {', '.join(sorted(known))}")
+    out = {}
+    for kind, names in kinds.items():
+        kept = [n for n in names if only is None or n in only]
+        if kept:
+            out[kind] = {n: up_port if kind == "direct" else free_port() for n in kept}
+    return out
+
+
 # -- wrk -------------------------------------------------------------------------------
 def run_wrk(url: str, connections: int, duration: float, script: str) -> dict:
     threads = min(2, connections)
@@ -190,6 +220,9 @@ def main() -> int:
                     help="measure peak RSS under hostile bodies (default: on)")
     ap.add_argument("--hostile-only", action="store_true", help="skip the throughput runs")
     ap.add_argument("--workers", type=int, default=2, help="worker processes of the pool setups (0: none)")
+    ap.add_argument("--only", metavar="SETUP,...", help="run only these setups (default: all)")
+    ap.add_argument("--single", action=argparse.BooleanOptionalAction, default=True,
+                    help="also run at 1 connection (default: on)")
     ap.add_argument("--serve", choices=["upstream", "mitmdump", "plain", "sidecar", "pool", "hostile"], help=argparse.SUPPRESS)
     ap.add_argument("--home", help=argparse.SUPPRESS)
     ap.add_argument("--upstream", help=argparse.SUPPRESS)
@@ -229,40 +262,38 @@ def main() -> int:
         f"wrk.body = {json.dumps(json.dumps(BODY))}\n"
     )
     up_port = free_port()
-    ports = {"mitmdump": {"mitmdump": free_port()}, "plain": {"mitmproxy": free_port()},
-             "sidecar": {"encrypt": free_port(), "fields": free_port(), "sign": free_port()}}
-    if args.workers > 1:
-        ports["pool"] = {f"encrypt-w{args.workers}": free_port(), f"fields-w{args.workers}": free_port()}
     other = Path(args.compare_with).resolve() if args.compare_with else None
-    if other:
-        tag = other.name
-        ports["sidecar-other"] = {f"encrypt@{tag}": free_port(), f"fields@{tag}": free_port(), f"sign@{tag}": free_port()}
+    try:
+        ports = setups(up_port, args.workers, other.name if other else None, args.only.split(",") if args.only else None)
+    except ValueError as e:
+        print(e, file=sys.stderr)
+        return 2
     me = [sys.executable, os.path.abspath(__file__)]
     procs = [subprocess.Popen([*me, "--serve", "upstream", "--ports", str(up_port)])]
     upstream = f"http://127.0.0.1:{up_port}"
     pids = {"direct": procs[0].pid}
     try:
         for kind in ports:
+            if kind == "direct":
+                continue
             cmd, env = [*me, "--serve", kind], None
-            if kind == "sidecar-other":  # the other checkout's own code, its own KMS home
-                cmd = [sys.executable, str(other / "bench" / "sidecar_http.py"), "--serve", "sidecar"]
+            if kind.endswith("-other"):  # the other checkout's own code, its own KMS home
+                cmd = [sys.executable, str(other / "bench" / "sidecar_http.py"), "--serve", kind.split("-")[0]]
                 env = {**os.environ, "PYTHONPATH": str(other)}
             port_map = {n.split("@")[0]: p for n, p in ports[kind].items()}
             p = subprocess.Popen([*cmd, "--home", str(tmp / f"kms-{kind}"), "--upstream", upstream,
                                   "--ports", json.dumps(port_map),
-                                  *(["--workers", str(args.workers)] if kind == "pool" else [])],
+                                  *(["--workers", str(args.workers)] if kind.startswith("pool") else [])],
                                  stdout=subprocess.PIPE, text=True, env=env)
             procs.append(p)
             assert p.stdout.readline().strip() == "ready", f"{kind} proxy did not start"
             pids.update({n: p.pid for n in ports[kind]})
-        targets = {"direct": up_port}
-        for kind in ports:
-            targets.update(ports[kind])
+        targets = {name: port for by_name in ports.values() for name, port in by_name.items()}
         runs: dict[str, dict[int, list[dict]]] = {}
         for name, port in targets.items():  # warm-up (and a check that every setup answers)
             run_wrk(f"http://127.0.0.1:{port}/api/users", 4, 1, str(script))
         for _ in range(args.rounds):  # interleaved rounds: background load hits every setup alike
-            for conns in (args.connections, 1):
+            for conns in (args.connections, 1) if args.single else (args.connections,):
                 for name, port in targets.items():
                     url = f"http://127.0.0.1:{port}/api/users"
                     cpu = cpu_seconds(pids[name])
@@ -271,6 +302,7 @@ def main() -> int:
                     runs.setdefault(name, {}).setdefault(conns, []).append(r)
         results = {n: {c: _median(rs) for c, rs in by_conns.items()} for n, by_conns in runs.items()}
         report(results, args.connections, args.duration, args.rounds)
+        report_pools(runs, args.connections, args.workers)
         for p in reversed(procs):  # the hostile part runs alone, in processes of its own
             p.send_signal(signal.SIGTERM)
         if args.hostile:
@@ -300,28 +332,58 @@ def _median(rs: list[dict]) -> dict:
 def report(results: dict, conns: int, duration: float, rounds: int) -> None:
     print(f"\n4 KiB JSON POST, wrk, median of {rounds} interleaved {duration:g} s runs, "
           f"{os.cpu_count()} CPUs shared by all processes (wrk, upstream, proxy)\n")
-    base = results["mitmproxy"]
-    hdr = (f"{'setup':<10} | {'rps @' + str(conns):>9} {'p50 ms':>7} {'p99 ms':>7} {'x mitm':>6} | {'rps @1':>7} {'p50 ms':>7}"
+    base = results.get("mitmproxy")  # the anchor of the ratios (absent with --only)
+
+    def ratio(a: float, b: float) -> str:
+        return f"{a / b:>6.2f}" if b else f"{'-':>6}"
+
+    hdr = (f"{'setup':<14} | {'rps @' + str(conns):>9} {'p50 ms':>7} {'p99 ms':>7} {'x mitm':>6} | {'rps @1':>7} {'p50 ms':>7}"
            f" {'p99 ms':>7} {'+p50 ms':>8} | {'CPU us/req':>10} {'x mitm':>6} | errors")
     print(hdr)
     print("-" * len(hdr))
     for name, r in results.items():
-        a, b = r[conns], r[1]
-        extra = b["p50"] - base[1]["p50"]
-        errs = a["non2xx"] + b["non2xx"]
-        print(f"{name:<10} | {a['rps']:>9.0f} {a['p50']:>7.2f} {a['p99']:>7.2f} {a['rps'] / base[conns]['rps']:>6.2f} | "
-              f"{b['rps']:>7.0f} {b['p50']:>7.2f} {b['p99']:>7.2f} {extra:>+8.3f} | "
-              f"{a['cpu_us']:>10.0f} {base[conns]['cpu_us'] / a['cpu_us']:>6.2f} | {errs or ''} {a['socket_errors']}")
-    dump = results["mitmdump"][conns]["rps"]
+        a, b = r[conns], r.get(1)
+        line = f"{name:<14} | {a['rps']:>9.0f} {a['p50']:>7.2f} {a['p99']:>7.2f} "
+        line += ratio(a["rps"], base[conns]["rps"]) if base else f"{'-':>6}"
+        if b is not None:
+            extra = f"{b['p50'] - base[1]['p50']:>+8.3f}" if base else f"{'-':>8}"
+            line += f" | {b['rps']:>7.0f} {b['p50']:>7.2f} {b['p99']:>7.2f} {extra} | "
+        else:
+            line += f" | {'':>7} {'':>7} {'':>7} {'':>8} | "
+        line += f"{a['cpu_us']:>10.0f} " + (ratio(base[conns]["cpu_us"], a["cpu_us"]) if base else f"{'-':>6}")
+        errs = a["non2xx"] + (b["non2xx"] if b else 0)
+        print(f"{line} | {errs or ''} {a['socket_errors']}")
     print("\nx mitm: throughput relative to the same lean mitmproxy Master with no addon;"
           " +p50: added median latency at one connection relative to it.")
     print(f"CPU us/req: CPU time of the serving process per request at {conns} connections (utime+stime, all"
           " threads); x mitm = its inverse ratio, an efficiency measure that background load does not skew.")
-    dump_cpu = results["mitmdump"][conns]["cpu_us"]
+    if "mitmdump" not in results:
+        return
+    dump, dump_cpu = results["mitmdump"][conns]["rps"], results["mitmdump"][conns]["cpu_us"]
     print("relative to mitmdump (no script), throughput: " + ", ".join(
         f"{n} {r[conns]['rps'] / dump:.2f}" for n, r in results.items() if n not in ("direct", "mitmdump")))
     print("relative to mitmdump (no script), CPU per request: " + ", ".join(
         f"{n} {dump_cpu / r[conns]['cpu_us']:.2f}" for n, r in results.items() if n not in ("direct", "mitmdump")))
+
+
+def report_pools(runs: dict, conns: int, workers: int) -> None:
+    """N workers / 1 worker, round by round (the two ran minutes apart at most, under the
+    same background load), and the median of those ratios."""
+    suffix = f"-w{workers}"
+    lines = []
+    for name, by_conns in runs.items():
+        setup, at, tag = name.partition("@")
+        if not setup.endswith(suffix) or setup[: -len(suffix)] + at + tag not in runs:
+            continue
+        one = runs[setup[: -len(suffix)] + at + tag][conns]
+        pool = by_conns[conns]
+        ratios = sorted(p["rps"] / o["rps"] for p, o in zip(pool, one))
+        cpu = sorted(p["cpu_us"] / o["cpu_us"] for p, o in zip(pool, one))
+        lines.append(f"{name:<14} {ratios[len(ratios) // 2]:>6.2f}x  rounds: {' '.join(f'{r:.2f}' for r in ratios)}"
+                     f"   CPU/req vs 1 worker: {cpu[len(cpu) // 2]:.3f} (median)")
+    if lines:
+        print(f"\n{workers} workers / 1 worker, throughput at {conns} connections, per round (sorted), median:")
+        print("\n".join(lines))
 
 
 if __name__ == "__main__":

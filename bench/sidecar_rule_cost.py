@@ -97,11 +97,13 @@ def main() -> None:
     kms = Kms(home, caller="bench")
     kms.create_key("bench/data", "AES_256")
     tables, specs = {}, {}
-    for name, rule in RULES.items():
-        entry = ProxyEntry.model_validate({"name": name, "listen": "127.0.0.1:1", "upstream": "http://127.0.0.1:2",
+    for port, (name, rule) in enumerate(RULES.items(), start=1):
+        # one listen address each: flows find their table by the mode spec, which names it
+        entry = ProxyEntry.model_validate({"name": name, "listen": f"127.0.0.1:{port}", "upstream": "http://127.0.0.1:9",
                                            "route": [{"request": rule}] if rule else [{}]})
         specs[name] = mode_spec(entry)
         tables[specs[name]] = compile_entry(entry, kms)
+    assert len(tables) == len(RULES), "two setups share a mode spec: one would measure the other's rule"
     rt = Runtime(kms=kms, tables=tables, dkcache=DataKeyCache(kms))
     addons = chain(rt)
     for name in RULES:

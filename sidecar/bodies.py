@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 from kmscore.blob import peek_key
 
+from sidecar import headerfields
 from sidecar.errors import BadBody, SidecarError
 
 try:
@@ -98,7 +99,7 @@ def seal_headers(headers) -> None:
 
 
 def check_envelope_headers(headers) -> None:
-    if headers.get("content-type", "").split(";")[0].strip().lower() != ENVELOPE_TYPE:
+    if headerfields.get(headers, _CT, "").split(";")[0].strip().lower() != ENVELOPE_TYPE:
         raise BadBody(f"the body is not a keyhold envelope (Content-Type is not {ENVELOPE_TYPE})")
 
 

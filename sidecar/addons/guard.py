@@ -44,6 +44,7 @@ from collections.abc import Callable
 from mitmproxy import http, tcp
 from mitmproxy.net.http import http1
 
+from sidecar import headerfields
 from sidecar.addons.routing import DETAIL, ERROR_HEADER, Runtime, fail, state_of
 from sidecar.errors import SidecarError
 
@@ -54,6 +55,7 @@ RAW_REFUSED = "keyhold.raw_refused"
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 STALE_VALIDATORS = frozenset({b"etag", b"accept-ranges", b"content-md5", b"digest", b"repr-digest"})
 RANGE_HEADERS = frozenset({b"range", b"if-range"})
+_ERROR = ERROR_HEADER.lower().encode()
 
 H2_PREFACE_METHOD = "PRI"
 H2_GOAWAY_MESSAGE = (b"keyhold sidecar: HTTP/2 without TLS (prior knowledge) is not supported here; "
@@ -94,7 +96,7 @@ class Guard:
             return
         route = st.route
         has_step = route.request is not None or route.response is not None
-        upgrade = req.headers.get("upgrade", "")
+        upgrade = headerfields.get(req.headers, b"upgrade", "")
         if upgrade and has_step and not self._allows_upgrade(st):
             fail(flow, "request", Refused(
                 f"upgrade to {upgrade!r} refused: route {route.name} has a {route.action} rule that cannot be "
@@ -102,7 +104,8 @@ class Guard:
                 "unencrypted)", reason="upgrade_refused"))
             return
         if (route.request is not None and req.http_version == "HTTP/1.0" and req.method.upper() in BODY_METHODS
-                and "content-length" not in req.headers and "transfer-encoding" not in req.headers):
+                and not headerfields.has(req.headers, b"content-length")
+                and not headerfields.has(req.headers, b"transfer-encoding")):
             fail(flow, "request", SidecarError(
                 f"an HTTP/1.0 {req.method} needs a Content-Length on route {route.name}: the end of its body "
                 "cannot be known otherwise", status=411, reason="length_required"))
@@ -171,7 +174,8 @@ class Framing:
         if req.http_version == "HTTP/1.0":
             flow.metadata[HTTP10_CLIENT] = True
         if (not req.stream or flow.response is not None
-                or "content-length" in req.headers or "transfer-encoding" in req.headers):
+                or headerfields.has(req.headers, b"content-length")
+                or headerfields.has(req.headers, b"transfer-encoding")):
             return
         # Transform streams this body and took its Content-Length away. Only HTTP/1.1 knows
         # chunked; an HTTP/1.0 or HTTP/2 request without it reaches an HTTP/1.1 upstream as
@@ -186,7 +190,7 @@ class Framing:
         if resp is None:
             return
         st = state_of(flow)
-        if ERROR_HEADER in resp.headers:
+        if headerfields.has(resp.headers, _ERROR):
             resp.headers[REQUEST_ID] = flow.id
             return
         if resp.stream:
@@ -196,7 +200,7 @@ class Framing:
         resp = flow.response
         if resp is None:
             return
-        if ERROR_HEADER in resp.headers:
+        if headerfields.has(resp.headers, _ERROR):
             resp.headers[REQUEST_ID] = flow.id
             return
         st = state_of(flow)
@@ -209,7 +213,7 @@ def streamed_response_headers(flow: http.HTTPFlow) -> None:
     `responseheaders` or later, when a buffered body switches to streaming
     (sidecar.bodylimit), just before the headers leave."""
     resp = flow.response
-    if flow.metadata.get(HTTP10_CLIENT) and "transfer-encoding" in resp.headers:
+    if flow.metadata.get(HTTP10_CLIENT) and headerfields.has(resp.headers, b"transfer-encoding"):
         del resp.headers["transfer-encoding"]  # the body ends when the connection closes
         resp.headers["connection"] = "close"
     st = state_of(flow)

@@ -24,6 +24,7 @@ from mitmproxy import http
 
 from kmscore.errors import InvalidCiphertext, KeyRuleViolation, KeyUnavailable, KmsError, NotFound
 
+from sidecar import headerfields
 from sidecar.canonical import BadTarget, canonical_host, canonical_target
 from sidecar.errors import SidecarError
 from sidecar.replay import ReplayGuard
@@ -194,7 +195,7 @@ def _authority(req: http.Request, reverse: bool) -> str | None:
     may; reverse mode then matches the upstream's name, which is also the Host the
     upstream gets). Two that name different hosts are refused: in forward mode the
     upstream reads the Host header while the request goes to the target's host."""
-    hosts = req.headers.get_all("host")
+    hosts = headerfields.get_all(req.headers, b"host")
     if len(hosts) > 1:
         raise BadTarget("the request has more than one Host header")
     header = hosts[0] if hosts else None
@@ -215,9 +216,9 @@ def _bracket(host: str) -> str:
 def _has_body(req: http.Request) -> bool | None:
     """Whether a body follows the headers; None when only the body itself can tell (HTTP/2
     and 3 without Content-Length)."""
-    if "transfer-encoding" in req.headers:
+    if headerfields.has(req.headers, b"transfer-encoding"):
         return True
-    length = req.headers.get("content-length")
+    length = headerfields.get(req.headers, b"content-length")
     if length is not None:
         return length.strip() != "0"
     return None if (req.is_http2 or req.is_http3) else False

@@ -22,7 +22,7 @@ import logging
 
 from mitmproxy import http
 
-from sidecar import bodies, bodylimit, decoding, fields, tokens
+from sidecar import bodies, bodylimit, decoding, fields, headerfields, tokens
 from sidecar.addons.routing import Runtime, classify, fail, state_of
 from sidecar.errors import BadBody, TooLarge
 from sidecar.rules import Step
@@ -177,14 +177,14 @@ class Transform:
                 plain, meta = bodies.open_body(self.rt.kms, msg.raw_content, self.rt.dkcache, step.key_id)
                 _set_raw(msg, plain)
                 bodies.restore_headers(msg.headers, meta)
-            elif bodies.ENVELOPE_TYPE in msg.headers.get("content-type", ""):
+            elif bodies.ENVELOPE_TYPE in headerfields.get(msg.headers, b"content-type", ""):
                 bodies.open_headers(msg.headers)  # HEAD, 204, 304: only the headers to restore
             st.key_ids.add(step.key_id or step.key)
         except Exception as e:  # noqa: BLE001 - every failure must fail closed
             fail(flow, direction, e)
 
     def _fields(self, st, step: Step, msg: http.Message) -> None:
-        encoded = "content-encoding" in msg.headers
+        encoded = headerfields.has(msg.headers, b"content-encoding")
         limit = st.table.entry.limits.max_buffered_body
         text = decoding.decode(msg.raw_content, msg.headers["content-encoding"], limit) if encoded else msg.raw_content
         if not text:
@@ -224,16 +224,16 @@ def _check_json_size(text: bytes) -> None:
 def _set_raw(msg: http.Message, data: bytes) -> None:
     """Replace the body bytes as they go on the wire, keeping the framing headers true."""
     msg.raw_content = data
-    if "transfer-encoding" not in msg.headers:
+    if not headerfields.has(msg.headers, b"transfer-encoding"):
         msg.headers["content-length"] = str(len(data))
 
 
 def _declared_size(msg: http.Message) -> int | None:
     """The Content-Length, or None when the body is chunked / unknown."""
-    if "transfer-encoding" in msg.headers:
+    if headerfields.has(msg.headers, b"transfer-encoding"):
         return None
     try:
-        return int(msg.headers.get("content-length", "0"))
+        return int(headerfields.get(msg.headers, b"content-length", "0"))
     except ValueError:
         return None
 
