@@ -45,6 +45,7 @@ fi
 setup() {
     apt_install fuse3 libfuse3-3 openssl curl
     apt_install sqlite3 faketime strace  # kmscore store tests: real sqlite3 edits, wrong clocks, fsync counts
+    apt_install rsync  # fsmount: mtime kept by rsync -a, and rsync of a reverse view twice (issue 13)
     if [ ! -x "$VENV/bin/python" ]; then
         local py
         if [ -n "${PYTHON:-}" ]; then
