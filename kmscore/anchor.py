@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from kmscore.durable import sync_folder
 from kmscore.errors import StoreError
 from kmscore.rootkey import RootKey
 
@@ -113,11 +114,7 @@ class Anchor:
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
-            dfd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            sync_folder(self.path.parent)
         except OSError as e:
             tmp.unlink(missing_ok=True)
             raise StoreError(f"cannot write the anchor file {self.path}: {e.strerror}") from None

@@ -15,6 +15,7 @@ import sqlite3
 import threading
 from pathlib import Path
 
+from kmscore.durable import sync_folder
 from kmscore.errors import StoreError
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
@@ -65,9 +66,5 @@ def create_file(path: Path, schema: str, version: int) -> bool:
             with contextlib.suppress(OSError):
                 leftover.unlink()
     with contextlib.suppress(OSError):
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        sync_folder(path.parent)
     return created

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from kmscore.durable import folder_fd, sync_folder
 from kmscore.errors import InvalidRequest, StoreError
 from kmscore.home import HomeChoice, check_home, choose_home
 
@@ -282,10 +283,12 @@ def atomic_output(path: str, mode: int = PRIVATE) -> Iterator[BinaryIO]:
             f.flush()
             os.fsync(fd)  # the data on the disk before the name: never an empty file under it
             if named is None:
-                _link_in(fd, target)
+                with folder_fd(folder) as dfd:
+                    _link_in(fd, target.name, dfd)
+                    os.fsync(dfd)  # and the name itself
         if named is not None:
             os.replace(named, target)
-        _sync_folder(folder)  # and the name itself
+            sync_folder(folder)
     except OSError as e:
         raise InvalidRequest(f"cannot write {path}: {e.strerror}") from None
     finally:
@@ -293,38 +296,26 @@ def atomic_output(path: str, mode: int = PRIVATE) -> Iterator[BinaryIO]:
             named.unlink(missing_ok=True)
 
 
-def _sync_folder(folder: str) -> None:
-    """fsync a directory, so that a name just linked or renamed into it survives a power loss."""
-    dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-def _link_in(fd: int, target: Path) -> None:
-    """Give the unnamed file `fd` the name `target` (replacing an existing file).
+def _link_in(fd: int, name: str, folder: int) -> None:
+    """Give the unnamed file `fd` the name `name` in the open folder `folder`
+    (replacing an existing file).
 
     linkat(AT_SYMLINK_FOLLOW) on /proc/self/fd/N; os.link only uses linkat (rather
     than link(2), which would not follow the magic link) when given a directory fd."""
     source = f"/proc/self/fd/{fd}"
-    folder = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        try:
-            os.link(source, target.name, dst_dir_fd=folder, follow_symlinks=True)
-            return
-        except FileExistsError:
-            pass
-        # a complete file under a hidden name for the instant between link and rename
-        tmp = f".{target.name}.kms-new-{os.getpid()}-{os.urandom(4).hex()}"
-        os.link(source, tmp, dst_dir_fd=folder, follow_symlinks=True)
-        try:
-            os.replace(tmp, target.name, src_dir_fd=folder, dst_dir_fd=folder)
-        except OSError:
-            os.unlink(tmp, dir_fd=folder)
-            raise
-    finally:
-        os.close(folder)
+        os.link(source, name, dst_dir_fd=folder, follow_symlinks=True)
+        return
+    except FileExistsError:
+        pass
+    # a complete file under a hidden name for the instant between link and rename
+    tmp = f".{name}.kms-new-{os.getpid()}-{os.urandom(4).hex()}"
+    os.link(source, tmp, dst_dir_fd=folder, follow_symlinks=True)
+    try:
+        os.replace(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
+    except OSError:
+        os.unlink(tmp, dir_fd=folder)
+        raise
 
 
 def parse_context(pairs: list[str] | None) -> dict[str, str] | None:

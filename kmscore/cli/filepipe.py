@@ -40,6 +40,7 @@ IN_BUFFERS = 4  # one being filled, one waiting, the one being sealed and the on
 OUT_BUFFERS = 3  # one being filled, one being written, one waiting
 WRITEBACK_STEP = 8 << 20  # queue the disk write of this much at a time ...
 WRITEBACK_LAG = 16 << 20  # ... once the write head is this far past its end
+SYNC_FILE_RANGE_WRITE = 2  # <fcntl.h>: start writeback of dirty pages in the range, do not wait
 
 
 class Chunk:
@@ -198,9 +199,6 @@ class EarlyWriteback:
         while self._head - self._queued >= WRITEBACK_STEP + WRITEBACK_LAG:
             self._queue(self._fd, self._queued, WRITEBACK_STEP, SYNC_FILE_RANGE_WRITE)
             self._queued += WRITEBACK_STEP
-
-
-SYNC_FILE_RANGE_WRITE = 2  # <fcntl.h>: start writeback of dirty pages in the range, do not wait
 
 
 @contextlib.contextmanager
