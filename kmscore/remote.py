@@ -67,6 +67,18 @@ def is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
+def kms_url_problem(url: str) -> str | None:
+    """What is wrong with `url` as the address of a `kms serve`, or None: the one check
+    behind both `[kms] url` in a deployment and the client itself. Plain http:// only
+    to loopback, because data keys and plaintext cross the connection."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname or parts.query or parts.fragment:
+        return f"expected https://HOST[:PORT], got {url!r}"
+    if parts.scheme == "http" and not is_loopback(parts.hostname):
+        return f"plain http:// is only allowed to a loopback address (keys and plaintext cross it): use https://, got {url!r}"
+    return None
+
+
 @dataclass(frozen=True)
 class Credentials:
     """An access key issued by `kms access-key create` (its id and secret)."""
@@ -181,12 +193,10 @@ class RemoteKms:
     ) -> None:
         import httpx  # here: `import kmscore` stays light for the embedded facade
 
+        problem = kms_url_problem(url)
+        if problem:
+            raise InvalidRequest(f"the KMS url: {problem}")
         parts = urlsplit(url)
-        if parts.scheme not in ("https", "http") or not parts.hostname:
-            raise InvalidRequest(f"the KMS url must be https://HOST[:PORT] (http:// only on loopback), not {url!r}")
-        if parts.scheme == "http" and not is_loopback(parts.hostname):
-            raise InvalidRequest(f"plain http:// is only allowed to a loopback address (keys and plaintext cross it): "
-                                 f"use https://, not {url!r}")
         if ca_file is not None and fingerprint is not None:
             raise InvalidRequest("give a CA file or a certificate fingerprint for the KMS, not both")
         self.url = url.rstrip("/")

@@ -70,16 +70,11 @@ class KmsSection(_Model):
     def _url(cls, v: str | None) -> str | None:
         if v is None:
             return v
-        from urllib.parse import urlsplit
+        from kmscore.remote import kms_url_problem
 
-        parts = urlsplit(v)
-        if parts.scheme not in ("https", "http") or not parts.hostname or parts.query or parts.fragment:
-            raise ValueError(f"expected https://HOST[:PORT], got {v!r}")
-        from kmscore.remote import is_loopback
-
-        if parts.scheme == "http" and not is_loopback(parts.hostname):
-            raise ValueError(f"plain http:// is only allowed to a loopback address (keys and plaintext cross it): "
-                             f"use https://, got {v!r}")
+        problem = kms_url_problem(v)
+        if problem:
+            raise ValueError(problem)
         return v.rstrip("/")
 
     @field_validator("access_key_file", "ca_file")
