@@ -64,6 +64,12 @@ class MountInfo:
         return self.fstype == "tmpfs" and self.source == GUARD_SOURCE
 
 
+def fsname(cipher_dir: str | os.PathLike) -> str:
+    """The source a keyhold mount of `cipher_dir` shows in /proc/self/mountinfo: how a
+    mount is told from others (`,` would split the mount options)."""
+    return f"keyhold:{os.path.abspath(cipher_dir)}".replace(",", "_")
+
+
 def mountinfo() -> list[tuple[str, MountInfo]]:
     """(mount point, its MountInfo) of every mount on this host, bottom first, as
     /proc/self/mountinfo has them (the point and the source unescaped: a space is
@@ -198,7 +204,7 @@ def run(kms: Kms, cipher_dir: str, mount_point: str, opts: MountOptions) -> None
         ops.without_xattrs()
     allow_other = os.geteuid() == 0 if opts.allow_other is None else opts.allow_other
     fuse_opts = {
-        "fsname": f"keyhold:{os.path.abspath(cipher_dir)}".replace(",", "_"),
+        "fsname": fsname(cipher_dir),
         "subtype": "keyhold",
         "default_permissions": True,  # the kernel checks modes and owners, as on ext4
         "allow_other": allow_other,

@@ -25,7 +25,7 @@ from fsmount import cipherdir, name_map, names, slots, xattr_rewrap, xattrs
 from fsmount.errors import CipherDirError, DamagedFile, MountError
 from fsmount.fs_base import read_header
 from fsmount.layout import Layout
-from fsmount.mount import mountinfo
+from fsmount.mount import fsname, mountinfo
 from fsmount.repair import repair_file
 from fsmount.tree_names import LEFTOVER, TreeNames, find_cipher_dir
 
@@ -526,7 +526,7 @@ def _loaded_config(kms: Kms, cipher_dir: str | os.PathLike):
 
 def mounted_cipher_dir(cipher_dir: str | os.PathLike) -> bool:
     """True if a keyhold mount of `cipher_dir` is active on this host."""
-    source = f"keyhold:{os.path.abspath(cipher_dir)}".replace(",", "_")
+    source = fsname(cipher_dir)
     return any(info.source == source for _, info in mountinfo())
 
 
