@@ -269,3 +269,30 @@ def test_tls_refuses_another_certificate_before_sending_anything(server, tls_ser
     with RemoteKms(url, creds, fingerprint=fingerprint) as kms:
         with pytest.raises(kmscore.NotFound):
             kms.describe_key("tls/never")  # neither request reached the facade
+
+
+@pytest.mark.parametrize("url", [
+    "ftp://kms.internal:8443",
+    "https://:8443",
+    "https://kms.internal:8443/?x=1",
+    "https://kms.internal:8443/#frag",
+    "http://kms.internal:8080",  # plain http off loopback: keys and plaintext would cross it
+    "http://10.0.0.7:8080",
+])
+def test_the_client_refuses_a_url_that_deployment_config_refuses(url):
+    """The client and `[kms] url` share one check: neither accepts what the other refuses."""
+    from kmscore.config.schema import KmsSection
+    from kmscore.errors import InvalidRequest
+
+    with pytest.raises(InvalidRequest, match="the KMS url: "):
+        RemoteKms(url, Credentials("KHAKY", "secret"))
+    with pytest.raises(ValueError):
+        KmsSection.model_validate({"url": url, "access_key_file": "app.key"})
+
+
+def test_plain_http_to_loopback_is_accepted_by_both():
+    from kmscore.config.schema import KmsSection
+
+    for url in ("http://127.0.0.1:8080", "http://[::1]:8080", "http://localhost:8080"):
+        RemoteKms(url, Credentials("KHAKY", "secret")).close()
+        assert KmsSection.model_validate({"url": url, "access_key_file": "app.key"}).url == url
