@@ -1,0 +1,124 @@
+"""The floor the FUSE binding sets: CPU per stat and per create of a file system that does
+no work at all, on the binding fsmount uses (mfusepy: ctypes over libfuse's high-level,
+path-based API).
+
+    .venv/bin/python bench/fuse_binding_floor.py [--files 3000] [--rounds 3]
+
+A child process mounts a bare mfusepy file system in memory: getattr answers from a dict,
+create adds a name, write counts bytes. The parent creates --files files of 4 KiB
+(create+write+close), waits past the 1 s entry and attribute cache, and stats each. It
+prints wall time and the CPU of the file system process (user + system, all threads,
+from /proc/PID/stat) per operation. Compare the CPU figures with `bench/fsmount_io.py`'s
+second table: what keyhold's mount spends beyond this floor is its own code; what
+gocryptfs spends in all is the bar. If the floor is already at or above gocryptfs's
+total, no change inside fsmount's operations can reach 1.0x: only a cheaper binding can.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import os
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+
+ATTR_TIMEOUT = 1.0  # s: as fsmount and gocryptfs mount
+SIZE = 4096
+
+
+def serve(mountpoint: str) -> None:
+    """The bare file system, in this (child) process, until unmounted."""
+    import mfusepy
+
+    class Bare(mfusepy.Operations):
+        use_ns = True
+
+        def __init__(self) -> None:
+            self.sizes: dict[str, int] = {}
+            self.next_fh = 0
+
+        def getattr(self, path, fh=None):
+            if path == "/":
+                return {"st_mode": stat.S_IFDIR | 0o755, "st_nlink": 2}
+            size = self.sizes.get(path)
+            if size is None:
+                raise mfusepy.FuseOSError(errno.ENOENT)
+            return {"st_mode": stat.S_IFREG | 0o644, "st_nlink": 1, "st_size": size}
+
+        def create(self, path, mode, fi=None):
+            self.sizes[path] = 0
+            self.next_fh += 1
+            return self.next_fh
+
+        def write(self, path, data, offset, fh):
+            self.sizes[path] = max(self.sizes[path], offset + len(data))
+            return len(data)
+
+        def truncate(self, path, length, fh=None):
+            self.sizes[path] = length
+
+        def readdir(self, path, fh):
+            return [".", ".."] + [p[1:] for p in self.sizes]
+
+    mfusepy.FUSE(Bare(), mountpoint, foreground=True, attr_timeout=ATTR_TIMEOUT, entry_timeout=ATTR_TIMEOUT)
+
+
+def _cpu(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--files", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--serve", metavar="MOUNTPOINT", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve)
+        return 0
+    mnt = tempfile.mkdtemp(prefix="keyhold-bare-fuse-")
+    child = subprocess.Popen([sys.executable, __file__, "--serve", mnt])
+    try:
+        for _ in range(100):
+            if os.path.ismount(mnt):
+                break
+            time.sleep(0.1)
+        else:
+            print("the bare file system did not mount", file=sys.stderr)
+            return 1
+        data = b"x" * SIZE
+        best: dict[str, tuple[float, float]] = {}
+        for r in range(args.rounds):
+            names = [f"{mnt}/r{r}f{i}" for i in range(args.files)]
+            c0, t0 = _cpu(child.pid), time.perf_counter()
+            for name in names:
+                with open(name, "wb") as f:
+                    f.write(data)
+            c1, t1 = _cpu(child.pid), time.perf_counter()
+            time.sleep(ATTR_TIMEOUT + 0.2)
+            c2, t2 = _cpu(child.pid), time.perf_counter()
+            for name in names:
+                os.stat(name)
+            c3, t3 = _cpu(child.pid), time.perf_counter()
+            for test, wall, cpu in (("create", t1 - t0, c1 - c0), ("stat", t3 - t2, c3 - c2)):
+                per = (wall / args.files * 1e6, cpu / args.files * 1e6)
+                print(f"round {r + 1} {test}: {per[0]:.1f} µs wall, {per[1]:.1f} µs CPU of the file system process")
+                best[test] = min(best.get(test, per), per)
+        print(f"\nbare mfusepy floor, best of {args.rounds} rounds of {args.files} files (CPU is in clock ticks: "
+              f"±{1e6 / os.sysconf('SC_CLK_TCK') / args.files:.1f} µs):")
+        for test, (wall, cpu) in best.items():
+            print(f"  {test:<6} {wall:7.1f} µs wall  {cpu:7.1f} µs CPU")
+        print(f"load at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+    finally:
+        subprocess.run(["fusermount3", "-u", mnt], check=False)
+        child.wait(timeout=30)
+        os.rmdir(mnt)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
