@@ -3,6 +3,7 @@ no work at all, on the binding fsmount uses (mfusepy: ctypes over libfuse's high
 path-based API).
 
     .venv/bin/python bench/fuse_binding_floor.py [--files 3000] [--rounds 3]
+        [--binding pyfuse3 --python VENV/bin/python]
 
 A child process mounts a bare mfusepy file system in memory: getattr answers from a dict,
 create adds a name, write counts bytes. The parent creates --files files of 4 KiB
@@ -12,6 +13,11 @@ from /proc/PID/stat) per operation. Compare the CPU figures with `bench/fsmount_
 second table: what keyhold's mount spends beyond this floor is its own code; what
 gocryptfs spends in all is the bar. If the floor is already at or above gocryptfs's
 total, no change inside fsmount's operations can reach 1.0x: only a cheaper binding can.
+
+`--binding pyfuse3` serves the same file system on pyfuse3 (libfuse's low-level, inode
+API, in Cython, driven by trio), run by `--python` (a venv where `pip install pyfuse3`
+worked; it needs libfuse3-dev and pkg-config): a candidate binding, measured before any
+port of fsmount to it.
 """
 
 from __future__ import annotations
@@ -66,6 +72,59 @@ def serve(mountpoint: str) -> None:
     mfusepy.FUSE(Bare(), mountpoint, foreground=True, attr_timeout=ATTR_TIMEOUT, entry_timeout=ATTR_TIMEOUT)
 
 
+def serve_pyfuse3(mountpoint: str) -> None:
+    """The same bare file system on pyfuse3's low-level API (by inode, not path)."""
+    import pyfuse3
+    import trio
+
+    class Bare(pyfuse3.Operations):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inodes: dict[bytes, int] = {}
+            self.sizes: dict[int, int] = {}
+
+        def _attr(self, ino: int):
+            a = pyfuse3.EntryAttributes()
+            a.st_ino = ino
+            if ino == pyfuse3.ROOT_INODE:
+                a.st_mode, a.st_nlink = stat.S_IFDIR | 0o755, 2
+            else:
+                a.st_mode, a.st_nlink, a.st_size = stat.S_IFREG | 0o644, 1, self.sizes[ino]
+            a.attr_timeout = a.entry_timeout = ATTR_TIMEOUT
+            return a
+
+        async def getattr(self, inode, ctx=None):
+            return self._attr(inode)
+
+        async def lookup(self, parent, name, ctx=None):
+            if name not in self.inodes:
+                raise pyfuse3.FUSEError(errno.ENOENT)
+            return self._attr(self.inodes[name])
+
+        async def create(self, parent, name, mode, flags, ctx):
+            ino = self.inodes[name] = pyfuse3.ROOT_INODE + 1 + len(self.inodes)
+            self.sizes[ino] = 0
+            return pyfuse3.FileInfo(fh=ino), self._attr(ino)
+
+        async def write(self, fh, off, buf):
+            self.sizes[fh] = max(self.sizes[fh], off + len(buf))
+            return len(buf)
+
+        async def setattr(self, inode, attr, fields, fh, ctx):
+            if fields.update_size:
+                self.sizes[inode] = attr.st_size
+            return self._attr(inode)
+
+        async def getxattr(self, inode, name, ctx):
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+
+    pyfuse3.init(Bare(), mountpoint, set(pyfuse3.default_options) | {"fsname=bare"})
+    try:
+        trio.run(pyfuse3.main)
+    finally:
+        pyfuse3.close()
+
+
 def _cpu(pid: int) -> float:
     fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -75,13 +134,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--files", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--binding", choices=("mfusepy", "pyfuse3"), default="mfusepy")
+    parser.add_argument("--python", default=sys.executable, help="the interpreter that serves the file system")
     parser.add_argument("--serve", metavar="MOUNTPOINT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve)
+        (serve_pyfuse3 if args.binding == "pyfuse3" else serve)(args.serve)
         return 0
     mnt = tempfile.mkdtemp(prefix="keyhold-bare-fuse-")
-    child = subprocess.Popen([sys.executable, __file__, "--serve", mnt])
+    child = subprocess.Popen([args.python, __file__, "--binding", args.binding, "--serve", mnt])
     try:
         for _ in range(100):
             if os.path.ismount(mnt):
@@ -108,7 +169,7 @@ def main() -> int:
                 per = (wall / args.files * 1e6, cpu / args.files * 1e6)
                 print(f"round {r + 1} {test}: {per[0]:.1f} µs wall, {per[1]:.1f} µs CPU of the file system process")
                 best[test] = min(best.get(test, per), per)
-        print(f"\nbare mfusepy floor, best of {args.rounds} rounds of {args.files} files (CPU is in clock ticks: "
+        print(f"\nbare {args.binding} floor, best of {args.rounds} rounds of {args.files} files (CPU is in clock ticks: "
               f"±{1e6 / os.sysconf('SC_CLK_TCK') / args.files:.1f} µs):")
         for test, (wall, cpu) in best.items():
             print(f"  {test:<6} {wall:7.1f} µs wall  {cpu:7.1f} µs CPU")
