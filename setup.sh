@@ -46,6 +46,7 @@ setup() {
     apt_install fuse3 libfuse3-3 openssl curl
     apt_install sqlite3 faketime strace  # kmscore store tests: real sqlite3 edits, wrong clocks, fsync counts
     apt_install rsync  # fsmount: mtime kept by rsync -a, and rsync of a reverse view twice (issue 13)
+    apt_install gcc libfuse3-dev  # fsmount/_fastpath.c, the C entry of the hot FUSE callbacks
     if [ ! -x "$VENV/bin/python" ]; then
         local py
         if [ -n "${PYTHON:-}" ]; then
@@ -65,8 +66,11 @@ setup() {
     else
         say "$("$VENV/bin/python" -V): installing the core and the mount; the sidecar needs Python >= 3.12"
     fi
+    # Debian's own interpreters keep their C headers apart (pyenv's and python.org's ship them)
+    "$VENV/bin/python" -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+        || apt_install "python$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')-dev"
     if ! "$VENV/bin/python" -c 'import kmscore, fsmount, pytest' 2>/dev/null \
-        || [ pyproject.toml -nt "$VENV/.installed" ]; then
+        || [ pyproject.toml -nt "$VENV/.installed" ] || [ fsmount/_fastpath.c -nt "$VENV/.installed" ]; then
         say "installing keyhold[$extras] and its dependencies into $VENV"
         "$VENV/bin/pip" install -q --upgrade pip 2>/dev/null || true
         "$VENV/bin/pip" install -q -e ".[$extras]"

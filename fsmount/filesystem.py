@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import logging
 import operator
+import os
 import struct
 import threading
 from dataclasses import dataclass
@@ -85,6 +87,7 @@ def _timespec(ts) -> int | str:
     return ts.tv_sec * 10**9 + ts.tv_nsec
 
 
+log = logging.getLogger("fsmount")
 _worker = threading.local()
 _STAT_SIZE = ctypes.sizeof(mfusepy.c_stat)
 
@@ -120,15 +123,59 @@ _STAT, _STAT_KEYS = _stat_layout()
 _stat_values = operator.itemgetter(*_STAT_KEYS)
 
 
-def _fill_stat(buf, attrs: dict) -> None:
-    """struct stat at `buf` from FsBase.attrs (times in ns), packed in one go: setting
-    the ctypes fields one by one costs ~10 µs a getattr, and a create makes three.
-    KeyError if a field is missing, struct.error if a value does not fit (`attrs` gets
-    the split times added)."""
-    attrs["st_atime_s"], attrs["st_atime_ns"] = divmod(attrs["st_atime"], 10**9)
-    attrs["st_mtime_s"], attrs["st_mtime_ns"] = divmod(attrs["st_mtime"], 10**9)
-    attrs["st_ctime_s"], attrs["st_ctime_ns"] = divmod(attrs["st_ctime"], 10**9)
-    ctypes.memmove(buf, _STAT.pack(*_stat_values(attrs)), _STAT_SIZE)
+def _stat_bytes(attrs: dict) -> bytes:
+    """A whole struct stat from FsBase.attrs (times in ns), packed in one go: setting the
+    ctypes fields one by one costs ~10 µs a getattr, and a create makes three. Attrs
+    without the full set FsBase.attrs gives, or with a value that does not fit, go the
+    generic (slow) way (`attrs` gets the split times added)."""
+    try:
+        attrs["st_atime_s"], attrs["st_atime_ns"] = divmod(attrs["st_atime"], 10**9)
+        attrs["st_mtime_s"], attrs["st_mtime_ns"] = divmod(attrs["st_mtime"], 10**9)
+        attrs["st_ctime_s"], attrs["st_ctime_ns"] = divmod(attrs["st_ctime"], 10**9)
+        return _STAT.pack(*_stat_values(attrs))
+    except (KeyError, struct.error):
+        st = mfusepy.c_stat()
+        mfusepy.set_st_attrs(st, attrs, use_ns=True)
+        return bytes(st)
+
+
+def _fast_path(fuse: KeyholdFUSE, ops):
+    """Point the hot fields of mfusepy's ops struct at `fsmount._fastpath`'s C entry
+    points, which call `fuse`'s handlers with plain arguments; answer the module (to
+    uninstall once the mount ends), or None where mfusepy's ctypes callbacks serve
+    everything as before: not built, turned off (KEYHOLD_FUSE_FASTPATH=0), a struct
+    layout that differs from the one it was compiled against, or another mount of this
+    process using it. Only fields mfusepy set are replaced (no create appears)."""
+    if os.environ.get("KEYHOLD_FUSE_FASTPATH", "1") == "0":
+        log.info("FUSE fast path: off (KEYHOLD_FUSE_FASTPATH=0)")
+        return None
+    try:
+        from fsmount import _fastpath
+    except ImportError:
+        log.info("FUSE fast path: not built (fsmount/_fastpath.c); every callback goes through ctypes")
+        return None
+    layout = type(ops)
+    if any(getattr(layout, name).offset != offset for name, offset in _fastpath.offsets().items()):
+        log.warning("FUSE fast path: off (mfusepy's struct fuse_operations differs from <fuse3/fuse.h>)")
+        return None
+    ops_ = fuse.operations
+    handlers = {
+        "getattr": fuse.fast_getattr,
+        "create": getattr(ops_, "create", None),
+        "write": (lambda view, offset, fh: ops_.write(None, view, offset, fh)) if hasattr(ops_, "write") else None,
+        "read": (lambda view, offset, fh: ops_.read_into(len(view), offset, fh, view))
+        if hasattr(ops_, "read_into") else None,
+        "flush": getattr(ops_, "flush", None),
+        "release": getattr(ops_, "release", None),
+        "failed": fuse.fast_failed,
+    }
+    try:
+        _fastpath.install(ctypes.addressof(ops), handlers)
+    except RuntimeError as e:
+        log.info("FUSE fast path: off (%s)", e)
+        return None
+    log.debug("FUSE fast path: on (C entry for %s)", ", ".join(sorted(_fastpath.offsets())))
+    return _fastpath
 
 
 def _raising(func, error: BaseException):
@@ -140,7 +187,27 @@ def _raising(func, error: BaseException):
 
 
 class KeyholdFUSE(mfusepy.FUSE):
-    """mfusepy's binding with the libfuse 3 arguments it drops passed on."""
+    """mfusepy's binding with the libfuse 3 arguments it drops passed on, and the hot
+    callbacks entered from C where `fsmount._fastpath` is built (see `_fast_path`)."""
+
+    def __init__(self, operations, mountpoint: str, **kwargs) -> None:
+        # mfusepy builds the ops struct and hands it to libfuse in one call of its
+        # constructor: the C entry points go in between, in fuse_main_real's place
+        real = mfusepy.fuse_main_real
+
+        def main_real(argc, argv, ops_pointer, size, user_data):
+            fast = _fast_path(self, ops_pointer.contents)
+            try:
+                return real(argc, argv, ops_pointer, size, user_data)
+            finally:
+                if fast is not None:
+                    fast.uninstall()
+
+        mfusepy.fuse_main_real = main_real
+        try:
+            super().__init__(operations, mountpoint, **kwargs)
+        finally:
+            mfusepy.fuse_main_real = real
 
     def _wrapper(self, func, *args, **kwargs):
         """Every callback's entry. A ctypes callback on a libfuse thread makes and destroys
@@ -177,16 +244,25 @@ class KeyholdFUSE(mfusepy.FUSE):
         looks every key up by name on the ctypes struct (~10 µs of a ~35 µs getattr, 3
         per create). A missing name (the kernel's lookup of every name being created)
         answers ENOENT here, not through mfusepy's generic error handler."""
+        answer = self.fast_getattr(_path(self, path), _fh(fip))
+        if isinstance(answer, int):
+            return answer
+        ctypes.memmove(buf, answer, _STAT_SIZE)
+        return 0
+
+    def fast_getattr(self, path: str | None, fh: int | None) -> bytes | int:
+        """struct stat packed, or -ENOENT."""
         try:
-            attrs = self.operations.getattr(_path(self, path), _fh(fip))
+            return _stat_bytes(self.operations.getattr(path, fh))
         except FileNotFoundError:
             return -errno.ENOENT
-        try:
-            _fill_stat(buf, attrs)
-        except (KeyError, struct.error):  # not the full set FsBase.attrs gives: the generic way
-            ctypes.memset(buf, 0, _STAT_SIZE)
-            mfusepy.set_st_attrs(buf.contents, attrs, use_ns=True)
-        return 0
+
+    def fast_failed(self, name: str, error: BaseException) -> int:
+        """The errno for what a handler called from C raised, as mfusepy's handler maps it."""
+        def failed():
+            raise error
+        failed.__name__ = name
+        return mfusepy.FUSE._wrapper(self, failed)
 
     def create(self, path: bytes, mode: int, fip) -> int:
         """mfusepy's create, without its inspect.signature() of our create on every

@@ -60,20 +60,16 @@ def test_stat_after_create_and_close_needs_no_header_read(fs: KeyholdFS) -> None
 def test_packed_struct_stat_is_byte_for_byte_mfusepys(tmp_path: Path, times) -> None:
     """getattr packs struct stat in one go (a create sends three getattrs); the bytes are
     exactly those of mfusepy's field-by-field fill, for every field FsBase.attrs gives."""
-    import ctypes
-
-    from fsmount.filesystem import _STAT_SIZE, _fill_stat
+    from fsmount.filesystem import _stat_bytes
     from fsmount.libfuse import mfusepy
 
     st = os.lstat(tmp_path)
     attrs = {"st_mode": st.st_mode, "st_ino": 2**63 + 12345, "st_nlink": 7, "st_uid": 4_000_000_000,
              "st_gid": 65534, "st_rdev": 2**40 + 3, "st_size": 2**62 + 5, "st_blocks": 123_456, "st_blksize": 4096,
              "st_atime": times[0], "st_mtime": times[1], "st_ctime": times[2]}
-    ours, theirs = mfusepy.c_stat(), mfusepy.c_stat()
-    ctypes.memset(ctypes.byref(ours), 0xAA, _STAT_SIZE)  # every byte must be written
-    _fill_stat(ctypes.pointer(ours), dict(attrs))
+    theirs = mfusepy.c_stat()
     mfusepy.set_st_attrs(theirs, attrs, use_ns=True)
-    assert bytes(ours) == bytes(theirs)
+    assert _stat_bytes(dict(attrs)) == bytes(theirs)
 
 
 @pytest.mark.parametrize("outcome", [None, 7, OSError(2, "gone"), OSError(13, "no"), OSError(-5, "odd"),
