@@ -158,15 +158,14 @@ def _fast_path(fuse: KeyholdFUSE, ops):
     if any(getattr(layout, name).offset != offset for name, offset in _fastpath.offsets().items()):
         log.warning("FUSE fast path: off (mfusepy's struct fuse_operations differs from <fuse3/fuse.h>)")
         return None
-    ops_ = fuse.operations
+    fs = fuse.operations
     handlers = {
         "getattr": fuse.fast_getattr,
-        "create": getattr(ops_, "create", None),
-        "write": (lambda view, offset, fh: ops_.write(None, view, offset, fh)) if hasattr(ops_, "write") else None,
-        "read": (lambda view, offset, fh: ops_.read_into(len(view), offset, fh, view))
-        if hasattr(ops_, "read_into") else None,
-        "flush": getattr(ops_, "flush", None),
-        "release": getattr(ops_, "release", None),
+        "create": getattr(fs, "create", None),
+        "write": (lambda view, offset, fh: fs.write(None, view, offset, fh)) if hasattr(fs, "write") else None,
+        "read": (lambda view, offset, fh: fs.read_into(len(view), offset, fh, view)) if hasattr(fs, "read_into") else None,
+        "flush": getattr(fs, "flush", None),
+        "release": getattr(fs, "release", None),
         "failed": fuse.fast_failed,
     }
     try:
@@ -178,11 +177,11 @@ def _fast_path(fuse: KeyholdFUSE, ops):
     return _fastpath
 
 
-def _raising(func, error: BaseException):
-    """A stand-in for `func` that raises `error` (mfusepy's handler reads func's name)."""
+def _raising(name: str, error: BaseException):
+    """A stand-in for callback `name` that raises `error` (mfusepy's handler reads the name)."""
     def again(*args, **kwargs):
         raise error
-    again.__name__ = func.__name__
+    again.__name__ = name
     return again
 
 
@@ -221,7 +220,7 @@ class KeyholdFUSE(mfusepy.FUSE):
         try:
             return func(*args, **kwargs) or 0
         except BaseException as e:
-            return super()._wrapper(_raising(func, e), *args, **kwargs)
+            return super()._wrapper(_raising(func.__name__, e), *args, **kwargs)
 
     def read(self, path, buf, size: int, offset: int, fip) -> int:
         """Decrypt straight into the kernel's buffer."""
@@ -240,7 +239,7 @@ class KeyholdFUSE(mfusepy.FUSE):
         return super().getxattr(path, name, value, size, *args)
 
     def getattr_fuse_3(self, path, buf, fip) -> int:
-        """Fill struct stat in one pack (`_fill_stat`): mfusepy's generic set_st_attrs
+        """Fill struct stat in one pack (`_stat_bytes`): mfusepy's generic set_st_attrs
         looks every key up by name on the ctypes struct (~10 µs of a ~35 µs getattr, 3
         per create). A missing name (the kernel's lookup of every name being created)
         answers ENOENT here, not through mfusepy's generic error handler."""
@@ -259,10 +258,7 @@ class KeyholdFUSE(mfusepy.FUSE):
 
     def fast_failed(self, name: str, error: BaseException) -> int:
         """The errno for what a handler called from C raised, as mfusepy's handler maps it."""
-        def failed():
-            raise error
-        failed.__name__ = name
-        return mfusepy.FUSE._wrapper(self, failed)
+        return mfusepy.FUSE._wrapper(self, _raising(name, error))
 
     def create(self, path: bytes, mode: int, fip) -> int:
         """mfusepy's create, without its inspect.signature() of our create on every
