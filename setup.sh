@@ -23,6 +23,16 @@ apt_install() {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
+# What pip needs to build fsmount/_fastpath.c (the C entry of the mount's hot FUSE
+# callbacks) for interpreter $1: gcc, the libfuse 3 headers, and Python's own headers,
+# which Debian's interpreters keep apart (pyenv's and python.org's ship them). Without
+# them the install still succeeds and the mount goes through ctypes only.
+build_deps() {
+    apt_install gcc libfuse3-dev
+    "$1" -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+        || apt_install "python$("$1" -c 'import sys; print("%d.%d" % sys.version_info[:2])')-dev"
+}
+
 # The sidecar (mitmproxy 12) needs Python >= 3.12; Debian 12 ships 3.11, so look for a
 # newer interpreter first and fall back to the system's python3 without the sidecar.
 find_python() {
@@ -46,7 +56,6 @@ setup() {
     apt_install fuse3 libfuse3-3 openssl curl
     apt_install sqlite3 faketime strace  # kmscore store tests: real sqlite3 edits, wrong clocks, fsync counts
     apt_install rsync  # fsmount: mtime kept by rsync -a, and rsync of a reverse view twice (issue 13)
-    apt_install gcc libfuse3-dev  # fsmount/_fastpath.c, the C entry of the hot FUSE callbacks
     if [ ! -x "$VENV/bin/python" ]; then
         local py
         if [ -n "${PYTHON:-}" ]; then
@@ -66,9 +75,7 @@ setup() {
     else
         say "$("$VENV/bin/python" -V): installing the core and the mount; the sidecar needs Python >= 3.12"
     fi
-    # Debian's own interpreters keep their C headers apart (pyenv's and python.org's ship them)
-    "$VENV/bin/python" -c 'import sysconfig, os, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
-        || apt_install "python$("$VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')-dev"
+    build_deps "$VENV/bin/python"
     if ! "$VENV/bin/python" -c 'import kmscore, fsmount, pytest' 2>/dev/null \
         || [ pyproject.toml -nt "$VENV/.installed" ] || [ fsmount/_fastpath.c -nt "$VENV/.installed" ]; then
         say "installing keyhold[$extras] and its dependencies into $VENV"
@@ -98,6 +105,7 @@ system_install() {
     local py; py=$(find_python) || py=$(command -v python3)
     say "installing keyhold into $root$opt ($("$py" -V))"
     [ -x "$root$opt/bin/python" ] || "$py" -m venv "$root$opt"
+    build_deps "$root$opt/bin/python"
     local extras=""
     "$root$opt/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 12))' && extras="[sidecar]"
     "$root$opt/bin/pip" install -q ".$extras"
