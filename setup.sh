@@ -77,7 +77,7 @@ setup() {
     fi
     build_deps "$VENV/bin/python"
     if ! "$VENV/bin/python" -c 'import kmscore, fsmount, pytest' 2>/dev/null \
-        || [ pyproject.toml -nt "$VENV/.installed" ] || [ fsmount/_fastpath.c -nt "$VENV/.installed" ]; then
+        || [ pyproject.toml -nt "$VENV/.installed" ] || [ fsmount/_fastpath.c -nt "$VENV/.installed" ] || [ setup.py -nt "$VENV/.installed" ]; then
         say "installing keyhold[$extras] and its dependencies into $VENV"
         "$VENV/bin/pip" install -q --upgrade pip 2>/dev/null || true
         "$VENV/bin/pip" install -q -e ".[$extras]"
