@@ -14,6 +14,10 @@ second table: what keyhold's mount spends beyond this floor is its own code; wha
 gocryptfs spends in all is the bar. If the floor is already at or above gocryptfs's
 total, no change inside fsmount's operations can reach 1.0x: only a cheaper binding can.
 
+`--binding keyhold` serves it through fsmount's own binding (`KeyholdFUSE`: mfusepy
+with the hot callbacks entered from C by fsmount/_fastpath.c where it is built; run it
+again with KEYHOLD_FUSE_FASTPATH=0 for the ctypes-only floor).
+
 `--binding pyfuse3` serves the same file system on pyfuse3 (libfuse's low-level, inode
 API, in Cython, driven by trio), run by `--python` (a venv where `pip install pyfuse3`
 worked; it needs libfuse3-dev and pkg-config): a candidate binding, measured before any
@@ -73,6 +77,62 @@ def serve(mountpoint: str) -> None:
     mfusepy.FUSE(Bare(), mountpoint, foreground=True, attr_timeout=ATTR_TIMEOUT, entry_timeout=ATTR_TIMEOUT)
 
 
+def serve_keyhold(mountpoint: str) -> None:
+    """The same bare file system served as fsmount serves its operations: through
+    KeyholdFUSE (mfusepy, with the hot callbacks entered from C where
+    fsmount/_fastpath.c is built; KEYHOLD_FUSE_FASTPATH=0 for ctypes only)."""
+    import time as _time
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from fsmount.filesystem import KeyholdFUSE
+    from fsmount.libfuse import mfusepy
+
+    now = _time.time_ns()
+    base = {"st_ino": 1, "st_uid": 0, "st_gid": 0, "st_rdev": 0, "st_blocks": 0, "st_blksize": 4096,
+            "st_atime": now, "st_mtime": now, "st_ctime": now}
+
+    class Bare(mfusepy.Operations):
+        def __init__(self) -> None:
+            self.sizes: dict[str, int] = {}
+            self.next_fh = 0
+
+        def getattr(self, path, fh=None):  # the full set FsBase.attrs gives
+            if path == "/":
+                return {**base, "st_mode": stat.S_IFDIR | 0o755, "st_nlink": 2, "st_size": 0}
+            size = self.sizes.get(path)
+            if size is None:
+                raise FileNotFoundError(errno.ENOENT, "no such file")
+            return {**base, "st_mode": stat.S_IFREG | 0o644, "st_nlink": 1, "st_size": size}
+
+        def create(self, path, mode, flags):
+            self.sizes[path] = 0
+            self.next_fh += 1
+            return self.next_fh
+
+        def write(self, path, data, offset, fh):
+            return len(data)
+
+        def read_into(self, size, offset, fh, out):
+            return 0
+
+        def flush(self, path, fh):
+            return 0
+
+        def release(self, path, fh):
+            return 0
+
+        def truncate(self, path, length, fh=None):
+            self.sizes[path] = length
+
+        def getxattr(self, path, name, position=0):  # so that the kernel asks, as it asks fsmount
+            raise OSError(errno.ENODATA, "no attribute")
+
+        def readdir(self, path, fh):
+            return [".", ".."] + [p[1:] for p in self.sizes]
+
+    KeyholdFUSE(Bare(), mountpoint, foreground=True, attr_timeout=ATTR_TIMEOUT, entry_timeout=ATTR_TIMEOUT)
+
+
 def serve_pyfuse3(mountpoint: str) -> None:
     """The same bare file system on pyfuse3's low-level API (by inode, not path)."""
     import pyfuse3
@@ -130,12 +190,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--files", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--binding", choices=("mfusepy", "pyfuse3"), default="mfusepy")
+    parser.add_argument("--binding", choices=("mfusepy", "keyhold", "pyfuse3"), default="mfusepy")
     parser.add_argument("--python", default=sys.executable, help="the interpreter that serves the file system")
     parser.add_argument("--serve", metavar="MOUNTPOINT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        (serve_pyfuse3 if args.binding == "pyfuse3" else serve)(args.serve)
+        {"mfusepy": serve, "keyhold": serve_keyhold, "pyfuse3": serve_pyfuse3}[args.binding](args.serve)
         return 0
     # here, not at the top: the child may run in a venv without keyhold (--python)
     from fsmount_io import cpu_seconds as _cpu
