@@ -119,7 +119,8 @@ static int fast_getattr(const char *path, struct stat *st, struct fuse_file_info
         memcpy(st, PyBytes_AS_STRING(answer), sizeof(*st));
         err = 0;
     } else if (PyLong_Check(answer)) {
-        err = (int)PyLong_AsLong(answer); /* a negative errno */
+        long value = PyLong_AsLong(answer); /* a negative errno */
+        err = (value == -1 && PyErr_Occurred()) ? failure("getattr") : (int)value;
     } else {
         PyErr_Format(PyExc_TypeError, "getattr answered %R: packed struct stat or -errno expected", answer);
         err = failure("getattr");
