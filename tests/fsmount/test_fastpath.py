@@ -257,3 +257,66 @@ def test_a_mount_without_the_fast_path_behaves_the_same(mount_with, monkeypatch)
     m = mount_with()
     _exercise(m.point)
     assert "FUSE fast path: off" in m.log.read_text()
+
+
+def test_concurrent_clients_agree_with_a_model(mount) -> None:
+    """Four clients at once, each on its own files: writes at random offsets, reads,
+    truncates, unlinks, stats, failed lookups and xattrs, every result checked against
+    an in-memory model; the mount's log shows no error afterwards."""
+    import random
+    import threading
+    import time
+
+    failures: list[BaseException] = []
+    counts: list[int] = []
+
+    def client(n: int) -> None:
+        rnd, model, ops = random.Random(n), {}, 0
+        d = mount.point / f"client{n}"
+        d.mkdir()
+        deadline = time.monotonic() + 3
+        try:
+            while time.monotonic() < deadline:
+                path = str(d / f"f{rnd.randrange(8)}")
+                op = rnd.random()
+                if op < 0.35:
+                    offset, data = rnd.randrange(300_000), rnd.randbytes(rnd.randrange(1, 70_000))
+                    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+                    try:
+                        assert os.pwrite(fd, data, offset) == len(data)
+                    finally:
+                        os.close(fd)
+                    cur = bytearray(model.get(path, b""))
+                    cur.extend(bytes(max(0, offset - len(cur))))
+                    cur[offset:offset + len(data)] = data
+                    model[path] = bytes(cur)
+                elif op < 0.6 and path in model:
+                    assert Path(path).read_bytes() == model[path]
+                elif op < 0.7 and path in model:
+                    size = rnd.randrange(400_000)
+                    os.truncate(path, size)
+                    model[path] = model[path][:size] + bytes(max(0, size - len(model[path])))
+                elif op < 0.8 and path in model:
+                    os.unlink(path)
+                    del model[path]
+                elif op < 0.9:
+                    assert {p: os.stat(p).st_size for p in model} == {p: len(v) for p, v in model.items()}
+                    with pytest.raises(FileNotFoundError):
+                        os.stat(path + ".missing")
+                elif path in model:
+                    os.setxattr(path, "user.n", b"%d" % ops)
+                    assert os.getxattr(path, "user.n") == b"%d" % ops
+                ops += 1
+        except BaseException as e:  # noqa: BLE001 - reported by the test's thread
+            failures.append(e)
+        counts.append(ops)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures, failures
+    assert sum(counts) > 1000
+    log = mount.log.read_text()
+    assert "Traceback" not in log and "ERROR" not in log, log[-2000:]
