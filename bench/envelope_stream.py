@@ -16,7 +16,7 @@ Made to give the same answer on a disk and a machine that others use (issue 14):
   machine's dirty pages are written back (`settle`), so no run pays for the one before;
 * each timed run is the command plus an fsync of its output (dirty pages left in the
   page cache are paid for by the tool that made them); --no-flush times the command alone;
-* rounds run every command once, round-robin, the order rotated each round, and every
+* rounds run every command once, in an order shuffled each round (seeded), and every
   file command (kms, age, dd) right after a `cp` of its own (alternating cp and the rest:
   this VM's buffered write path swings 6x within a minute, so a ratio is taken against
   the cp run beside it; --no-pair: one cp per round, as before); time/cp is the median of
@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -239,7 +240,7 @@ def main() -> int:
         settle()
         warm(plain)
         print(f"input: {size / MB:.0f} MB of random bytes in {work} ({'outputs fsynced' if flush else 'no fsync'}), "
-              f"{args.repeat} rounds, every command once per round (order rotated), load {load()}", flush=True)
+              f"{args.repeat} rounds, every command once per round (order shuffled), load {load()}", flush=True)
         times: dict[str, list[float]] = {name: [] for name in commands}
         cpu: dict[str, list[float]] = {name: [] for name in commands}
         rss: dict[str, int] = {name: 0 for name in commands}
@@ -263,7 +264,9 @@ def main() -> int:
             return wall
 
         for r in range(args.repeat):
-            order = [n for n in names[r % len(names):] + names[: r % len(names)] if n != "cp"]
+            order = [n for n in names if n != "cp"]
+            random.Random(r).shuffle(order)  # no command always follows the same one (a cp after a
+            # buffered 1 GiB write was measured 2x slower than one after an O_DIRECT write)
             round_cp = None if args.no_pair else []
             if args.no_pair:
                 cps.append(timed("cp"))
