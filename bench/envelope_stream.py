@@ -4,7 +4,7 @@ same number of bytes (no I/O) as the compute ceiling. Prints min and median wall
 CPU time, time/cp, and the peak RSS of every command.
 
     .venv/bin/python bench/envelope_stream.py [--size 1G] [--repeat 5] [--dir DIR] [--no-flush]
-                                              [--compare-with DIR ...]
+                                              [--compare-with DIR ...] [--no-pair] [--dd-bs 16M]
 
 --compare-with DIR runs the `kms` of another checkout too (e.g. /work/main, or `git
 archive main | tar -x -C DIR`), as `kms encrypt-file@DIR` etc., interleaved with the
@@ -16,9 +16,19 @@ Made to give the same answer on a disk and a machine that others use (issue 14):
   machine's dirty pages are written back (`settle`), so no run pays for the one before;
 * each timed run is the command plus an fsync of its output (dirty pages left in the
   page cache are paid for by the tool that made them); --no-flush times the command alone;
-* rounds run every command once, round-robin, the order rotated each round; time/cp is
-  the median of the per-round ratios (a slow round for everyone does not move it), and
-  each round's ratios are printed as it ends;
+* rounds run every command once, in an order shuffled each round (seeded), and every
+  file command (kms, age, dd) right after a `cp` of its own (alternating cp and the rest:
+  this VM's buffered write path swings 6x within a minute, so a ratio is taken against
+  the cp run beside it; --no-pair: one cp per round, as before); time/cp is the median of
+  the per-round (per-pair) ratios, and their min-max spread is printed, as is cp's own
+  min/median/max over every cp run: a goal "within 1.10x of cp" means little when cp
+  alone spans 0.5-3 s;
+* a second anchor, clearly apart from cp: `dd oflag=direct bs=16M conv=fsync` of the same
+  file, the disk written without the page cache (steadier than cp on this VM); time/dd
+  is reported beside time/cp; the goal stays stated against cp;
+* each command's input is read once (into the page cache) before its timed run, as the
+  plaintext is before round 1: an envelope written with O_DIRECT is not left in the
+  page cache by the encrypt-file that made it, and decrypt-file is not charged for that;
 * start-up is measured apart: `kms encrypt-file` of an empty file (parse, imports, key
   store open, data key, its audit record, close), beside `python -c pass`;
 * bytecode is cached as in an installed package (PYTHONPYCACHEPREFIX in the work
@@ -31,6 +41,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -44,6 +55,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 KMS = str(Path(sys.executable).parent / "kms")
 TIME = "/usr/bin/time"  # GNU time (Debian package `time`)
 MB = 1_000_000
+DD = "dd oflag=direct"
 
 
 def parse_size(text: str) -> int:
@@ -175,6 +187,8 @@ def main() -> int:
     ap.add_argument("--dir", help="work directory (default: a new one under $TMPDIR)")
     ap.add_argument("--no-flush", action="store_true", help="do not fsync outputs (page-cache speed)")
     ap.add_argument("--compare-with", nargs="*", default=[], metavar="DIR", help="other checkouts to run alongside")
+    ap.add_argument("--no-pair", action="store_true", help="one cp per round (not one before every file command)")
+    ap.add_argument("--dd-bs", default="16M", help="block size of the dd oflag=direct anchor (default 16M; 0: no dd)")
     args = ap.parse_args()
     size = parse_size(args.size)
     if not shutil.which("age") or not shutil.which("age-keygen"):
@@ -205,6 +219,10 @@ def main() -> int:
             "age -d": (["age", "-d", "-i", str(work / "identity"), "-o", str(out), str(sealed_age)], out),
             "python -c pass": ([sys.executable, "-c", "pass"], None),
         }
+        if args.dd_bs != "0" and shutil.which("dd"):
+            commands[DD] = (["dd", f"if={plain}", f"of={out}", f"bs={args.dd_bs}", "oflag=direct", "conv=fsync",
+                             "status=none"], out)
+        inputs = {"cp": plain, "age -r (X25519)": plain, "age -d": sealed_age, DD: plain}
         tags = [""] + [f"@{Path(other).name}" for other in args.compare_with]
         for tag, kms in zip(tags, [kms_here] + [[sys.executable, "-c", f"import sys; sys.path.insert(0, {str(Path(other).resolve())!r}); "
                                                "from kmscore.cli.main import main; sys.exit(main())", "--home", str(home)]
@@ -214,6 +232,7 @@ def main() -> int:
             commands[f"kms decrypt-file{tag}"] = (kms + ["decrypt-file", str(sealed), str(out)], out)
             commands[f"kms start-up{tag}"] = (kms + ["encrypt-file", "bench/envelope", str(empty), str(work / "empty.khev")],
                                           work / "empty.khev")
+            inputs[f"kms encrypt-file{tag}"], inputs[f"kms decrypt-file{tag}"] = plain, sealed
         # untimed: bytecode caches, and every envelope a decrypting command reads
         for name in [n for n in commands if n.startswith(("kms start-up", "kms encrypt-file", "age -r"))]:
             run(*commands[name], flush, env)
@@ -221,30 +240,53 @@ def main() -> int:
         settle()
         warm(plain)
         print(f"input: {size / MB:.0f} MB of random bytes in {work} ({'outputs fsynced' if flush else 'no fsync'}), "
-              f"{args.repeat} rounds, every command once per round (order rotated), load {load()}", flush=True)
+              f"{args.repeat} rounds, every command once per round (order shuffled), load {load()}", flush=True)
         times: dict[str, list[float]] = {name: [] for name in commands}
         cpu: dict[str, list[float]] = {name: [] for name in commands}
         rss: dict[str, int] = {name: 0 for name in commands}
+        paired: dict[str, list[float]] = {name: [] for name in commands}  # the cp run beside each run
+        cps: list[float] = []  # every cp run
         names = list(commands)
+
+        def timed(name: str) -> float:
+            cmd, output = commands[name]
+            if output is not None:
+                remove(output)
+            if name in inputs:
+                warm(inputs[name])
+            settle()
+            wall, seconds, peak = run(cmd, output, flush, env)
+            times[name].append(wall)
+            cpu[name].append(seconds)
+            rss[name] = max(rss[name], peak)
+            if "decrypt-file" in name and sha256(out) != sha256(plain):
+                raise SystemExit(f"{name} did not give back the input")
+            return wall
+
         for r in range(args.repeat):
-            order = names[r % len(names):] + names[: r % len(names)]
+            order = [n for n in names if n != "cp"]
+            random.Random(r).shuffle(order)  # no command always follows the same one (a cp after a
+            # buffered 1 GiB write was measured 2x slower than one after an O_DIRECT write)
+            round_cp = None if args.no_pair else []
+            if args.no_pair:
+                cps.append(timed("cp"))
             for name in order:
-                cmd, output = commands[name]
-                if output is not None:
-                    remove(output)
-                settle()
-                wall, seconds, peak = run(cmd, output, flush, env)
-                times[name].append(wall)
-                cpu[name].append(seconds)
-                rss[name] = max(rss[name], peak)
-                if "decrypt-file" in name and sha256(out) != sha256(plain):
-                    raise SystemExit(f"{name} did not give back the input")
-            cp = times["cp"][-1]
-            print(f"round {r + 1}: cp {cp:.2f} s; time/cp " + ", ".join(
-                f"{n} {times[n][-1] / cp:.2f}" for n in names if n != "cp" and "start-up" not in n and "python" not in n)
+                if not args.no_pair and name in inputs:  # a file command: its own cp just before it
+                    c = timed("cp")
+                    cps.append(c)
+                    round_cp.append(c)
+                    paired[name].append(c)
+                elif args.no_pair and name in inputs:
+                    paired[name].append(cps[-1])
+                timed(name)
+            shown = [n for n in names if n in inputs and n != "cp"]
+            print(f"round {r + 1}: cp {', '.join(f'{c:.2f}' for c in (round_cp or cps[-1:]))} s; time/cp " + ", ".join(
+                f"{n} {times[n][-1] / paired[n][-1]:.2f}" for n in shown)
                   + "; " + ", ".join(f"{n} {times[n][-1]:.3f} s" for n in names if "start-up" in n), flush=True)
+        times["cp"] = cps
+        paired["cp"] = cps
         seal, open_ = ceiling(size)
-        report(size, times, cpu, rss, tags, seal, open_)
+        report(size, times, cpu, rss, tags, seal, open_, paired)
         print(f"load at the end: {load()}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -255,29 +297,44 @@ def load() -> str:
     return " ".join(f"{x:.1f}" for x in os.getloadavg())
 
 
+def spread(values: list[float]) -> str:
+    return f"{min(values):.2f} / {statistics.median(values):.2f} / {max(values):.2f}"
+
+
 def report(size: int, times: dict[str, list[float]], cpu: dict[str, list[float]], rss: dict[str, int],
-           tags: list[str], seal: float, open_: float) -> None:
+           tags: list[str], seal: float, open_: float, paired: dict[str, list[float]]) -> None:
     """The table (min and median of the rounds; time/cp is the median of the per-round
-    ratios, so a slow round for everyone does not move it) and the goal lines."""
+    ratios, each against the cp run beside it, so a slow round for everyone does not move
+    it), the spreads (cp's own, and each command's ratio), and the goal lines."""
     med = {n: statistics.median(ts) for n, ts in times.items()}
-    ratio = {n: statistics.median(t / c for t, c in zip(ts, times["cp"])) for n, ts in times.items()}
-    print(f"\n{'':26} {'min s':>7} {'median s':>8} {'CPU s':>7} {'MB/s':>6} {'time/cp':>8} {'peak RSS':>9}")
+    ratios = {n: [t / c for t, c in zip(ts, paired[n])] for n, ts in times.items() if paired.get(n)}
+    ratio = {n: statistics.median(rs) for n, rs in ratios.items()}
+    print(f"\n{'':26} {'min s':>7} {'median s':>8} {'CPU s':>7} {'MB/s':>6} {'time/cp':>8} {'time/dd':>8} {'peak RSS':>9}")
     for name, ts in times.items():
         small = "start-up" in name or "python" in name
         rate = f"{'':>6}" if small else f"{size / MB / med[name]:6.0f}"
+        per_cp = f"{ratio[name]:8.2f}" if name in ratio else f"{'':8}"
+        per_dd = f"{med[name] / med[DD]:8.2f}" if DD in med and not small else f"{'':8}"
         print(f"{name:26} {min(ts):7.3f} {med[name]:8.3f} {statistics.median(cpu[name]):7.3f} {rate} "
-              f"{'' if small else f'{ratio[name]:8.2f}':>8} {rss[name] / 1024:6.1f} MiB")
+              f"{per_cp} {per_dd} {rss[name] / 1024:6.1f} MiB")
     for name, seconds in (("raw AES-GCM seal (no I/O)", seal), ("raw AES-GCM open (no I/O)", open_)):
         print(f"{name:26} {'':7} {seconds:8.3f} {'':7} {size / MB / seconds:6.0f} {seconds / med['cp']:8.2f} (in process)")
+    print(f"\ncp itself, min / median / max of {len(times['cp'])} runs: {spread(times['cp'])} s")
+    if DD in med:
+        print(f"{DD} (O_DIRECT anchor, not the goal's): {spread(times[DD])} s")
+    for name in ratios:
+        if name != "cp":
+            print(f"  {name:26} time/cp per round, min / median / max: {spread(ratios[name])}")
     print()
     for tag in tags:
         start = med[f"kms start-up{tag}"]
         for op, age in (("encrypt-file", "age -r (X25519)"), ("decrypt-file", "age -d")):
             name = f"kms {op}{tag}"
-            per_round = [(t - s) / c for t, s, c in zip(times[name], times[f"kms start-up{tag}"], times["cp"])]
-            print(f"{name}: {ratio[name]:.2f}x the time of cp (best round {min(t / c for t, c in zip(times[name], times['cp'])):.2f}), "
+            per_round = [(t - s) / c for t, s, c in zip(times[name], times[f"kms start-up{tag}"], paired[name])]
+            dd = f"; {med[name] / med[DD]:.2f}x dd oflag=direct" if DD in med else ""
+            print(f"{name}: {ratio[name]:.2f}x the time of cp (rounds {min(ratios[name]):.2f}-{max(ratios[name]):.2f}), "
                   f"{med[age] / med[name]:.2f}x the speed of age; without its start-up ({start:.3f} s) "
-                  f"{statistics.median(per_round):.2f}x cp")
+                  f"{statistics.median(per_round):.2f}x cp{dd}")
 
 
 if __name__ == "__main__":

@@ -121,7 +121,8 @@ def run_encrypt(args: argparse.Namespace, ctx: CliContext) -> int:
     length, index = 0, 0
     with _reader(args.input) as src, _writer(args.output) as dst, \
             filepipe.read_ahead(src, per_chunk * header.frame_size) as chunks, \
-            filepipe.write_behind(dst, per_chunk * envelope.frame_span(header.frame_size)) as out:
+            filepipe.write_behind(dst, per_chunk * envelope.frame_span(header.frame_size),
+                                  direct=args.output != "-") as out:
         out.write_bytes(header.encode())
         held = None  # sealed once the next chunk (or the end) says whether its last frame is final
         for chunk in track(chunks, size_of(src), f"encrypting {os.path.basename(_name(args.input))}",
@@ -143,7 +144,7 @@ def run_encrypt(args: argparse.Namespace, ctx: CliContext) -> int:
     return 0
 
 
-def _seal(cipher: envelope.FrameCipher, index: int, chunk, out: filepipe.WriteBehind, *, last_is_final: bool) -> int:
+def _seal(cipher: envelope.FrameCipher, index: int, chunk, out: filepipe.WriteBehind | filepipe.DirectWriteBehind, *, last_is_final: bool) -> int:
     """Seal a chunk's frames into a free output buffer and hand it to the writer; the
     index of the next frame."""
     plain = chunk.view if chunk is not None else b""
@@ -169,7 +170,7 @@ def run_decrypt(args: argparse.Namespace, ctx: CliContext) -> int:
         span = envelope.frame_span(header.frame_size)
         body = _Prefixed(rest, src) if rest else src
         with _writer(args.output) as dst, filepipe.read_ahead(body, per_chunk * span) as chunks, \
-                filepipe.write_behind(dst, per_chunk * header.frame_size) as out:
+                filepipe.write_behind(dst, per_chunk * header.frame_size, direct=args.output != "-") as out:
             index, held = 0, None
             try:
                 for chunk in track(chunks, size_of(src), f"decrypting {os.path.basename(name)}", quiet=ctx.quiet):

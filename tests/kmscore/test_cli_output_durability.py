@@ -57,18 +57,21 @@ def test_an_output_is_synced_before_it_is_named_and_its_folder_after(tmp_path, k
 
 @pytest.mark.skipif(STRACE is None, reason="strace is needed: setup.sh installs it")
 def test_a_large_output_is_written_back_while_it_grows(tmp_path, kh, home, run_kms):
-    """The disk starts on the output before the final fsync (filepipe.EarlyWriteback):
-    ranges well behind the write head are queued, in order, none past what was written."""
+    """The disk starts on a buffered output before the final fsync (filepipe.EarlyWriteback):
+    ranges well behind the write head are queued, in order, none past what was written.
+    Buffered outputs are standard output redirected to a file (a named OUT is written with
+    O_DIRECT where the file system takes it: tests/kmscore/test_cli_direct_output.py)."""
     run_kms("create-key", "--alias", "app/w")
     size = 48 << 20
     with open(tmp_path / "p", "wb") as f:
         f.truncate(size)  # a sparse input: zeros, read fast
     trace = tmp_path / "trace"
-    out = kh.subprocess.run(
-        [STRACE, "-f", "-qq", "-e", "trace=sync_file_range,fsync", "-o", str(trace), kh.KMS_BIN,
-         "--home", str(home), "--create-home", "encrypt-file", "app/w", str(tmp_path / "p"), str(tmp_path / "e")],
-        capture_output=True, env=kh.clean_env(), timeout=120,
-    )
+    with open(tmp_path / "e", "wb") as sealed:
+        out = kh.subprocess.run(
+            [STRACE, "-f", "-qq", "-e", "trace=sync_file_range,fsync", "-o", str(trace), kh.KMS_BIN,
+             "--home", str(home), "--create-home", "encrypt-file", "app/w", str(tmp_path / "p"), "-"],
+            stdout=sealed, stderr=kh.subprocess.PIPE, env=kh.clean_env(), timeout=120,
+        )
     assert out.returncode == 0, out.stderr.decode()[-2000:]
     lines = trace.read_text().splitlines()
     queued = [tuple(map(int, m.groups())) for l in lines if (m := re.search(r"sync_file_range\(\d+, (\d+), (\d+), SYNC_FILE_RANGE_WRITE\)", l))]

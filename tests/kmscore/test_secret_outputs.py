@@ -10,6 +10,7 @@ import os
 import signal
 import stat
 import subprocess
+import time
 
 import pytest
 
@@ -89,11 +90,13 @@ def test_create_datakey_plaintext_to_stdout_only_when_asked(tmp_path, run_kms, a
 
 def test_a_killed_decrypt_file_leaves_no_partial_plaintext(tmp_path, home, kh):
     """decrypt-file reads the envelope from a pipe that we stop feeding half-way; once the
-    process has written plaintext (its output file descriptor has bytes), kill -9."""
+    process has written plaintext (its output file descriptor has bytes), kill -9. Half
+    is 16 MiB: more than the output buffers of the O_DIRECT writer (filepipe.DIRECT_BLOCK),
+    which write nothing before one of them is full."""
     with Kms(home) as kms:
         kms.create_key("app/aes")
     plain = tmp_path / "plain.bin"
-    plain.write_bytes(os.urandom(8 << 20))
+    plain.write_bytes(os.urandom(32 << 20))
     envelope = tmp_path / "plain.env"
     r = kh.kms_cli(home, "encrypt-file", "app/aes", str(plain), str(envelope))
     assert r.returncode == 0, r.stderr
@@ -107,8 +110,10 @@ def test_a_killed_decrypt_file_leaves_no_partial_plaintext(tmp_path, home, kh):
     proc.stdin.write(data[: len(data) // 2])
     proc.stdin.flush()
     try:
+        deadline = time.monotonic() + 60
         while not _has_written_into(proc.pid, outdir):
             assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "decrypt-file wrote nothing of half its input"
             os.sched_yield()
     finally:
         proc.send_signal(signal.SIGKILL)
