@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -82,6 +83,26 @@ def run_kms(home):
         return kms_cli(home, *args, input=input, env=env)
 
     return run
+
+
+def strace_lines(trace: Path) -> list[str]:
+    """The lines of an `strace -f -o FILE` log, each system call on one line. A call that
+    another thread's output interrupted is split in two (`PID call(args <unfinished ...>`,
+    later `PID <... call resumed>rest`); it is joined here, where it finished: on a busy
+    machine that split is common, and a test parsing lines would miss the call."""
+    started: dict[str, str] = {}
+    lines = []
+    for line in trace.read_text().splitlines():
+        pid, _, rest = line.partition(" ")
+        rest = rest.lstrip()
+        if rest.endswith("<unfinished ...>"):
+            started[pid] = rest[: -len("<unfinished ...>")].rstrip()
+            continue
+        if rest.startswith("<... ") and " resumed>" in rest and pid in started:
+            tail = rest.split(" resumed>", 1)[1]
+            line = f"{pid}  {started.pop(pid)}{re.sub(r'^([^=]*?)\s+= ', r'\1 = ', tail)}"  # strace pads the result
+        lines.append(line)
+    return lines
 
 
 def error_lines(stderr: bytes) -> list[str]:

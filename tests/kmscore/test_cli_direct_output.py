@@ -132,7 +132,7 @@ def traced(tmp_path, kh, home, *args: str) -> list[str]:
         capture_output=True, env=kh.clean_env(), timeout=120,
     )
     assert out.returncode == 0, out.stderr.decode()[-2000:]
-    return trace.read_text().splitlines()
+    return kh.strace_lines(trace)
 
 
 @pytest.mark.skipif(STRACE is None, reason="strace is needed: setup.sh installs it")

@@ -25,7 +25,7 @@ def traced(tmp_path, kh, home, *args: str) -> list[str]:
         capture_output=True, env=kh.clean_env(), timeout=120,
     )
     assert out.returncode == 0, out.stderr.decode()[-2000:]
-    return trace.read_text().splitlines()
+    return kh.strace_lines(trace)
 
 
 def first(lines: list[str], pattern: str) -> int:
@@ -73,7 +73,7 @@ def test_a_large_output_is_written_back_while_it_grows(tmp_path, kh, home, run_k
             stdout=sealed, stderr=kh.subprocess.PIPE, env=kh.clean_env(), timeout=120,
         )
     assert out.returncode == 0, out.stderr.decode()[-2000:]
-    lines = trace.read_text().splitlines()
+    lines = kh.strace_lines(trace)
     queued = [tuple(map(int, m.groups())) for l in lines if (m := re.search(r"sync_file_range\(\d+, (\d+), (\d+), SYNC_FILE_RANGE_WRITE\)", l))]
     assert len(queued) >= 3, "\n".join(lines)
     assert [offset for offset, _ in queued] == sorted(offset for offset, _ in queued)

@@ -33,6 +33,6 @@ def test_every_create_and_rotate_commit_is_fsynced(home, tmp_path, kh):
         capture_output=True, env=kh.clean_env(), timeout=120,
     )
     assert out.returncode == 0, out.stderr.decode()[-2000:]
-    lines = trace.read_text().splitlines()
+    lines = kh.strace_lines(trace)
     wal_syncs = [l for l in lines if re.search(r"sync\(\d+</[^>]*keys\.db-wal>\)", l)]
     assert len(wal_syncs) >= 10, "\n".join(lines[-20:])  # 5 creates + 5 rotations, each synced
