@@ -15,8 +15,25 @@ if importlib.util.find_spec("mitmproxy") is None:
 # in .hypothesis/ and replayed first.
 import os
 
+import pytest
 from hypothesis import settings
 
 settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
 if os.environ.get("KEYHOLD_CI"):
     settings.load_profile("ci")
+
+
+# ./setup.sh test runs the suite on two pytest-xdist workers (-n 2 --dist loadgroup
+# --no-loadscope-reorder). A test file is one unit of work (its module-scoped servers and
+# stores are built once, on one worker) unless its tests name their own xdist_group. The
+# longest test goes first, so one worker spends the run on it while the other takes
+# everything else, instead of the suite ending on one worker running it alone.
+FIRST = ("tests/fsmount/test_pjdfstest.py",)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+    items.sort(key=lambda item: not item.nodeid.startswith(FIRST))  # stable: the rest keep their order
