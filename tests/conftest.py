@@ -37,6 +37,7 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::", 1)[0]))
+
     def rank(item):
         path = item.nodeid.split("::", 1)[0]
         return FIRST.index(path) if path in FIRST else len(FIRST)
