@@ -142,7 +142,9 @@ case "${1:-}" in
           exec "$VENV/bin/kms" up "$config" ;;
     test) # pjdfstest (tests/fsmount/test_pjdfstest.py) is built from source and run by prove
           apt_install autoconf automake gcc make perl
-          exec "$VENV/bin/python" -m pytest -q ;;
+          # on two pytest-xdist workers (KEYHOLD_TEST_JOBS=0: in one process); how the tests
+          # are shared out between them: tests/conftest.py
+          exec "$VENV/bin/python" -m pytest -q -n "${KEYHOLD_TEST_JOBS:-2}" --dist loadgroup --no-loadscope-reorder ;;
     "")   next_steps ;;
     *)    echo "usage: $0 [run|test|install]" >&2; exit 2 ;;
 esac
