@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from kmscore import AuditError, Kms
+from kmscore import auditjournal as aj
 
 THREADS = 2
 UNKNOWN = 1 << 62
@@ -119,14 +120,41 @@ def _no_loader_survives():
             proc.wait()
 
 
+def _of(record: dict, pid: int) -> bool:
+    """A record of process `pid`: its caller ends in "pid=<pid>" (a substring test would
+    also take pid=1234's records for pid=123's)."""
+    return record["caller"].split()[-1:] == [f"pid={pid}"]
+
+
 def recorded(home: Path, pid: int) -> int:
-    """Encrypt operations of process `pid` in the chained log (its journal merged now)."""
+    """Encrypt operations of process `pid` in the chained log (its journal merged now).
+
+    The journal of the killed process must be gone afterwards: a sweep that could not
+    merge it keeps it silently (retried by the next sweep), and would otherwise show up
+    here only as records missing."""
     with Kms(home) as kms:
         assert kms.verify_audit().ok
-        return sum(
-            r["count"] for r in kms.audit_records()
-            if r["operation"] == "Encrypt" and r["outcome"] == "ok" and f"pid={pid}" in r["caller"]
-        ) - 1  # the warm-up call
+        records = [r for r in kms.audit_records() if r["operation"] == "Encrypt" and r["outcome"] == "ok" and _of(r, pid)]
+    left = sorted(p.name for p in (home / "audit-journal").glob("*.journal"))
+    assert not left, f"journals not merged by the sweep: {left}"
+    recorded.last = [(r["seq"], r["count"], r["time"], r["last_time"]) for r in records]  # for failure messages
+    return sum(r["count"] for r in records) - 1  # the warm-up call
+
+
+recorded.last = []
+
+
+def journal_banks(home: Path) -> list:
+    """What the journals of `home` hold now (before a sweep merges them): for failure
+    messages, so a record count that does not add up can be placed (which bank, which
+    epoch, which group's count)."""
+    found = []
+    for path in sorted((home / "audit-journal").glob("*.journal")):
+        buf = path.read_bytes()
+        for bank in (0, 1):
+            epoch, groups = aj.read_bank(buf, bank)
+            found.append((path.name[:8], bank, epoch, [(g.operation, g.outcome[:12], g.count, g.first, g.last) for g in groups]))
+    return found
 
 
 @pytest.fixture
@@ -145,7 +173,7 @@ def test_kill_9_under_load_loses_no_record(tmp_path, aes_home):
         got = recorded(aes_home, loader.pid)
         # every returned result has its record; at most one in-flight call per thread
         # was counted without returning
-        assert returned <= got <= returned + THREADS, (returned, got)
+        assert returned <= got <= returned + THREADS, (returned, got, recorded.last)
     assert not list((aes_home / "audit-journal").glob("*.journal")), "merged journals are removed"
 
 
@@ -163,7 +191,7 @@ def test_kill_9_while_another_process_holds_the_write_lock(tmp_path, aes_home):
         blocker.execute("ROLLBACK")
         blocker.close()
     got = recorded(aes_home, loader.pid)
-    assert returned <= got <= returned + THREADS, (returned, got)
+    assert returned <= got <= returned + THREADS, (returned, got, recorded.last)
 
 
 @pytest.fixture
@@ -204,10 +232,12 @@ def test_full_disk_keeps_every_record_and_retries(tmp_path, small_fs):
     attempts, failures = loader.merges()
     first = loader.returned()
     loader.wait_for(lambda: loader.returned() > first + 10_000 and loader.merged_since(attempts, failures, 2))
+    merges = loader.merges()
     returned = loader.kill()  # its merges failed: the disk is full
     filler.unlink()
+    banks = journal_banks(home)
     got = recorded(home, loader.pid)
-    assert returned <= got <= returned + THREADS, (returned, got)
+    assert returned <= got <= returned + THREADS, (returned, got, first, (attempts, failures), merges, banks, recorded.last)
 
 
 def test_a_full_journal_fails_closed_and_keeps_what_it_took(home):
