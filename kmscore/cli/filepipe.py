@@ -20,14 +20,16 @@ only queues the pages, on ranges a window behind the write head so that no write
 lands on a page under writeback), and the final fsync waits only for the tail.
 (Starting it on each chunk at once, just written, was measured 1.5-2x slower.)
 
-For a regular output file named by the command (`atomic_output`), `DirectWriteBehind`
-goes further and skips the page cache: O_DIRECT writes of a few MiB from page-aligned
+For the named output of `decrypt-file` (`atomic_output`), `DirectWriteBehind` goes
+further and skips the page cache: O_DIRECT writes of a few MiB from page-aligned
 buffers. On this project's VM the buffered write path of 1 GiB + fsync swung 0.54-3.51 s
 while O_DIRECT writes took a steady 0.6-0.9 s, and they cost no CPU for copying into
 the page cache (the copy was the largest single cost of the buffered path: 23% of
 encrypt's CPU and 53% of decrypt's, whose 1 MiB-aligned writes of plaintext get large
 page-cache folios, which this VM fills several times slower). Where O_DIRECT is refused
-(on fcntl, or EINVAL on a write) the same bytes go buffered instead.
+(on fcntl, or EINVAL on a write) the same bytes go buffered instead. `encrypt-file`
+stays buffered: on a quiet disk O_DIRECT made it slower (1.58x cp against 1.11x; its
+writes, shifted by the header, do not take that slow path), docs/BENCHMARKS.md.
 
 A chunk is filled completely unless the input ends, so chunks hold whole frames and the
 only partial one is the last: the command seals a chunk once it knows whether another
