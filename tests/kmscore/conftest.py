@@ -85,6 +85,19 @@ def run_kms(home):
     return run
 
 
+def traced_kms(tmp_path: Path, home: Path, calls: str, *args: str) -> list[str]:
+    """The system calls `calls` (strace's -e trace= list) of a real `kms ARGS` run, with
+    paths of file descriptors (-y), one call per line (`strace_lines`)."""
+    trace = tmp_path / "trace"
+    out = subprocess.run(
+        ["strace", "-f", "-y", "-qq", "-e", f"trace={calls}", "-o", str(trace), KMS_BIN, "--home", str(home),
+         "--create-home", *args],
+        capture_output=True, env=clean_env(), timeout=120,
+    )
+    assert out.returncode == 0, out.stderr.decode()[-2000:]
+    return strace_lines(trace)
+
+
 def strace_lines(trace: Path) -> list[str]:
     """The lines of an `strace -f -o FILE` log, each system call on one line. A call that
     another thread's output interrupted is split in two (`PID call(args <unfinished ...>`,
@@ -99,8 +112,8 @@ def strace_lines(trace: Path) -> list[str]:
             started[pid] = rest[: -len("<unfinished ...>")].rstrip()
             continue
         if rest.startswith("<... ") and " resumed>" in rest and pid in started:
-            tail = rest.split(" resumed>", 1)[1]
-            line = f"{pid}  {started.pop(pid)}{re.sub(r'^([^=]*?)\s+= ', r'\1 = ', tail)}"  # strace pads the result
+            tail = re.sub(r"^([^=]*?)\s+= ", r"\1 = ", rest.split(" resumed>", 1)[1])  # strace pads the result
+            line = f"{pid}  {started.pop(pid)}{tail}"
         lines.append(line)
     return lines
 

@@ -127,14 +127,7 @@ def test_an_envelope_whose_length_is_a_buffer_multiple(tmp_path, kh, home, key, 
 
 
 def traced(tmp_path, kh, home, *args: str) -> list[str]:
-    trace = tmp_path / "trace"
-    out = kh.subprocess.run(
-        [STRACE, "-f", "-y", "-qq", "-e", "trace=fcntl,write,pwrite64,fsync,linkat,sync_file_range",
-         "-o", str(trace), kh.KMS_BIN, "--home", str(home), "--create-home", *args],
-        capture_output=True, env=kh.clean_env(), timeout=120,
-    )
-    assert out.returncode == 0, out.stderr.decode()[-2000:]
-    return kh.strace_lines(trace)
+    return kh.traced_kms(tmp_path, home, "fcntl,write,pwrite64,fsync,linkat,sync_file_range", *args)
 
 
 @pytest.mark.skipif(STRACE is None, reason="strace is needed: setup.sh installs it")

@@ -18,14 +18,7 @@ STRACE = shutil.which("strace")
 
 
 def traced(tmp_path, kh, home, *args: str) -> list[str]:
-    trace = tmp_path / "trace"
-    out = kh.subprocess.run(
-        [STRACE, "-f", "-y", "-qq", "-e", "trace=fsync,fdatasync,linkat,link,rename,renameat,renameat2",
-         "-o", str(trace), kh.KMS_BIN, "--home", str(home), "--create-home", *args],
-        capture_output=True, env=kh.clean_env(), timeout=120,
-    )
-    assert out.returncode == 0, out.stderr.decode()[-2000:]
-    return kh.strace_lines(trace)
+    return kh.traced_kms(tmp_path, home, "fsync,fdatasync,linkat,link,rename,renameat,renameat2", *args)
 
 
 def first(lines: list[str], pattern: str) -> int:
