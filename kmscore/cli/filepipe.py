@@ -133,33 +133,68 @@ class ReadAhead:
         self._thread.join(timeout=30)
 
 
-class WriteBehind:
-    """Writes filled buffers in a thread; `buffer()` hands out a free one (waiting while
-    all are in flight). A write error surfaces on the next call."""
+class _WritingThread:
+    """What both writers share: a thread that writes the filled buffers handed to it
+    (`_q`), in order, gives each back (`_recycle`), and keeps the first error for the
+    command's thread, which sees it on its next call (`_check`). After an error the
+    remaining buffers are given back unwritten."""
 
-    def __init__(self, out: BinaryIO, size: int, count: int = OUT_BUFFERS) -> None:
-        self._out = out
+    def __init__(self) -> None:
         self._free: queue.Queue = queue.Queue()
-        for _ in range(count):
-            self._free.put(bytearray(size))
         self._q: queue.Queue = queue.Queue()
         self._failed: list[BaseException] = []
         self._thread = threading.Thread(target=self._run, name="kms-write", daemon=True)
-        self._thread.start()
 
     def _run(self) -> None:
-        writeback = EarlyWriteback.of(self._out)
         while (item := self._q.get()) is not None:
             buf, n = item
             if not self._failed:
                 try:
-                    self._out.write(memoryview(buf)[:n] if isinstance(buf, bytearray) else buf)
-                    if writeback is not None:
-                        writeback.wrote(n)
+                    self._write_out(buf, n)
                 except BaseException as e:
                     self._failed.append(e)
-            if isinstance(buf, bytearray):
-                self._free.put(buf)
+            self._recycle(buf)
+
+    def _write_out(self, buf, n: int) -> None:
+        raise NotImplementedError
+
+    def _recycle(self, buf) -> None:
+        self._free.put(buf)
+
+    def _check(self) -> None:
+        if self._failed:
+            raise self._failed[0]
+
+    def _stop(self) -> None:
+        self._q.put(None)
+        self._thread.join()
+
+
+class WriteBehind(_WritingThread):
+    """Writes filled buffers in a thread; `buffer()` hands out a free one (waiting while
+    all are in flight). A write error surfaces on the next call."""
+
+    def __init__(self, out: BinaryIO, size: int, count: int = OUT_BUFFERS) -> None:
+        super().__init__()
+        self._out = out
+        for _ in range(count):
+            self._free.put(bytearray(size))
+        self._thread.start()
+
+    def _run(self) -> None:
+        # in the writing thread: EarlyWriteback loads ctypes, which the command's own
+        # thread need not wait for
+        self._writeback = EarlyWriteback.of(self._out)
+        super()._run()
+
+    def _write_out(self, buf, n: int) -> None:
+        self._out.write(memoryview(buf)[:n] if isinstance(buf, bytearray) else buf)
+        if self._writeback is not None:
+            self._writeback.wrote(n)
+
+    def _recycle(self, buf) -> None:
+        if isinstance(buf, bytearray):  # not the bytes of write_bytes
+            self._free.put(buf)
 
     def buffer(self) -> bytearray:
         self._check()
@@ -175,13 +210,8 @@ class WriteBehind:
         if data:
             self._q.put((bytes(data), len(data)))
 
-    def _check(self) -> None:
-        if self._failed:
-            raise self._failed[0]
-
     def close(self) -> None:
-        self._q.put(None)
-        self._thread.join()
+        self._stop()
         self._check()
 
 
@@ -217,7 +247,7 @@ class EarlyWriteback:
             self._queued += WRITEBACK_STEP
 
 
-class DirectWriteBehind:
+class DirectWriteBehind(_WritingThread):
     """`WriteBehind` for a regular file set to O_DIRECT: the same interface, but the
     stream is gathered into `count` page-aligned (mmap) buffers of `block` bytes and
     written a buffer at a time, from and at 4096-aligned addresses, offsets and lengths.
@@ -245,22 +275,14 @@ class DirectWriteBehind:
     def __init__(self, fd: int, size: int, block: int = DIRECT_BLOCK, count: int = DIRECT_BUFFERS) -> None:
         if block % mmap.PAGESIZE or block < size + DIRECT_ALIGN or count < 2:
             raise ValueError(f"buffers of {block} bytes cannot take chunks of {size} (or fewer than 2 buffers)")
+        super().__init__()
         self._fd, self._size, self._block = fd, size, block
-        self._free: queue.Queue = queue.Queue()
         for _ in range(count - 1):
             self._free.put(mmap.mmap(-1, block))  # anonymous mappings are page aligned
         self._cur, self._fill = mmap.mmap(-1, block), 0
-        self._q: queue.Queue = queue.Queue()
-        self._failed: list[BaseException] = []
         self._direct = True  # the writing thread's: cleared for the tail or on EINVAL
         self._writeback: EarlyWriteback | None = None  # once writing buffered
-        self._thread = threading.Thread(target=self._run, name="kms-write", daemon=True)
         self._thread.start()
-
-    @property
-    def direct(self) -> bool:
-        """Whether O_DIRECT is still in use (False once the tail or a fallback cleared it)."""
-        return self._direct
 
     def buffer(self) -> memoryview:
         self._check()
@@ -296,16 +318,9 @@ class DirectWriteBehind:
         self._q.put((self._cur, whole))
         self._cur, self._fill = nxt, rest
 
-    def _run(self) -> None:
-        while (item := self._q.get()) is not None:
-            buf, n = item
-            if not self._failed and n:
-                try:
-                    with memoryview(buf) as view:
-                        self._write(view[:n])
-                except BaseException as e:
-                    self._failed.append(e)
-            self._free.put(buf)
+    def _write_out(self, buf, n: int) -> None:
+        with memoryview(buf) as view:
+            self._write(view[:n])
 
     def _write(self, view: memoryview) -> None:
         while view:
@@ -338,10 +353,6 @@ class DirectWriteBehind:
             with contextlib.suppress(OSError, AttributeError):
                 self._writeback = EarlyWriteback(self._fd, os.lseek(self._fd, 0, os.SEEK_CUR))
 
-    def _check(self) -> None:
-        if self._failed:
-            raise self._failed[0]
-
     def close(self) -> None:
         """Write what is left (the tail buffered) and wait for it; raise a write error."""
         if not self._failed:
@@ -352,10 +363,6 @@ class DirectWriteBehind:
     def abort(self) -> None:
         """Stop without writing what is left (the command failed: the output is dropped)."""
         self._stop()
-
-    def _stop(self) -> None:
-        self._q.put(None)
-        self._thread.join()
 
 
 def direct_output(out: BinaryIO) -> int | None:
