@@ -27,8 +27,9 @@ Made to give the same answer on a disk and a machine that others use (issue 14):
   file, the disk written without the page cache (steadier than cp on this VM); time/dd
   is reported beside time/cp; the goal stays stated against cp;
 * each command's input is read once (into the page cache) before its timed run, as the
-  plaintext is before round 1: an envelope written with O_DIRECT is not left in the
-  page cache by the encrypt-file that made it, and decrypt-file is not charged for that;
+  plaintext is before round 1: no command is charged for reading its input from the
+  disk (an output written with O_DIRECT, as decrypt-file's is, is not left in the page
+  cache; an earlier round's input may have been evicted);
 * start-up is measured apart: `kms encrypt-file` of an empty file (parse, imports, key
   store open, data key, its audit record, close), beside `python -c pass`;
 * bytecode is cached as in an installed package (PYTHONPYCACHEPREFIX in the work
@@ -267,20 +268,17 @@ def main() -> int:
             order = [n for n in names if n != "cp"]
             random.Random(r).shuffle(order)  # no command always follows the same one (a cp after a
             # buffered 1 GiB write was measured 2x slower than one after an O_DIRECT write)
-            round_cp = None if args.no_pair else []
+            first = len(cps)  # this round's cp runs are cps[first:]
             if args.no_pair:
                 cps.append(timed("cp"))
             for name in order:
-                if not args.no_pair and name in inputs:  # a file command: its own cp just before it
-                    c = timed("cp")
-                    cps.append(c)
-                    round_cp.append(c)
-                    paired[name].append(c)
-                elif args.no_pair and name in inputs:
+                if name in inputs:  # a file command: against its own cp just before it (--no-pair: the round's)
+                    if not args.no_pair:
+                        cps.append(timed("cp"))
                     paired[name].append(cps[-1])
                 timed(name)
             shown = [n for n in names if n in inputs and n != "cp"]
-            print(f"round {r + 1}: cp {', '.join(f'{c:.2f}' for c in (round_cp or cps[-1:]))} s; time/cp " + ", ".join(
+            print(f"round {r + 1}: cp {', '.join(f'{c:.2f}' for c in cps[first:])} s; time/cp " + ", ".join(
                 f"{n} {times[n][-1] / paired[n][-1]:.2f}" for n in shown)
                   + "; " + ", ".join(f"{n} {times[n][-1]:.3f} s" for n in names if "start-up" in n), flush=True)
         times["cp"] = cps
