@@ -90,13 +90,20 @@ static int failure(const char *name)
 }
 
 /* Call handler `h` with a new-reference argument tuple built by the caller (NULL if
- * building it failed); answer its int, or the mapped errno. */
-static int call_int(int h, PyObject *args)
+ * building it failed, the error set); its answer, or NULL with the error set. */
+static PyObject *call(int h, PyObject *args)
 {
     if (args == NULL)
-        return failure(handler_names[h]);
+        return NULL;
     PyObject *answer = PyObject_Call(handlers[h], args, NULL);
     Py_DECREF(args);
+    return answer;
+}
+
+/* `call`, for handlers that answer an int (None is 0): it, or the mapped errno. */
+static int call_int(int h, PyObject *args)
+{
+    PyObject *answer = call(h, args);
     if (answer == NULL)
         return failure(handler_names[h]);
     long value = answer == Py_None ? 0 : PyLong_AsLong(answer);
@@ -110,9 +117,7 @@ static int fast_getattr(const char *path, struct stat *st, struct fuse_file_info
 {
     PyGILState_STATE gil = enter();
     int err;
-    PyObject *args = Py_BuildValue("(NN)", path_or_none(path), fh_or_none(fi));
-    PyObject *answer = args ? PyObject_Call(handlers[H_GETATTR], args, NULL) : NULL;
-    Py_XDECREF(args);
+    PyObject *answer = call(H_GETATTR, Py_BuildValue("(NN)", path_or_none(path), fh_or_none(fi)));
     if (answer == NULL) {
         err = failure("getattr");
     } else if (PyBytes_Check(answer) && PyBytes_GET_SIZE(answer) == (Py_ssize_t)sizeof(*st)) {
@@ -134,9 +139,7 @@ static int fast_create(const char *path, mode_t mode, struct fuse_file_info *fi)
 {
     PyGILState_STATE gil = enter();
     int err = 0;
-    PyObject *args = Py_BuildValue("(NIi)", path_or_none(path), (unsigned int)mode, fi->flags);
-    PyObject *answer = args ? PyObject_Call(handlers[H_CREATE], args, NULL) : NULL;
-    Py_XDECREF(args);
+    PyObject *answer = call(H_CREATE, Py_BuildValue("(NIi)", path_or_none(path), (unsigned int)mode, fi->flags));
     if (answer == NULL) {
         err = failure("create");
     } else {
